@@ -1,0 +1,209 @@
+"""The dataset contract: a :class:`DatasetSpec` per database and a :class:`DataSource` per loaded dataset.
+
+A source holds all ``N`` samples in the reference's sample order (the order the split CSV refers to) and
+serves them a batch at a time: ``get_batch(indices)`` is one indexing call per batch, never one Python
+call per sample, for in-memory data. Sources whose data does not fit in memory (memory maps, per-sample
+files) implement the same call and may be read in DataLoader worker processes.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+
+@dataclass
+class Batch:
+    """One batch: both modalities, the labels, and the samples' positions within their split."""
+
+    m1: torch.Tensor
+    m2: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+    def get(self, modality: str) -> torch.Tensor:
+        return self.m1 if modality == "m1" else self.m2
+
+    def inputs(self, modalities: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.get(m) for m in modalities)
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.m1), move(self.m2), move(self.y), move(self.index))
+
+
+class DataSource:
+    """All samples of a database. Subclasses implement ``__len__``, ``get_batch`` and ``input_shapes``."""
+
+    #: per-sample shapes, e.g. ``{"m1": (1, 28, 28), "m2": (1, 112, 112)}``
+    input_shapes: dict[str, tuple[int, ...]]
+    #: True when the data lives in host or device memory (no file reads per batch)
+    in_memory: bool = True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        """Class id per sample (used by CRD's negative sampling); segmentation sources may not provide it."""
+        raise NotImplementedError
+
+    def to(self, device) -> "DataSource":
+        return self
+
+
+class TensorSource(DataSource):
+    """In-memory tensors, indexed a whole batch at a time (optionally resident on the GPU)."""
+
+    def __init__(self, m1: torch.Tensor, m2: torch.Tensor, y: torch.Tensor):
+        if not (len(m1) == len(m2) == len(y)):
+            raise UserError(f"modalities and labels differ in length: {len(m1)}, {len(m2)}, {len(y)}")
+        self.m1, self.m2, self.y = m1, m2, y
+        self.input_shapes = {"m1": tuple(m1.shape[1:]), "m2": tuple(m2.shape[1:])}
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def get_batch(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.y.device)
+        return self.m1.index_select(0, index), self.m2.index_select(0, index), self.y.index_select(0, index)
+
+    def labels(self) -> np.ndarray:
+        if self.y.ndim != 1:
+            raise UserError("class labels per sample are only defined for classification datasets")
+        return self.y.cpu().numpy()
+
+    def to(self, device) -> "TensorSource":
+        return TensorSource(self.m1.to(device), self.m2.to(device), self.y.to(device))
+
+
+@dataclass
+class DatasetSpec:
+    """Everything the framework knows about one database.
+
+    ``load(args)`` returns a :class:`DataSource` with all samples in the reference order. ``students`` maps
+    the student modality (``--mode``) to the default unimodal model; ``teacher`` is the default fusion model.
+    ``batch_size``/``lr``/``epochs`` are the reference README defaults. ``split`` is ``"index_file"`` (the
+    reference's ``metadata/<name>_indices.csv``) or ``"generated"`` (a permutation computed in memory).
+    """
+
+    name: str
+    task: str
+    num_classes: int
+    modalities: dict[str, str]
+    teacher: str
+    students: dict[str, str]
+    batch_size: int
+    lr: float
+    load: Callable[[argparse.Namespace], DataSource]
+    epochs: int = 100
+    ignore_index: int | None = None
+    aliases: tuple[str, ...] = ()
+    split: str = "index_file"
+    how_to_obtain: str = "see the README section 'Data'"
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    #: per-method overrides of the defaults above, e.g. ``{"MST-Distill": {"epochs": 5}}``
+    method_defaults: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    def other_modality(self, mode: str) -> str:
+        return "m2" if mode == "m1" else "m1"
+
+
+def require_file(path: Path, description: str, spec_name: str) -> Path:
+    """Fail with one line naming the exact expected path when a data file is missing."""
+    if not Path(path).is_file():
+        raise UserError(
+            f"missing data file {path} ({description}) for {spec_name}; "
+            f"put it there or pass --data_root (README, section 'Data: {spec_name}')"
+        )
+    return Path(path)
+
+
+def check_shape(array_shape, expected: tuple, path, spec_name: str) -> None:
+    """``expected`` may hold ``None`` for free dimensions."""
+    ok = len(array_shape) == len(expected) and all(e is None or e == a for a, e in zip(array_shape, expected))
+    if not ok:
+        shown = "[" + ", ".join("N" if e is None else str(e) for e in expected) + "]"
+        raise UserError(
+            f"{path} has shape {list(array_shape)}, expected {shown} for {spec_name} "
+            f"(README, section 'Data: {spec_name}')"
+        )
+
+
+class BatchLoader:
+    """Iterates over a split a batch at a time, reproducibly.
+
+    The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees exactly the batches
+    an uninterrupted one would. In-memory sources are indexed directly in the main process; file-backed
+    sources are read by ``num_workers`` DataLoader workers, one ``get_batch`` call per batch.
+    """
+
+    def __init__(self, source: DataSource, indices: np.ndarray, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", num_workers: int = 0,
+                 max_steps: int | None = None):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
+        self.device = torch.device(device)
+        self.num_workers = num_workers if not source.in_memory else 0
+        self.max_steps = max_steps
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        steps = math.ceil(len(self.indices) / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.indices))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.indices), generator=generator).numpy()
+
+    def batch_positions(self) -> list[np.ndarray]:
+        order = self._order()
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][: len(self)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        positions = self.batch_positions()
+        non_blocking = self.device.type == "cuda"
+        if self.num_workers > 0:
+            reader = torch.utils.data.DataLoader(
+                _BatchReader(self.source, self.indices), sampler=positions, batch_size=None,
+                num_workers=self.num_workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
+            for m1, m2, y, index in reader:
+                yield Batch(m1, m2, y, index).to(self.device, non_blocking)
+            return
+        for pos in positions:
+            m1, m2, y = self.source.get_batch(self.indices[pos])
+            batch = Batch(m1, m2, y, torch.as_tensor(pos, dtype=torch.long))
+            yield batch.to(self.device, non_blocking)
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    def __init__(self, source: DataSource, indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, positions):
+        m1, m2, y = self.source.get_batch(self.indices[positions])
+        return m1, m2, y, torch.as_tensor(positions, dtype=torch.long)

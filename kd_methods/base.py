@@ -1,0 +1,225 @@
+"""The contract between a method (a "distiller") and the shared training loop (``utils.engine``).
+
+A method is an ``nn.Module`` that owns every network of the run (student, teachers, extra heads), so one
+``state_dict()`` holds the whole run state. It describes its training as a list of :class:`Stage` objects;
+each stage says which parameters its optimiser updates, which modules train, how a batch becomes a dict
+of loss terms, and which module is snapshotted when the validation criterion improves. The engine does
+everything else (epochs, backward/step, validation, selection, logging, checkpoints, resumption).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
+from models import build_model, get_entry
+from utils.errors import UserError
+
+LossDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class Stage:
+    """One phase of training, run by the engine for ``epochs`` epochs.
+
+    ``train_step(batch, epoch)`` returns the loss terms, already weighted; the engine sums them, back-
+    propagates once and steps the optimiser built by ``make_optimizer`` (called when the stage starts).
+    ``val_step(batch, epoch)`` returns the validation terms; the mean over validation batches of
+    ``select_key`` picks the epoch whose ``selected`` module state is kept (strictly lower is better) and
+    restored when the stage ends. ``select_key=None`` keeps the last epoch (no validation).
+    ``train_modules`` are put in ``train()`` during training; every other module of the method stays in
+    ``eval()``. ``epoch_logs()`` returns extra per-epoch figures (and resets its counters).
+    """
+
+    name: str
+    epochs: int
+    make_optimizer: Callable[[], torch.optim.Optimizer]
+    train_step: Callable[[Batch, int], LossDict]
+    train_modules: list[nn.Module]
+    val_step: Callable[[Batch, int], LossDict] | None = None
+    select_key: str | None = "loss"
+    selected: nn.Module | None = None
+    epoch_logs: Callable[[], dict] | None = None
+    on_epoch_start: Callable[[int, torch.optim.Optimizer], None] | None = None
+    on_stage_end: Callable[[], None] | None = None
+    loader_batch_size: int | None = None
+
+
+@dataclass
+class RunContext:
+    """What a method may know about the run: options, dataset, device and data access."""
+
+    args: argparse.Namespace
+    spec: DatasetSpec
+    device: torch.device
+    source: DataSource
+    splits: dict[str, "object"]
+    make_loader: Callable[..., BatchLoader]
+    log: Callable[[str], None] = print
+    run_path: "object" = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.source.input_shapes
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
+            per_pixel: bool = False) -> torch.Tensor:
+    """``KD_T`` of methods.md §0.2: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed, divided by the batch size.
+
+    For dense outputs ``[B, C, H, W]`` with ``per_pixel`` (NYU-Depth-V2) the sum is further divided by H·W,
+    i.e. the mean per-pixel KL. The caller decides whether the target is detached.
+    Hinton et al., "Distilling the Knowledge in a Neural Network", NIPS workshop 2015.
+    """
+    log_q = F.log_softmax(student_logits / temperature, dim=1)
+    p = F.softmax(teacher_logits / temperature, dim=1)
+    loss = F.kl_div(log_q, p, reduction="sum") / student_logits.shape[0]
+    if per_pixel and student_logits.dim() > 2:
+        loss = loss / student_logits[0, 0].numel()
+    return loss * temperature ** 2
+
+
+def halving_schedule(value: float, epoch: int, every: int = 30) -> float:
+    """The baselines' weight schedule (methods.md §0.3 item 7): halved after every ``every`` epochs."""
+    return value * 0.5 ** (epoch // every)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """A frozen network: no gradients, eval mode (the engine keeps non-training modules in eval)."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+class Method(nn.Module):
+    """Base class of every training script's method.
+
+    Class attributes declare the CLI: ``roles`` lists the model flags the script takes (``teacher`` ->
+    ``--Tmodel``, ``student`` -> ``--Smodel``, ``aux`` -> ``--AUXmodel``); ``teacher_kind`` is
+    ``"multimodal"`` (fusion teacher on both modalities) or ``"crossmodal"`` (unimodal teacher on the other
+    modality); ``needs_checkpoint`` makes ``--ckpt_name`` mandatory.
+    """
+
+    name: str = ""
+    summary: str = ""
+    roles: tuple[str, ...] = ("student",)
+    teacher_kind: str | None = None
+    needs_checkpoint: bool = False
+    checkpoint_help: str = "pre-trained teacher: a best.pth of ours or a reference-style bare state dict"
+    #: per-dataset defaults that differ from the dataset spec, e.g. {"batch_size": 32}
+    defaults: dict = {}
+
+    def __init__(self, ctx: RunContext):
+        super().__init__()
+        self.ctx = ctx
+        self.args = ctx.args
+        self.spec = ctx.spec
+        self.mode = ctx.args.mode
+        self.other = ctx.spec.other_modality(self.mode)
+        self.dense = ctx.spec.is_segmentation
+
+    def __getstate__(self):  # keep the context (loaders, sources) out of deep copies and pickles
+        state = self.__dict__.copy()
+        state.pop("ctx", None)
+        return state
+
+    # -- CLI hooks ---------------------------------------------------------------------------------------
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add the method's own flags."""
+
+    @classmethod
+    def default_models(cls, spec: DatasetSpec, mode: str) -> dict[str, str]:
+        """Default model names per role for ``spec`` and student modality ``mode``."""
+        other = spec.other_modality(mode)
+        defaults = {"student": spec.students[mode], "aux": spec.students[other]}
+        defaults["teacher"] = spec.teacher if cls.teacher_kind != "crossmodal" else spec.students[other]
+        return defaults
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        """Raise :class:`UserError` for impossible option combinations, before any data is loaded."""
+
+    # -- building blocks ---------------------------------------------------------------------------------
+    def build(self, name: str, expected_inputs: tuple[str, ...] | None = None, role: str = "model") -> nn.Module:
+        entry = get_entry(name)
+        if entry.database != self.spec.name:
+            raise UserError(f"{role} model '{name}' is built for {entry.database}, not {self.spec.name}; "
+                            f"models for {self.spec.name}: {', '.join(_models_of(self.spec.name))}")
+        if expected_inputs is not None and tuple(entry.inputs) != tuple(expected_inputs):
+            raise UserError(f"{role} model '{name}' takes {'+'.join(entry.inputs)} but this run feeds it "
+                            f"{'+'.join(expected_inputs)}; pick a model of that modality "
+                            f"(--mode {self.mode}: student {self.spec.students[self.mode]}, "
+                            f"cross-modal {self.spec.students[self.other]}, multimodal {self.spec.teacher})")
+        return build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
+
+    def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The dataset's criterion: cross-entropy (NYU: ``ignore_index=0``, mean over labelled pixels)."""
+        ignore = self.spec.ignore_index if self.spec.ignore_index is not None else -100
+        return F.cross_entropy(logits, target, ignore_index=ignore)
+
+    def kd(self, student_logits, teacher_logits, temperature: float = 4.0) -> torch.Tensor:
+        return kd_loss(student_logits, teacher_logits, temperature, per_pixel=self.dense)
+
+    @staticmethod
+    def run_model(model: nn.Module, batch: Batch, modalities: tuple[str, ...]) -> torch.Tensor:
+        return model(*batch.inputs(modalities))
+
+    def load_teacher(self, model: nn.Module, path: str, role: str = "teacher") -> nn.Module:
+        """Load a teacher from our ``best.pth`` or a reference-style bare state dict (strict)."""
+        from utils.rundir import load_checkpoint
+
+        state = load_checkpoint(path)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            ours = set(model.state_dict())
+            theirs = set(state) if isinstance(state, dict) else set()
+            detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
+                      if ours != theirs else "tensor shapes differ")
+            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}); "
+                            f"pass the checkpoint of a {model.model_name} or the matching --Tmodel") from None
+        return model
+
+    # -- what the engine asks ----------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def evaluation_model(self) -> tuple[nn.Module, tuple[str, ...]]:
+        """The network whose metrics the run reports (the student by default) and the modalities it takes."""
+        return self.student, (self.mode,)
+
+    def model_names(self) -> dict[str, str]:
+        """``results.json`` ``models``: role -> CLI name."""
+        return {"student": self.args.Smodel}
+
+    def extra_results(self) -> dict:
+        return {}
+
+    # -- shared defaults for single-stage student training -----------------------------------------------
+    def student_val_step(self, batch: Batch, epoch: int) -> LossDict:
+        logits = self.run_model(self.student, batch, (self.mode,))
+        return {"loss": self.task_loss(logits, batch.y)}
+
+    def adam(self, *modules_or_params, lr: float | None = None) -> Callable[[], torch.optim.Optimizer]:
+        """A factory for ``Adam(params, lr)`` with PyTorch defaults, as every reference script uses."""
+        def make():
+            params = []
+            for item in modules_or_params:
+                params.extend(item.parameters() if isinstance(item, nn.Module) else item)
+            return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr if lr is not None else self.args.lr)
+
+        return make
+
+
+def _models_of(database: str) -> list[str]:
+    from models import models_for
+
+    return models_for(database)

@@ -1,0 +1,89 @@
+"""Training without distillation: the multimodal teacher (``main-T.py``), the unimodal model (``main-S.py``: the
+"w/o KD" baseline and the cross-modal teachers of the ``-UU`` methods), and their test scripts.
+
+Reference behaviour (models-and-data.md §4): Adam with PyTorch defaults, constant learning rate (the cosine
+schedulers it created were never stepped), model selection by the lowest validation loss (strict), test of
+the selected model.
+"""
+from __future__ import annotations
+
+from kd_methods import register_method
+from kd_methods.base import Method, Stage
+
+
+@register_method
+class MultimodalTeacher(Method):
+    """Train a fusion model on both modalities (``main-T.py``)."""
+
+    name = "T"
+    summary = "Train the multimodal (fusion) teacher on m1 and m2."
+    roles = ("teacher",)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.teacher = self.build(self.args.Tmodel, ("m1", "m2"), "teacher")
+
+    def stages(self):
+        def step(batch, epoch):
+            return {"ce": self.task_loss(self.run_model(self.teacher, batch, ("m1", "m2")), batch.y)}
+
+        return [Stage("train", self.args.epochs, self.adam(self.teacher), step, [self.teacher], val_step=step,
+                      select_key="ce", selected=self.teacher)]
+
+    def evaluation_model(self):
+        return self.teacher, ("m1", "m2")
+
+    def model_names(self):
+        return {"teacher": self.args.Tmodel}
+
+
+@register_method
+class UnimodalModel(Method):
+    """Train a unimodal model on ``--mode`` (``main-S.py``)."""
+
+    name = "S"
+    summary = "Train a unimodal model on --mode: the no-KD baseline, or a cross-modal teacher for -UU methods."
+    roles = ("student",)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.student = self.build(self.args.Smodel, (self.mode,), "student")
+
+    def stages(self):
+        def step(batch, epoch):
+            return {"ce": self.task_loss(self.run_model(self.student, batch, (self.mode,)), batch.y)}
+
+        return [Stage("train", self.args.epochs, self.adam(self.student), step, [self.student], val_step=step,
+                      select_key="ce", selected=self.student)]
+
+
+class _TestMixin:
+    needs_checkpoint = True
+    checkpoint_help = "the model to test: a best.pth of ours or a reference-style bare state dict"
+
+    def stages(self):
+        return []
+
+
+@register_method
+class TestMultimodal(_TestMixin, MultimodalTeacher):
+    """Evaluate a trained fusion model on the test split (``test-T.py``)."""
+
+    name = "test-T"
+    summary = "Test a trained multimodal model (prints and saves the reference's metrics)."
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.load_teacher(self.teacher, self.args.ckpt_name, role="model")
+
+
+@register_method
+class TestUnimodal(_TestMixin, UnimodalModel):
+    """Evaluate a trained unimodal model (a baseline or any distilled student) on the test split (``test-S.py``)."""
+
+    name = "test-S"
+    summary = "Test a trained unimodal model or distilled student (prints and saves the reference's metrics)."
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.load_teacher(self.student, self.args.ckpt_name, role="model")

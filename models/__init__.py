@@ -1,0 +1,22 @@
+"""Networks by CLI name. Importing this package registers every model.
+
+Conventions every model follows (so the distillation code stays model-agnostic):
+* ``forward`` takes the batch tensors in the dataset's layout: ``forward(m1, m2)`` for fusion models,
+  ``forward(x)`` for unimodal ones. Layout changes the reference did in input wrappers (e.g. the RAVDESS
+  video permute) happen inside ``forward``; they have no parameters, so state dicts stay reference-exact.
+* ``hook_names``: the reference's default feature taps, addressed by dotted submodule path.
+* Submodule names equal the reference's, so its checkpoints load with ``load_state_dict(strict=True)``.
+"""
+from models.registry import MODELS, ModelEntry, build_model, get_entry, models_for, register_model
+
+# Importing the modules registers their models.
+from models import synthetic  # noqa: F401,E402
+
+for _optional in ("avmnist", "ravdess", "vggsound", "cmmd", "fusenet", "mst_modules"):
+    try:
+        __import__(f"models.{_optional}")
+    except ModuleNotFoundError as error:  # modules land one by one during development
+        if error.name != f"models.{_optional}":
+            raise
+
+__all__ = ["MODELS", "ModelEntry", "build_model", "get_entry", "models_for", "register_model"]

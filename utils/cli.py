@@ -1,0 +1,124 @@
+"""The command-line contract shared by every script (architecture.md): registries feed ``choices``, help
+strings state defaults, booleans are ``--x/--no-x``, and defaults left open (batch size, lr, epochs, model
+names) are filled from the dataset spec and ``--mode`` after parsing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from datasets import DATASETS, dataset_names, get_spec
+from models import MODELS
+from utils.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as every other bad input
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser(method_cls) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else method_cls.name,
+        description=method_cls.summary or method_cls.__doc__,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--database", default="Synthetic-MVD", choices=dataset_names(), metavar="NAME",
+                      help=f"dataset, one of {', '.join(dataset_names())} (default: %(default)s)")
+    data.add_argument("--data_root", default=os.environ.get("MSTD_DATA_ROOT", "./data"),
+                      help="folder holding the datasets (default: $MSTD_DATA_ROOT, else ./data)")
+    data.add_argument("--metadata_dir", default="metadata",
+                      help="folder of the split files <database>_indices.csv (default: %(default)s)")
+    data.add_argument("--mode", default="m1", choices=["m1", "m2"],
+                      help="the student's modality (default: %(default)s)")
+    data.add_argument("--data_on_device", action=argparse.BooleanOptionalAction, default=False,
+                      help="keep in-memory datasets on the GPU (default: off)")
+    data.add_argument("--num_workers", type=int, default=0,
+                      help="loader worker processes for file-backed datasets (default: %(default)s)")
+
+    models = parser.add_argument_group("models")
+    names = sorted(MODELS)
+    flags = {"teacher": ("--Tmodel", "teacher"), "student": ("--Smodel", "student"),
+             "aux": ("--AUXmodel", "auxiliary cross-modal teacher")}
+    for role in method_cls.roles:
+        flag, what = flags[role]
+        models.add_argument(flag, default=None, choices=names, metavar="NAME",
+                            help=f"{what} model (default: from the dataset and --mode); one of {', '.join(names)}")
+    if method_cls.needs_checkpoint:
+        models.add_argument("--ckpt_name", default=None, help=method_cls.checkpoint_help + " (required)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--seed", type=int, default=0, help="seed; also selects split column group_<seed> (default: %(default)s)")
+    train.add_argument("--batch_size", type=int, default=None, help="batch size (default: per dataset, README table)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: per dataset, README table)")
+    train.add_argument("--epochs", type=int, default=None, help="epochs (default: per dataset)")
+    train.add_argument("--max_steps", type=int, default=None, help="cap on batches per epoch, for smoke runs (default: none)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    train.add_argument("--cuda_id", type=int, default=None, help="alias of --device cuda:N (reference flag)")
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                       help="bfloat16 autocast on CUDA (default: off, fp32 as the reference)")
+    train.add_argument("--test_phase", action=argparse.BooleanOptionalAction, default=False,
+                       help="also evaluate the current model on the test split every epoch (default: off)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--out_dir", default="./runs", help="root of run directories (default: %(default)s)")
+    output.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue a killed run from its directory or checkpoint.pth")
+    output.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="write TensorBoard events (default: on)")
+
+    method_group = parser.add_argument_group(f"{method_cls.name} options")
+    method_cls.add_arguments(method_group)
+    for spec in DATASETS.values():
+        if spec.add_arguments is not None:
+            spec.add_arguments(parser)
+    return parser
+
+
+#: options that may differ when a run is resumed (where and how it runs, not what it computes)
+RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device")
+
+
+def parse_args(method_cls, argv=None) -> argparse.Namespace:
+    parser = build_parser(method_cls)
+    args = parser.parse_args(argv)
+    if args.resume:
+        from utils.rundir import load_checkpoint
+
+        saved = load_checkpoint(args.resume).get("args")
+        if not isinstance(saved, dict):
+            raise UserError(f"{args.resume} is not a run checkpoint of this framework (no saved arguments)")
+        given = {k: getattr(args, k) for k in RUNTIME_OPTIONS}
+        args = argparse.Namespace(**saved)
+        for key, value in given.items():
+            if value is not None or key == "resume":
+                setattr(args, key, value)
+        return args
+    return finalize_args(method_cls, args)
+
+
+def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults that depend on the dataset and the mode, then let the method check its options."""
+    spec = get_spec(args.database)
+    args.database = spec.name
+    if args.cuda_id is not None and args.device == "auto":
+        args.device = f"cuda:{args.cuda_id}"
+    overrides = {**spec.method_defaults.get(method_cls.name, {})}
+    for key in ("batch_size", "lr", "epochs"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, overrides.get(key, method_cls.defaults.get(key, getattr(spec, key))))
+    defaults = method_cls.default_models(spec, args.mode)
+    for role, flag in (("teacher", "Tmodel"), ("student", "Smodel"), ("aux", "AUXmodel")):
+        if role in method_cls.roles and getattr(args, flag, None) is None:
+            setattr(args, flag, defaults[role])
+    for key, value in overrides.items():  # method-specific extras such as epochs_s1 for Synthetic-MVD
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if method_cls.needs_checkpoint and not getattr(args, "ckpt_name", None):
+        raise UserError(f"{method_cls.name} needs a pre-trained teacher: pass --ckpt_name PATH "
+                        f"(a best.pth from main-T.py / main-S.py, or a reference state dict)")
+    if args.batch_size < 1 or args.epochs < 0 or args.lr <= 0:
+        raise UserError("--batch_size must be >= 1, --epochs >= 0 and --lr > 0")
+    method_cls.check_args(args, spec)
+    return args

@@ -1,0 +1,296 @@
+"""The one training/evaluation loop every script runs.
+
+flags -> DatasetSpec -> DataSource + splits -> method (an nn.Module with stages) -> per stage: epochs of
+(train steps: losses -> sum -> backward -> step; validation -> selection) -> evaluation of the selected
+model -> run directory. Checkpoints are written after every epoch and at every stage boundary, holding
+everything needed to continue bit-for-bit: method state, optimiser state, the best snapshot and all RNGs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+from datasets import BatchLoader, get_spec
+from datasets.splits import resolve_split
+from kd_methods.base import Method, RunContext, Stage
+from utils import cli
+from utils.errors import NonFiniteLossError, UserError
+from utils.metrics import ConfusionMatrix
+from utils.rundir import RunDir, load_checkpoint
+from utils.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+
+LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
+
+
+def main(method_name: str, argv=None) -> dict | None:
+    """Entry point of every ``main-*.py`` / ``test-*.py``: bad input ends with one line and exit code 2."""
+    from kd_methods import get_method
+
+    try:
+        method_cls = get_method(method_name)
+        args = cli.parse_args(method_cls, argv)
+        return run(method_cls, args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(NonFiniteLossError.exit_code)
+
+
+def build_context(args, device, log=print) -> RunContext:
+    spec = get_spec(args.database)
+    source = spec.load(args)
+    if args.data_on_device and source.in_memory:
+        source = source.to(device)
+    train, val, test = resolve_split(spec.name, len(source), args.seed, from_file=spec.split == "index_file",
+                                     metadata_dir=args.metadata_dir, log=log)
+    splits = {"train": train, "val": val, "test": test}
+
+    def make_loader(split: str, shuffle: bool | None = None, batch_size: int | None = None,
+                    max_steps: int | None = -1) -> BatchLoader:
+        return BatchLoader(source, splits[split], batch_size or args.batch_size,
+                           shuffle=(split == "train") if shuffle is None else shuffle, seed=args.seed, device=device,
+                           num_workers=args.num_workers if split == "train" else 0,
+                           max_steps=args.max_steps if max_steps == -1 else max_steps)
+
+    return RunContext(args=args, spec=spec, device=device, source=source, splits=splits, make_loader=make_loader,
+                      log=log)
+
+
+def run_tag(args, method_cls) -> str:
+    names = [getattr(args, flag) for flag in ("Tmodel", "Smodel") if getattr(args, flag, None)]
+    return f"{'--'.join(names)}_{args.mode}_seed{args.seed}"
+
+
+def run(method_cls: type[Method], args) -> dict:
+    started = time.time()
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    resume = load_checkpoint(args.resume) if args.resume else None
+
+    if resume is not None:
+        path = _run_path(args.resume)
+        position = (resume["stage"], resume["epoch"])
+        run_dir = RunDir.reopen(path, args.record, keep_metrics=lambda row: (row["stage_index"], row["epoch"] + 1)
+                                <= position)
+        run_dir.log(f"Resuming {path} at stage {position[0]}, epoch {position[1]}")
+    else:
+        run_dir = RunDir.create(args.out_dir, method_cls.name, args.database, run_tag(args, method_cls), vars(args),
+                                args.record)
+    try:
+        ctx = build_context(args, device, log=run_dir.log)
+        ctx.run_path = run_dir.path
+        method = method_cls(ctx).to(device)
+        stages = method.stages()
+        if resume is not None:
+            method.load_state_dict(resume["method"])
+            set_rng_state(resume["rng"])
+        run_dir.log(f"{method_cls.name} on {args.database} ({device}); run directory {run_dir.path}")
+        best_epoch = fit(method, stages, ctx, run_dir, resume)
+        results = finish(method, ctx, run_dir, best_epoch, time.time() - started, device)
+    finally:
+        run_dir.close()
+    print(f"Run directory: {run_dir.path}")
+    return results
+
+
+def _run_path(resume_arg):
+    from pathlib import Path
+
+    path = Path(resume_arg)
+    return path if path.is_dir() else path.parent
+
+
+def _autocast(args, device):
+    if args.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def set_modes(method: Method, stage: Stage, training: bool) -> None:
+    method.eval()
+    if training:
+        for module in stage.train_modules:
+            module.train()
+
+
+def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, resume: dict | None) -> int | None:
+    """Run every stage; returns the selected epoch of the last stage that selects one."""
+    args, device = ctx.args, ctx.device
+    start_stage = resume["stage"] if resume else 0
+    best_epoch = resume.get("best_epoch_last") if resume else None
+    epoch_offset = sum(s.epochs for s in stages[:start_stage])
+    train_loader = ctx.make_loader("train")
+    val_loader = ctx.make_loader("val", max_steps=args.max_steps)
+    test_loader = ctx.make_loader("test") if args.test_phase else None
+
+    for stage_index in range(start_stage, len(stages)):
+        stage = stages[stage_index]
+        loader = ctx.make_loader("train", batch_size=stage.loader_batch_size) if stage.loader_batch_size else train_loader
+        optimizer = stage.make_optimizer()
+        best = {"value": math.inf, "epoch": None, "state": None}
+        start_epoch = 0
+        if resume is not None and stage_index == resume["stage"]:
+            if resume.get("optimizer") is not None:
+                optimizer.load_state_dict(resume["optimizer"])
+            best = resume["best"]
+            start_epoch = resume["epoch"]
+            resume = None
+        if stage.epochs and start_epoch == 0:
+            run_dir.log(f"Stage {stage_index + 1}/{len(stages)} '{stage.name}': {stage.epochs} epochs")
+
+        for epoch in range(start_epoch, stage.epochs):
+            t0 = time.time()
+            if stage.on_epoch_start is not None:
+                stage.on_epoch_start(epoch, optimizer)
+            loader.set_epoch(epoch_offset + epoch)
+            train_means = train_epoch(method, stage, optimizer, loader, ctx, epoch, run_dir.path)
+            row = {"stage": stage.name, "stage_index": stage_index, "epoch": epoch,
+                   **{f"train/{k}": v for k, v in train_means.items()}}
+            if stage.epoch_logs is not None:
+                row.update(stage.epoch_logs())
+            if stage.val_step is not None:
+                val_means = validate(method, stage, stage.val_step, val_loader, ctx, epoch)
+                row.update({f"val/{k}": v for k, v in val_means.items()})
+                value = val_means.get(stage.select_key) if stage.select_key else None
+                if value is not None and value < best["value"]:
+                    best = {"value": value, "epoch": epoch,
+                            "state": copy.deepcopy(stage.selected.state_dict()) if stage.selected is not None else None}
+                    row["best"] = True
+            if test_loader is not None:
+                model, modalities = method.evaluation_model()
+                row["test/loss"], test_metrics = evaluate(method, model, modalities, test_loader, ctx)
+                row["test/accuracy"] = test_metrics["accuracy"]
+            for group in optimizer.param_groups[:1]:
+                row["lr"] = group["lr"]
+            row["time_s"] = round(time.time() - t0, 3)
+            run_dir.log(_format_row(row))
+            run_dir.log_metrics(row, step=epoch_offset + epoch)
+            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, best, best_epoch))
+
+        if stage.selected is not None and best["state"] is not None:
+            stage.selected.load_state_dict(best["state"])
+            best_epoch = best["epoch"]
+            run_dir.log(f"Stage '{stage.name}': restored the best epoch {best['epoch']} "
+                        f"(val {stage.select_key} {best['value']:.5f})")
+        elif stage.select_key is None:
+            best_epoch = stage.epochs - 1 if stage.epochs else best_epoch
+        if stage.on_stage_end is not None:
+            stage.on_stage_end()
+        epoch_offset += stage.epochs
+        boundary = _checkpoint(method, args, stage_index + 1, 0, None,
+                               {"value": math.inf, "epoch": None, "state": None}, best_epoch)
+        run_dir.save_file(f"stage{stage_index + 1}-{stage.name}.pth", {"args": vars(args), "method": boundary["method"]})
+        run_dir.save_checkpoint(boundary)
+    return best_epoch
+
+
+def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_last) -> dict:
+    return {"args": vars(args), "stage": stage_index, "epoch": epoch, "method": method.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None, "best": best,
+            "best_epoch_last": best_epoch_last, "rng": rng_state()}
+
+
+def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch: int, where) -> dict:
+    set_modes(method, stage, training=True)
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    bar = tqdm(loader, desc=f"{stage.name} {epoch}", leave=False, dynamic_ncols=True, disable=None)
+    for batch in bar:
+        with _autocast(ctx.args, ctx.device):
+            losses = stage.train_step(batch, epoch)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        steps += 1
+        for key, value in (("loss", total), *losses.items()):
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        if steps % LOG_EVERY == 0:
+            _check_finite(sums["loss"], stage, epoch, steps, where)
+            bar.set_postfix(loss=f"{sums['loss'].item() / steps:.4f}")
+    if steps == 0:
+        return {}
+    _check_finite(sums["loss"], stage, epoch, steps, where)
+    return {key: (value / steps).item() for key, value in sums.items()}
+
+
+def _check_finite(loss_sum, stage, epoch, step, where):
+    if not torch.isfinite(loss_sum).item():
+        raise NonFiniteLossError(
+            f"the training loss became {loss_sum.item()} in stage '{stage.name}', epoch {epoch}, by step {step}; "
+            f"stopped. The last good checkpoint is kept in {where} (lower --lr, or check the data)")
+
+
+@torch.no_grad()
+def validate(method, stage: Stage, step_fn, loader, ctx: RunContext, epoch: int) -> dict:
+    """Mean over batches of each term's batch mean (the reference's averaging: the last batch counts fully)."""
+    set_modes(method, stage, training=False)
+    sums, steps = {}, 0
+    for batch in loader:
+        with _autocast(ctx.args, ctx.device):
+            losses = step_fn(batch, epoch)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        steps += 1
+    return {key: (value / steps).item() for key, value in sums.items()} if steps else {}
+
+
+@torch.no_grad()
+def evaluate(method: Method, model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
+    """Task loss (mean of batch means) and the reference's metrics of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    spec = ctx.spec
+    confusion = ConfusionMatrix(spec.num_classes, spec.ignore_index, device=ctx.device)
+    loss_sum, steps = 0.0, 0
+    for batch in loader:
+        with _autocast(ctx.args, ctx.device):
+            logits = model(*batch.inputs(modalities))
+        logits = logits.float()
+        loss_sum += method.task_loss(logits, batch.y).float()
+        confusion.update(logits, batch.y)
+        steps += 1
+    model.train(was_training)
+    loss = (loss_sum / steps).item() if steps else float("nan")
+    return loss, confusion.compute()
+
+
+def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device) -> dict:
+    """Evaluate the selected model on val and test, save ``best.pth`` and ``results.json``."""
+    args = ctx.args
+    model, modalities = method.evaluation_model()
+    metrics = {}
+    for split in ("val", "test"):
+        loss, figures = evaluate(method, model, modalities, ctx.make_loader(split, max_steps=None), ctx)
+        metrics[split] = {"loss": loss, **figures}
+    run_dir.save_best({"args": vars(args), "model": model.state_dict(), "model_name": model.model_name,
+                       "epoch": best_epoch, "metrics": metrics})
+    results = {
+        "method": method.name, "database": args.database, "mode": args.mode, "models": method.model_names(),
+        "seed": args.seed, "epochs": args.epochs, "best_epoch": best_epoch, "device": str(device),
+        "wall_time_s": round(wall_time, 2), "metrics": metrics, "extra": method.extra_results(),
+    }
+    run_dir.write_results(results)
+    test = metrics["test"]
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU"))
+    run_dir.log(f"Test ({model.model_name}, best epoch {best_epoch}): loss {test['loss']:.4f}, {shown}")
+    return results
+
+
+def _format_row(row: dict) -> str:
+    parts = [f"[{row['stage']}] epoch {row['epoch']}"]
+    for key, value in row.items():
+        if key in ("stage", "stage_index", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        parts.append(f"{key} {value:.4g}")
+    if row.get("best"):
+        parts.append("*")
+    return "  ".join(parts)
