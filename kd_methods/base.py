@@ -188,6 +188,26 @@ class Method(nn.Module):
                             f"pass the checkpoint of a {model.model_name} or the matching --Tmodel") from None
         return model
 
+    #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference
+    #: did (it never wrapped teacher forwards in no_grad), to measure what the no-grad path saves
+    keep_teacher_graph: bool = False
+
+    def teacher_forward(self, model: nn.Module, batch: Batch, modalities: tuple[str, ...]) -> torch.Tensor:
+        """Forward of a frozen network: no autograd graph (unless :attr:`keep_teacher_graph`)."""
+        with torch.set_grad_enabled(self.keep_teacher_graph and torch.is_grad_enabled()):
+            return model(*batch.inputs(modalities))
+
+    def teacher_modalities(self) -> tuple[str, ...]:
+        """What the teacher is fed: both modalities (multimodal) or the other one (cross-modal)."""
+        return ("m1", "m2") if self.teacher_kind == "multimodal" else (self.other,)
+
+    def pretrained_teacher(self) -> nn.Module:
+        """Build ``--Tmodel`` for :attr:`teacher_kind`, load ``--ckpt_name`` into it and freeze it."""
+        teacher = self.build(self.args.Tmodel, self.teacher_modalities(), "teacher")
+        self.load_teacher(teacher, self.args.ckpt_name)
+        teacher.requires_grad_(self.keep_teacher_graph)
+        return teacher.eval()
+
     # -- what the engine asks ----------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         raise NotImplementedError

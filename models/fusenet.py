@@ -1,0 +1,258 @@
+"""NYU-Depth-V2 segmentation models of the FuseNet family (models-and-data.md §3.5): the RGB-D teacher
+``FuseNet-I`` and the single-stream students ``FuseNet-RGBbranch`` / ``FuseNet-Dbranch``.
+
+All three are VGG-16-shaped SegNet-style encoder-decoders with max-unpooling. Submodule names, registration
+order and the unused modules of the reference (``pool3_d``, ``pool5_d``, ``penultimate_identity``...) are kept
+so reference checkpoints load with ``strict=True`` and hook paths stay valid. No pretrained weights are used:
+the reference overwrote its VGG-16 weights with a small Xavier init (§3.5.4), which :func:`init_fusenet_`
+reproduces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.init as init
+
+from models.registry import register_model
+
+NUM_LABELS = 41
+DROPOUT = 0.4
+BN_MOMENTUM = 0.1
+INIT_GAIN = 0.02
+
+# Per stage, the (in, out) channels of each 3x3 conv: the VGG-16 feature extractor (the depth stream's first conv
+# takes 1 channel) and the mirrored decoder (its stage 1 is built separately because it ends in the logits).
+VGG16_STAGES = (
+    ((3, 64), (64, 64)),
+    ((64, 128), (128, 128)),
+    ((128, 256), (256, 256), (256, 256)),
+    ((256, 512), (512, 512), (512, 512)),
+    ((512, 512), (512, 512), (512, 512)),
+)
+DECODER_STAGES = (
+    None,
+    ((128, 128), (128, 64)),
+    ((256, 256), (256, 256), (256, 128)),
+    ((512, 512), (512, 512), (512, 256)),
+    ((512, 512), (512, 512), (512, 512)),
+)
+
+
+def conv_bn_relu(channels, inplace: bool = True) -> nn.Sequential:
+    """[Conv3x3, BN, ReLU] per (in, out) pair, flat, so conv ``i`` sits at Sequential index ``3 * i``."""
+    layers = []
+    for c_in, c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.BatchNorm2d(c_out, momentum=BN_MOMENTUM),
+                   nn.ReLU(inplace=inplace)]
+    return nn.Sequential(*layers)
+
+
+def encoder_block(stage: int, depth: bool = False) -> nn.Sequential:
+    channels = list(VGG16_STAGES[stage - 1])
+    if depth and stage == 1:
+        channels[0] = (1, channels[0][1])
+    return conv_bn_relu(channels)
+
+
+def decoder_block(stage: int, num_labels: int) -> nn.Sequential:
+    if stage == 1:
+        # The ReLU here is not in-place in the reference; the block ends in the classifier conv.
+        return nn.Sequential(*conv_bn_relu([(64, 64)], inplace=False), nn.Conv2d(64, num_labels, 3, padding=1))
+    return conv_bn_relu(DECODER_STAGES[stage - 1])
+
+
+@dataclass(frozen=True)
+class EncoderNames:
+    """Submodule names of one encoder stream, indexed by stage - 1, plus its registration order."""
+
+    blocks: tuple[str, ...]
+    pools: tuple[str, ...]
+    dropouts: tuple[str | None, ...]
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DecoderNames:
+    unpools: tuple[str, ...]
+    blocks: tuple[str, ...]
+    dropouts: tuple[str | None, ...]
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        names = []
+        for k in reversed(range(5)):
+            names += [self.unpools[k], self.blocks[k]] + ([self.dropouts[k]] if self.dropouts[k] else [])
+        return tuple(names)
+
+
+RGB_ENCODER = EncoderNames(
+    blocks=tuple(f"CBR{k}_RGB_ENC" for k in range(1, 6)),
+    pools=tuple(f"pool{k}" for k in range(1, 6)),
+    dropouts=(None, None, "dropout3", "dropout4", "dropout5"),
+    order=("CBR1_RGB_ENC", "pool1", "CBR2_RGB_ENC", "pool2", "CBR3_RGB_ENC", "pool3", "dropout3", "CBR4_RGB_ENC",
+           "pool4", "dropout4", "CBR5_RGB_ENC", "dropout5", "pool5"),
+)
+# The reference pools depth stage 3 with ``pool4_d`` (same settings); ``pool3_d`` stays registered but unused.
+DEPTH_ENCODER = EncoderNames(
+    blocks=tuple(f"CBR{k}_DEPTH_ENC" for k in range(1, 6)),
+    pools=("pool1_d", "pool2_d", "pool4_d", "pool4_d", "pool5_d"),
+    dropouts=(None, None, "dropout3_d", "dropout4_d", "dropout5_d"),
+    order=("CBR1_DEPTH_ENC", "pool1_d", "CBR2_DEPTH_ENC", "pool2_d", "CBR3_DEPTH_ENC", "pool3_d", "dropout3_d",
+           "CBR4_DEPTH_ENC", "pool4_d", "dropout4_d", "CBR5_DEPTH_ENC", "pool5_d", "dropout5_d"),
+)
+
+
+def _decoder_names(block_tag: str, suffix: str) -> DecoderNames:
+    return DecoderNames(
+        unpools=tuple(f"unpool{k}{suffix}" for k in range(1, 6)),
+        blocks=tuple(f"CBR{k}_{block_tag}_DEC" for k in range(1, 6)),
+        dropouts=(None, None, f"dropout3_dec{suffix}", f"dropout4_dec{suffix}", f"dropout5_dec{suffix}"),
+    )
+
+
+RGBD_DECODER = _decoder_names("RGBD", "")
+RGB_DECODER = _decoder_names("RGB", "_rgb")
+DEPTH_DECODER = _decoder_names("D", "_d")
+
+
+def init_fusenet_(model: nn.Module, gain: float = INIT_GAIN) -> None:
+    """The reference's effective init (§3.5.4): Xavier-normal convs (gain 0.02, zero bias) and BN weights
+    ~ N(1, gain) with zero bias, applied child by child in registration order (which fixes the RNG order)."""
+
+    def init_module(module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            init.xavier_normal_(module.weight, gain=gain)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.normal_(module.weight, 1.0, gain)
+            init.zeros_(module.bias)
+
+    with torch.no_grad():
+        for child in model.children():
+            child.apply(init_module)
+
+
+class FuseNetBase(nn.Module):
+    """Module construction from reference names, and the encoder/decoder passes shared by the three models."""
+
+    def _register(self, names, num_labels: int) -> None:
+        for name in names:
+            setattr(self, name, self._make(name, num_labels))
+
+    @staticmethod
+    def _make(name: str, num_labels: int) -> nn.Module:
+        if name.startswith("CBR"):
+            stage = int(name[3])
+            if name.endswith("_ENC"):
+                return encoder_block(stage, depth="DEPTH" in name)
+            return decoder_block(stage, num_labels)
+        if name.startswith("pool"):
+            return nn.MaxPool2d(kernel_size=2, stride=2, return_indices=True)
+        if name.startswith("unpool"):
+            return nn.MaxUnpool2d(kernel_size=2, stride=2)
+        if name.startswith("dropout"):
+            return nn.Dropout(p=DROPOUT)
+        if name.endswith("identity"):
+            return nn.Identity()
+        raise ValueError(f"no FuseNet module is called {name}")
+
+    def _encode(self, x: torch.Tensor, names: EncoderNames, skips=None, last_pool: bool = True):
+        """Run one encoder stream.
+
+        ``skips`` (the other stream's stage outputs) are averaged into each stage output before its pooling,
+        which is FuseNet's fusion. Returns the stage outputs before pooling, the pooled (and dropped-out) code,
+        and the pool indices and pre-pool sizes the decoder needs. Without ``last_pool`` the stream stops after
+        stage 5 (the depth stream of ``FuseNet-I``).
+        """
+        stage_outputs, indices, sizes = [], [], []
+        for k in range(5):
+            x = getattr(self, names.blocks[k])(x)
+            if skips is not None:
+                x = (x + skips[k]) / 2
+            stage_outputs.append(x)
+            if k == 4 and not last_pool:
+                break
+            sizes.append(x.shape)
+            x, idx = getattr(self, names.pools[k])(x)
+            indices.append(idx)
+            if names.dropouts[k]:
+                x = getattr(self, names.dropouts[k])(x)
+        return stage_outputs, x, indices, sizes
+
+    def _decode(self, x: torch.Tensor, names: DecoderNames, indices, sizes) -> torch.Tensor:
+        # Unpooling to the stored pre-pool sizes makes any input size work, not only multiples of 32.
+        for k in reversed(range(5)):
+            x = getattr(self, names.unpools[k])(x, indices[k], output_size=sizes[k][-2:])
+            x = getattr(self, names.blocks[k])(x)
+            if names.dropouts[k]:
+                x = getattr(self, names.dropouts[k])(x)
+        return x
+
+
+class FuseNet(FuseNetBase):
+    """FuseNet (Hazirbas et al., ACCV 2016), intermediate fusion: a depth encoder whose stage outputs are
+    averaged into the RGB encoder at every stage, and one decoder unpooling with the fused stream's indices."""
+
+    hook_names = ["after_fusion_identity", "CBR5_RGBD_DEC"]
+
+    def __init__(self, num_labels: int = NUM_LABELS):
+        super().__init__()
+        self._register(("after_fusion_identity",) + RGB_ENCODER.order + DEPTH_ENCODER.order + RGBD_DECODER.order,
+                       num_labels)
+        init_fusenet_(self)
+
+    def forward(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+        depth_stages, _, _, _ = self._encode(m2, DEPTH_ENCODER, last_pool=False)
+        _, code, indices, sizes = self._encode(m1, RGB_ENCODER, skips=depth_stages)
+        return self._decode(self.after_fusion_identity(code), RGBD_DECODER, indices, sizes)
+
+
+class FuseNetBranch(FuseNetBase):
+    """Single-stream FuseNet (Hazirbas et al., ACCV 2016) without fusion: one VGG-16 encoder and its decoder."""
+
+    def __init__(self, encoder: EncoderNames, decoder: DecoderNames, num_labels: int = NUM_LABELS):
+        super().__init__()
+        self._encoder_names = encoder
+        self._decoder_names = decoder
+        self._register(("penultimate_identity",) + encoder.order + decoder.order, num_labels)
+        init_fusenet_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, code, indices, sizes = self._encode(x, self._encoder_names)
+        return self._decode(code, self._decoder_names, indices, sizes)
+
+
+class FuseNetRGB(FuseNetBranch):
+    """RGB-only FuseNet stream (student on m1)."""
+
+    hook_names = ["CBR1_RGB_DEC.0", "CBR2_RGB_ENC", "CBR4_RGB_ENC", "CBR5_RGB_ENC", "CBR4_RGB_DEC", "CBR5_RGB_DEC"]
+
+    def __init__(self, num_labels: int = NUM_LABELS):
+        super().__init__(RGB_ENCODER, RGB_DECODER, num_labels)
+
+
+class FuseNetDepth(FuseNetBranch):
+    """Depth-only FuseNet stream (student on m2)."""
+
+    hook_names = ["CBR1_D_DEC.0", "CBR2_DEPTH_ENC", "CBR4_DEPTH_ENC", "CBR5_DEPTH_ENC", "CBR4_D_DEC", "CBR5_D_DEC"]
+
+    def __init__(self, num_labels: int = NUM_LABELS):
+        super().__init__(DEPTH_ENCODER, DEPTH_DECODER, num_labels)
+
+
+@register_model("FuseNet-I", "NYU-Depth-V2", ("m1", "m2"), "FuseNet RGB-D segmentation teacher (fusion every stage)")
+def fusenet_intermediate(num_classes=NUM_LABELS, input_shapes=None, **_):
+    return FuseNet(num_classes)
+
+
+@register_model("FuseNet-RGBbranch", "NYU-Depth-V2", ("m1",), "single-stream FuseNet on RGB")
+def fusenet_rgb(num_classes=NUM_LABELS, input_shapes=None, **_):
+    return FuseNetRGB(num_classes)
+
+
+@register_model("FuseNet-Dbranch", "NYU-Depth-V2", ("m2",), "single-stream FuseNet on depth")
+def fusenet_depth(num_classes=NUM_LABELS, input_shapes=None, **_):
+    return FuseNetDepth(num_classes)

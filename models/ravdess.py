@@ -1,0 +1,137 @@
+"""RAVDESS emotion models: the dual-stream teacher ``DSCNN-I`` and its single-stream students
+``VisualBranchNet`` / ``AudioBranchNet`` (models-and-data.md §3.2).
+
+Inputs arrive in the dataset layout: face video ``[B,15,3,224,224]`` (time first) and MFCC ``[B,15,156]``.
+The reference permuted the video to ``[B,3,15,224,224]`` in an input wrapper; that permute lives in ``forward``
+here (it has no parameters, so state dicts are unchanged).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.registry import register_model
+
+NUM_CLASSES = 8
+AUDIO_FEATURES = 256 * 5  # 156 MFCC frames pooled by 3 three times -> 5
+VISUAL_FEATURES = 24 * 1 * 28 * 28  # 15 frames x 224^2 halved three times -> 1 x 28^2
+
+
+def video_to_channels_first(video: torch.Tensor) -> torch.Tensor:
+    """``[B,T,C,H,W]`` (dataset layout) -> ``[B,C,T,H,W]`` (Conv3d layout)."""
+    return video.permute(0, 2, 1, 3, 4)
+
+
+class AudioBranch(nn.Module):
+    """Three Conv1d-BN-ReLU-MaxPool stages over MFCC sequences (the coefficients are the channels)."""
+
+    def __init__(self, in_channels: int = 15):
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_channels, 32, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm1d(32)
+        self.conv2 = nn.Conv1d(32, 128, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm1d(128)
+        self.conv3 = nn.Conv1d(128, 256, kernel_size=3, padding=1)
+        self.bn3 = nn.BatchNorm1d(256)
+        self.pool = nn.MaxPool1d(kernel_size=3, stride=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        return x.reshape(x.size(0), -1)
+
+
+class VisualBranch(nn.Module):
+    """Three Conv3d-BN-ReLU-MaxPool stages over a face clip ``[B,3,T,H,W]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv3d(3, 6, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm3d(6)
+        self.conv2 = nn.Conv3d(6, 12, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm3d(12)
+        self.conv3 = nn.Conv3d(12, 24, kernel_size=3, padding=1)
+        self.bn3 = nn.BatchNorm3d(24)
+        self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        return x.reshape(x.size(0), -1)
+
+
+class ClassifierHead(nn.Module):
+    """``fc1 -> ReLU -> fc2 -> ReLU -> fc3``; ReLU is functional so hooks on fc1/fc2 see pre-activations."""
+
+    def _init_head(self, in_features: int, num_classes: int) -> None:
+        self.fc1 = nn.Linear(in_features, 320)
+        self.fc2 = nn.Linear(320, 160)
+        self.fc3 = nn.Linear(160, num_classes)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class DSCNN(ClassifierHead):
+    """Dual-stream CNN teacher (audio Conv1d + visual Conv3d streams, late concatenation [audio | visual])."""
+
+    hook_names = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3",
+                  "audio_branch", "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3",
+                  "fc1", "fc2", "fc3"]
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.audio_branch = AudioBranch()
+        self.visual_branch = VisualBranch()
+        self._init_head(AUDIO_FEATURES + VISUAL_FEATURES, num_classes)
+
+    def forward(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+        visual = self.visual_branch(video_to_channels_first(m1))
+        audio = self.audio_branch(m2)
+        return self.head(torch.cat([audio, visual], dim=1))
+
+
+class VisualBranchNet(ClassifierHead):
+    """Visual-only student: the DSCNN visual stream with its own classifier head."""
+
+    hook_names = ["visual_branch", "fc1", "fc2", "fc3"]
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.visual_branch = VisualBranch()
+        self._init_head(VISUAL_FEATURES, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual_branch(video_to_channels_first(x)))
+
+
+class AudioBranchNet(ClassifierHead):
+    """Audio-only student: the DSCNN audio stream with its own classifier head."""
+
+    hook_names = ["audio_branch", "fc1", "fc2", "fc3"]
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.audio_branch = AudioBranch()
+        self._init_head(AUDIO_FEATURES, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.audio_branch(x))
+
+
+@register_model("DSCNN-I", "RAVDESS", ("m1", "m2"), "dual-stream CNN teacher (Conv3d video + Conv1d MFCC)")
+def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
+    return DSCNN(num_classes)
+
+
+@register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student")
+def visual_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
+    return VisualBranchNet(num_classes)
+
+
+@register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student")
+def audio_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
+    return AudioBranchNet(num_classes)
