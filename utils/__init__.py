@@ -9,3 +9,10 @@ def main(method_name: str, argv=None):
     from utils.engine import main as _main
 
     return _main(method_name, argv)
+
+
+def indices_main(argv=None):
+    """Entry point of ``indices_gen.py``."""
+    from utils.engine import indices_main as _indices_main
+
+    return _indices_main(argv)

@@ -294,3 +294,38 @@ def _format_row(row: dict) -> str:
     if row.get("best"):
         parts.append("*")
     return "  ".join(parts)
+
+
+def indices_main(argv=None) -> None:
+    """``indices_gen.py``: write ``metadata/<database>_indices.csv`` exactly as the reference's script."""
+    import argparse
+
+    from datasets import DATASETS, dataset_names
+    from datasets.splits import INDEX_SEED, generate_permutations, indices_path, write_indices_csv
+
+    parser = cli._Parser(description="Write the reference's split file (20 permutation columns, seed 19980427).")
+    parser.add_argument("--database", required=True, choices=dataset_names(), metavar="NAME",
+                        help=f"one of {', '.join(dataset_names())}")
+    parser.add_argument("--data_root", default=cli.os.environ.get("MSTD_DATA_ROOT", "./data"),
+                        help="folder holding the datasets (default: $MSTD_DATA_ROOT, else ./data)")
+    parser.add_argument("--metadata_dir", default="metadata", help="output folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                        help="replace an existing file (default: off)")
+    for spec in DATASETS.values():
+        if spec.add_arguments is not None:
+            spec.add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+        args.data_on_device = False
+        spec = get_spec(args.database)
+        if spec.split != "index_file":
+            raise UserError(f"{spec.name} splits are generated in memory from --seed; it needs no index file")
+        path = indices_path(spec.name, args.metadata_dir)
+        if path.exists() and not args.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it (runs depend on it)")
+        n = len(spec.load(args))
+        write_indices_csv(path, generate_permutations(n))
+        print(f"Wrote {path}: 20 permutations of N={n} (seed {INDEX_SEED})")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(UserError.exit_code)

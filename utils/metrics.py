@@ -38,8 +38,8 @@ class ConfusionMatrix:
 
 
 def round4(value: float) -> float:
-    if value != value:  # NaN stays NaN
-        return value
+    if value != value:  # NaN stays NaN (a plain float, so checkpoints load with weights_only=True)
+        return float("nan")
     return float(Decimal(repr(float(value))).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
 
 
