@@ -1,0 +1,135 @@
+"""Training-data throughput: our batch path against the reference's per-sample Dataset + DataLoader.
+
+The data are AV-MNIST-shaped synthetic tensors held in memory (image ``[1, 28, 28]``, audio
+``[1, 112, 112]``, int64 label), and both paths serve the same training split (the first 60 % of a shuffled
+index column, as the framework does):
+
+* ours: ``TensorSource`` + ``BatchLoader(shuffle=True)``, i.e. one gather (``np.take`` on CPU, ``index_select`` on the GPU) per modality per batch
+  (``--device cuda`` adds a row with the source resident on the GPU, as ``--data_on_device`` does);
+* reference: a ``torch.utils.data.Dataset`` whose ``__getitem__`` returns ``(m1_i, m2_i, y_i)`` from Python
+  lists of per-sample tensors (the reference ``Dataset.py`` keeps such lists), iterated by
+  ``DataLoader(shuffle=True, batch_size=512, num_workers=0)`` with default collation; each batch is then moved
+  to the device as the reference training loop does;
+
+Usage: ``python benchmarks/bench_data.py [--samples 20000] [--epochs 5] [--device cpu|cuda]``. Prints a
+Markdown table and the ratio measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.base import BatchLoader, TensorSource  # noqa: E402
+from datasets.splits import cut, generate_permutations  # noqa: E402
+
+
+class ReferenceStyleDataset(torch.utils.data.Dataset):
+    """One Python call per sample, returning views into per-sample lists, as the reference does."""
+
+    def __init__(self, m1: torch.Tensor, m2: torch.Tensor, y: torch.Tensor, indices: np.ndarray):
+        self.m1 = [m1[i] for i in indices]
+        self.m2 = [m2[i] for i in indices]
+        self.y = [y[i] for i in indices]
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.m1[i], self.m2[i], self.y[i]
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_epochs(make_batches, epochs: list[int], device: torch.device) -> list[float]:
+    """Seconds per epoch of producing every batch on ``device`` (synchronised before the clock is read)."""
+    times = []
+    for epoch in epochs:
+        synchronise(device)
+        start = time.perf_counter()
+        count = 0
+        for m1, m2, y in make_batches(epoch):
+            count += len(y)  # no per-batch host sync, so GPU copies may overlap as they do in training
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=20_000, help="samples in all (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=512, help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per path (median reported), after one "
+                        "warm-up epoch (default: %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    generator = torch.Generator().manual_seed(0)
+    m1 = torch.rand((args.samples, 1, 28, 28), generator=generator)
+    m2 = torch.rand((args.samples, 1, 112, 112), generator=generator)
+    y = torch.randint(0, 10, (args.samples,), generator=generator)
+    train, _, _ = cut(generate_permutations(args.samples, 1)[0])
+    n_train = len(train)
+
+    def ours(source):
+        loader = BatchLoader(source, train, args.batch_size, shuffle=True, seed=0, device=device)
+
+        def batches(epoch):
+            loader.set_epoch(epoch)
+            return ((b.m1, b.m2, b.y) for b in loader)
+        return batches
+
+    reference_loader = torch.utils.data.DataLoader(ReferenceStyleDataset(m1, m2, y, train), batch_size=args.batch_size,
+                                                   shuffle=True, num_workers=0)
+
+    def reference(epoch):
+        non_blocking = device.type == "cuda"
+        return ((a.to(device, non_blocking=non_blocking), b.to(device, non_blocking=non_blocking),
+                 c.to(device, non_blocking=non_blocking)) for a, b, c in reference_loader)
+
+    paths = [("ours: TensorSource + BatchLoader (host memory)", ours(TensorSource(m1, m2, y)))]
+    if device.type == "cuda":
+        paths.append(("ours: TensorSource on the GPU (--data_on_device)", ours(TensorSource(m1, m2, y).to(device))))
+    paths.append(("reference: per-sample Dataset + DataLoader collation", reference))
+
+    # Interleave the paths epoch by epoch and take medians, so drift on a shared machine hits all of them alike.
+    for _, batches in paths:
+        time_epochs(batches, [0], device)  # warm-up: page faults, allocator, CUDA context
+    times = {name: [] for name, _ in paths}
+    for epoch in range(1, args.epochs + 1):
+        for name, batches in paths:
+            times[name] += time_epochs(batches, [epoch], device)
+    rows = [(name, float(np.median(times[name])), n_train / float(np.median(times[name]))) for name, _ in paths]
+
+    cpu = platform.processor() or platform.machine()
+    print(f"AV-MNIST-shaped synthetic data: {args.samples} samples, train split {n_train}, batch {args.batch_size}, "
+          f"median of {args.epochs} interleaved epochs after 1 warm-up; device {device}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads ({cpu})\n")
+    print("| path | s / epoch (median) | samples / s |")
+    print("|---|---:|---:|")
+    for name, per_epoch, rate in rows:
+        print(f"| {name} | {per_epoch:.3f} | {rate:,.0f} |")
+    reference_rate = rows[-1][2]
+    print()
+    for name, _, rate in rows[:-1]:
+        print(f"ratio ({name} / reference): {rate / reference_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

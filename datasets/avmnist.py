@@ -1,0 +1,84 @@
+"""AV-MNIST: MNIST digit images paired with spoken-digit spectrograms (spec §1.3).
+
+Files (the MultiBench ``avmnist`` package, Liang et al., "MultiBench", NeurIPS 2021 Datasets and Benchmarks)
+under ``<data_root>/avmnist/``: ``image/{train,test}_data.npy`` ``[n, 784]`` (``[n, 28, 28]`` gives the same
+result), ``audio/{train,test}_data.npy`` ``[n, 112, 112]`` and ``{train,test}_labels.npy`` ``[n]``.
+
+As the reference: the train file's samples come first, then the test file's (global indices 60 000..69 999 are
+the original test set; the split CSV decides train/val/test). Both arrays are min-max normalised **per sample**
+(2-d and 3-d arrays in the reference helper), then reshaped to ``[N, 1, 28, 28]`` and ``[N, 1, 112, 112]``
+float32; labels are int64 ``[N]``. The normalisation runs in chunks straight into the final float32 tensors,
+so no float64 copy of the dataset is ever held.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.minmax import normalise_per_sample
+from utils.errors import UserError
+
+NAME = "AV-MNIST"
+FOLDER = "avmnist"
+PARTS = ("train", "test")
+
+
+def paths(data_root: str | Path) -> dict[str, dict[str, Path]]:
+    """``{"train": {"image": ..., "audio": ..., "label": ...}, "test": {...}}``."""
+    root = Path(data_root) / FOLDER
+    return {part: {"image": root / "image" / f"{part}_data.npy", "audio": root / "audio" / f"{part}_data.npy",
+                   "label": root / f"{part}_labels.npy"} for part in PARTS}
+
+
+def _open(path: Path, description: str) -> np.ndarray:
+    require_file(path, description, NAME)
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as error:
+        raise UserError(f"{path} is not a readable .npy file ({error}) for {NAME}") from None
+
+
+def load(args: argparse.Namespace) -> TensorSource:
+    images, audios, labels = [], [], []
+    for part, files in paths(args.data_root).items():
+        image = _open(files["image"], f"{part} images, [n, 784]")
+        audio = _open(files["audio"], f"{part} audio spectrograms, [n, 112, 112]")
+        label = _open(files["label"], f"{part} digit labels, [n]")
+        n = image.shape[0] if image.ndim else None
+        check_shape(image.shape, (n, 28, 28) if image.ndim == 3 else (n, 784), files["image"], NAME)
+        check_shape(audio.shape, (n, 112, 112), files["audio"], NAME)
+        check_shape(label.shape, (n,), files["label"], NAME)
+        images.append(image)
+        audios.append(audio)
+        labels.append(label)
+    total = sum(len(y) for y in labels)
+    m1 = torch.empty((total, 1, 28, 28), dtype=torch.float32)
+    m2 = torch.empty((total, 1, 112, 112), dtype=torch.float32)
+    start = 0
+    for image, audio in zip(images, audios):
+        stop = start + len(image)
+        normalise_per_sample(image, m1.numpy()[start:stop], what=f"{NAME} images")
+        normalise_per_sample(audio, m2.numpy()[start:stop], what=f"{NAME} audio")
+        start = stop
+    y = torch.from_numpy(np.concatenate([np.asarray(y) for y in labels]).astype(np.int64))
+    return TensorSource(m1, m2, y)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    task="classification",
+    num_classes=10,
+    modalities={"m1": "image", "m2": "audio"},
+    teacher="CNN-I",
+    students={"m1": "LeNet5", "m2": "ThreeLayerCNN-A"},
+    batch_size=512,
+    lr=1e-4,
+    epochs=100,
+    load=load,
+    how_to_obtain="download the MultiBench 'avmnist' folder (github.com/pliang279/MultiBench) into "
+                  "<data_root>/avmnist/",
+)

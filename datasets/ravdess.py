@@ -1,0 +1,194 @@
+"""RAVDESS: emotion recognition from face video and speech MFCCs, 8 classes (spec §1.5).
+
+Source data: Livingstone & Russo, "The Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS)",
+PLoS ONE 13(5), 2018 (zenodo.org/record/1188976), speech part. ``data_preprocess/ravdess.py`` writes
+``<data_root>/RAVDESS_preprocessed_npy/``: ``video_data.npy [N, 15, 3, 224, 224]`` uint8 (15 BGR face crops),
+``audio_data.npy [N, 15, 156]`` float32 (15 MFCCs x 156 frames) and ``label_data.npy [N]`` (emotion 0..7).
+
+Normalisation as the reference: video min-max **per colour channel over the whole dataset** (5-d array,
+axis 2), audio **per clip** (3-d array). The float32 video would take ~13 GB, so it is never materialised:
+the uint8 file is memory-mapped, the per-channel min/max come from one streaming pass (cached next to the data
+in ``.mstd_stats.json``, keyed by file size and modification time, or under ``~/.cache/mstd/`` when the data
+folder is read-only) and every batch is normalised in :meth:`RavdessSource.get_batch` with a 256-entry lookup
+table per channel (bit-identical to the reference's float64 arithmetic cast to float32). The audio (~13 MB) is
+normalised at load time and kept in memory.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.base import DataSource, DatasetSpec, check_shape, require_file
+from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
+    warn_constant_channels
+from utils.errors import UserError
+
+NAME = "RAVDESS"
+FOLDER = "RAVDESS_preprocessed_npy"
+STATS_FILE = ".mstd_stats.json"
+VIDEO_SHAPE = (15, 3, 224, 224)
+AUDIO_SHAPE = (15, 156)
+#: samples per chunk of the statistics pass (16 clips of uint8 video = 36 MB)
+STATS_CHUNK = 16
+
+
+def paths(data_root: str | Path) -> dict[str, Path]:
+    folder = Path(data_root) / FOLDER
+    return {"video": folder / "video_data.npy", "audio": folder / "audio_data.npy",
+            "label": folder / "label_data.npy"}
+
+
+def _open(path: Path, description: str) -> np.ndarray:
+    require_file(path, description, NAME)
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as error:
+        raise UserError(f"{path} is not a readable .npy file ({error}) for {NAME}") from None
+
+
+# ----------------------------------------------------------------------------------------- statistics cache
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mstd"
+
+
+def stats_cache_paths(video_path: Path) -> list[Path]:
+    """Where the statistics may be cached, in order of preference: next to the data, then the user cache."""
+    video_path = Path(video_path).resolve()
+    digest = hashlib.sha1(str(video_path).encode()).hexdigest()[:16]
+    return [video_path.parent / STATS_FILE, cache_dir() / f"ravdess_{digest}.json"]
+
+
+def _file_key(video_path: Path) -> dict:
+    info = Path(video_path).stat()
+    return {"file": Path(video_path).name, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def compute_video_stats(video: np.ndarray, chunk: int = STATS_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 2) min and max over all clips, frames and pixels: one streaming pass over the file."""
+    return channel_min_max(video, channel_axis=2, chunk=chunk)
+
+
+def _read_cache(path: Path, key: dict):
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in key.items()):
+        return None
+    try:
+        return np.asarray(entry["min"]), np.asarray(entry["max"])
+    except KeyError:
+        return None
+
+
+def _write_cache(path: Path, entry: dict) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(entry, indent=1))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
+def video_stats(video_path: Path, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cached per-channel min/max of the video file; computed (one pass) and cached when missing or stale."""
+    key = _file_key(video_path)
+    candidates = stats_cache_paths(video_path)
+    for candidate in candidates:
+        cached = _read_cache(candidate, key)
+        if cached is not None:
+            return cached
+    mins, maxs = compute_video_stats(video)
+    entry = dict(key, dtype=str(video.dtype), min=mins.tolist(), max=maxs.tolist())
+    for candidate in candidates:
+        if _write_cache(candidate, entry):
+            break
+    return mins, maxs
+
+
+# ----------------------------------------------------------------------------------------------- source
+
+class RavdessSource(DataSource):
+    """Memory-mapped uint8 video normalised per batch; audio and labels in memory. Picklable for workers."""
+
+    in_memory = False
+
+    def __init__(self, video_path: Path, mins: np.ndarray, maxs: np.ndarray, audio: np.ndarray, y: np.ndarray):
+        self.video_path = Path(video_path)
+        self.mins, self.maxs = np.asarray(mins), np.asarray(maxs)
+        self.audio, self.y = audio, y
+        self.input_shapes = {"m1": VIDEO_SHAPE, "m2": AUDIO_SHAPE}
+        self._video = None
+        self._lookup = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_video"] = None  # reopened lazily in the worker; pickling a memmap would copy the whole file
+        return state
+
+    @property
+    def video(self) -> np.ndarray:
+        if self._video is None:
+            self._video = np.load(self.video_path, mmap_mode="r")
+            if self._video.dtype == np.uint8:
+                self._lookup = uint8_lookup(self.mins, self.maxs)
+        return self._video
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def get_batch(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        video = self.video
+        order = np.argsort(indices, kind="stable")  # read the memory map front to back
+        clips = np.empty((len(indices),) + VIDEO_SHAPE, dtype=video.dtype)
+        clips[order] = video[indices[order]]
+        m1 = normalise_per_channel(clips, 2, self.mins, self.maxs, lookup=self._lookup)
+        return (torch.from_numpy(m1), torch.from_numpy(self.audio[indices]),
+                torch.from_numpy(self.y[indices]))
+
+    def labels(self) -> np.ndarray:
+        return self.y.copy()
+
+
+def load(args: argparse.Namespace) -> RavdessSource:
+    files = paths(args.data_root)
+    video = _open(files["video"], "uint8 face-crop video, [N, 15, 3, 224, 224]")
+    audio = _open(files["audio"], "float32 MFCC, [N, 15, 156]")
+    label = _open(files["label"], "emotion labels 0..7, [N]")
+    n = video.shape[0] if video.ndim else None
+    check_shape(video.shape, (n,) + VIDEO_SHAPE, files["video"], NAME)
+    check_shape(audio.shape, (n,) + AUDIO_SHAPE, files["audio"], NAME)
+    check_shape(label.shape, (n,), files["label"], NAME)
+    mins, maxs = video_stats(files["video"], video)
+    warn_constant_channels(mins, maxs, f"{NAME} video")
+    mfcc = normalise_per_sample(audio, np.empty(audio.shape, dtype=np.float32), what=f"{NAME} audio")
+    y = np.asarray(label).astype(np.int64)
+    if n and (y.min() < 0 or y.max() > 7):
+        raise UserError(f"{files['label']} has labels outside 0..7 for {NAME}")
+    return RavdessSource(files["video"], mins, maxs, mfcc, y)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    task="classification",
+    num_classes=8,
+    modalities={"m1": "video", "m2": "audio"},
+    teacher="DSCNN-I",
+    students={"m1": "VisualBranchNet", "m2": "AudioBranchNet"},
+    batch_size=32,
+    lr=1e-4,
+    epochs=100,
+    load=load,
+    how_to_obtain="download the RAVDESS speech audio and video files (zenodo.org/record/1188976) and run "
+                  "data_preprocess/ravdess.py, which writes <data_root>/RAVDESS_preprocessed_npy/",
+)
