@@ -128,6 +128,11 @@ class DatasetSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     #: per-method overrides of the defaults above, e.g. ``{"MST-Distill": {"epochs": 5}}``
     method_defaults: dict[str, dict] = field(default_factory=dict)
+    #: for databases whose facts depend on options (Synthetic-MVD's class count): ``args -> DatasetSpec``
+    configure: Callable[[argparse.Namespace], "DatasetSpec"] | None = None
+
+    def configured(self, args: argparse.Namespace) -> "DatasetSpec":
+        return self.configure(args) if self.configure is not None else self
 
     @property
     def is_segmentation(self) -> bool:

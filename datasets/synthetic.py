@@ -14,6 +14,7 @@ Binary labels are ``1[<delta, x*> > 0]`` exactly as the paper; ``num_classes = K
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,4 +137,5 @@ SPEC = DatasetSpec(
     split="generated",
     how_to_obtain="generated in memory; no files needed",
     add_arguments=add_arguments,
+    configure=lambda args: dataclasses.replace(SPEC, num_classes=args.mvd_classes),
 )

@@ -45,7 +45,7 @@ def main(method_name: str, argv=None) -> dict | None:
 
 
 def build_context(args, device, log=print) -> RunContext:
-    spec = get_spec(args.database)
+    spec = get_spec(args.database).configured(args)
     source = spec.load(args)
     if args.data_on_device and source.in_memory:
         source = source.to(device)
