@@ -179,7 +179,7 @@ class Method(nn.Module):
             state = state["model"]
         try:
             model.load_state_dict(state, strict=True)
-        except RuntimeError as error:
+        except RuntimeError:
             ours = set(model.state_dict())
             theirs = set(state) if isinstance(state, dict) else set()
             detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"

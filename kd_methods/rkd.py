@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_methods import register_method
+from kd_methods.features import probe_features
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from utils.errors import UserError
 from utils.hooks import capture_features
@@ -99,16 +100,8 @@ class FeatureDistiller(SingleTeacherDistiller):
     def _feature_dim(self, model: nn.Module, layer: str, modalities: tuple[str, ...]) -> int:
         """Width of the flattened feature, from one forward of a zero sample in eval mode (no RNG is consumed
         and no BatchNorm statistic moves, so the run stays identical to one that knew the width)."""
-        was_training = model.training
-        model.eval()
-        shapes = self.ctx.input_shapes
-        inputs = [torch.zeros((1, *shapes[m])) for m in modalities]
-        try:
-            with torch.no_grad(), capture_features(model, [layer]) as features:
-                model(*inputs)
-        finally:
-            model.train(was_training)
-        return flatten_feature(features[layer], self.spec.name).shape[1]
+        inputs = [torch.zeros((1, *self.ctx.input_shapes[m])) for m in modalities]
+        return flatten_feature(probe_features(model, [layer], inputs)[layer], self.spec.name).shape[1]
 
     def forward_features(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(student logits, student feature, detached teacher feature)``, features flattened."""

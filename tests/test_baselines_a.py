@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from datasets import get_spec
 import torch
 import torch.nn.functional as F
 
@@ -201,7 +203,7 @@ def test_rkd_teacher_embedding_quirk_and_hooks(mvd_teachers, train_teacher_embed
 
 def test_rkd_uu_batch_size_default_and_unsupported_models(mvd_teachers):
     args = cli.parse_args(get_method("RKD-UU"), MVD + ["--ckpt_name", mvd_teachers["crossmodal"]])
-    assert args.batch_size == 32
+    assert args.batch_size == get_spec("Synthetic-MVD").batch_size  # the dataset's table, as every method
     with pytest.raises(UserError, match="no feature layer"):
         cli.parse_args(get_method("RKD"), MVD + ["--ckpt_name", "x", "--Smodel", "MVD-LR-m1"])
     for name in ("RKD", "CRD-UU"):

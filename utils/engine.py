@@ -123,7 +123,7 @@ def set_modes(method: Method, stage: Stage, training: bool) -> None:
 
 def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, resume: dict | None) -> int | None:
     """Run every stage; returns the selected epoch of the last stage that selects one."""
-    args, device = ctx.args, ctx.device
+    args = ctx.args
     start_stage = resume["stage"] if resume else 0
     best_epoch = resume.get("best_epoch_last") if resume else None
     epoch_offset = sum(s.epochs for s in stages[:start_stage])

@@ -1,0 +1,66 @@
+"""Helpers for methods that tap features: table look-ups with one-line errors, and feature shapes probed from
+one forward (so heads and regressors fit any input size, e.g. the small NYU fixtures or Synthetic-MVD widths)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models import MODELS
+from utils.errors import UserError
+from utils.hooks import capture_features
+
+
+def lookup_pair(table: dict, key, database: str, method: str, what: str = "teacher/student pair"):
+    """The table row for ``key`` or one :class:`UserError` naming the rows available for ``database``."""
+    if key in table:
+        return table[key]
+    names = key if isinstance(key, tuple) else (key,)
+    known = [k for k in table
+             if all(n in MODELS and MODELS[n].database == database for n in (k if isinstance(k, tuple) else (k,)))]
+    shown = ", ".join(" -> ".join(k) if isinstance(k, tuple) else k for k in known) or "none"
+    raise UserError(f"{method} has no {what} entry for {' -> '.join(names)} on {database}; "
+                    f"supported: {shown}")
+
+
+def sample_inputs(ctx, modalities: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """One real training sample per modality (right dtype and layout for every model), on the CPU where the
+    method's modules live while it is built."""
+    m1, m2, _ = ctx.source.get_batch(ctx.splits["train"][:1])
+    return tuple((m1 if m == "m1" else m2).cpu() for m in modalities)
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Outputs of the named submodules for one forward in eval mode: no BatchNorm statistic moves and no RNG is
+    consumed, so a run that probes is identical to one that knew the shapes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_features(model, names) as features:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return dict(features)
+
+
+def feature_shapes(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of each named submodule (see :func:`probe_features`)."""
+    return {name: tuple(feature.shape[1:]) for name, feature in probe_features(model, names, inputs).items()}
+
+
+@torch.no_grad()
+def modules_up_to(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """Names of the submodules whose forward completes no later than the last of ``names`` (execution order)."""
+    order: list[str] = []
+    handles = [module.register_forward_hook(lambda *_, _name=name: order.append(_name))
+               for name, module in model.named_modules() if name]
+    was_training = model.training
+    model.eval()
+    try:
+        model(*inputs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    last = max(order.index(name) for name in names)
+    return list(dict.fromkeys(order[: last + 1]))

@@ -1,0 +1,254 @@
+"""FitNets (``main-FitNets.py`` multimodal teacher, ``main-FitNets-UU.py`` cross-modal unimodal teacher).
+
+Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, as the MST-Distill reference runs it
+(methods.md §4): a hint stage that regresses two student features onto two teacher features, then a KD stage.
+
+Reference quirks kept by default, each with a switch:
+
+* the hint stage trains only the student parameters whose name contains a guided layer name as a substring
+  (not the whole student up to the guided layers as in the paper): ``--hint_full_student`` trains the latter;
+* the KD stage selects the student on the validation ``(1-α)·CE + α·KD_4`` with the current α, so epochs are
+  compared under different α after every halving: ``--select_on_ce`` selects on the validation CE instead;
+* the R1D regressor resizes with the legacy ``nearest`` mode of ``interpolate`` (kept, no switch: it is the
+  architecture of the regressor, not a bug).
+
+The reference crashes on teacher/student pairs without a hint table; here they are refused up front.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kd_methods import register_method
+from kd_methods.base import Stage
+from kd_methods.features import feature_shapes, lookup_pair, modules_up_to, sample_inputs
+from kd_methods.kd import KD, TEACHER_HELP
+from utils.errors import UserError
+from utils.hooks import capture_features
+
+# -- regressors (methods.md §4.2; submodule names as the reference's, default PyTorch init) -------------------
+
+
+class R1D(nn.Module):
+    """``[B, L_in] -> [B, L_out]``: a 1-channel Conv1d (kernel 3, padding 1, stride ``max(L_in // L_out, 1)``)
+    followed by a resize to ``L_out`` with the legacy ``nearest`` mode (not ``nearest-exact``), as the reference."""
+
+    kind = "R1D"
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+        super().__init__()
+        (in_len,), (self.out_len,) = in_shape, out_shape
+        self.conv1d = nn.Conv1d(1, 1, kernel_size=3, stride=max(in_len // self.out_len, 1), padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1d(x.unsqueeze(1))
+        return F.interpolate(x, size=self.out_len, mode="nearest").squeeze(1)
+
+
+class R2Dto1D(nn.Module):
+    """``[B, C, H, W] -> [B, L]``: Conv2d(C -> 16, 3x3, padding 1), flatten, Linear(16·H·W -> L)."""
+
+    kind = "R2D->1D"
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+        super().__init__()
+        channels, height, width = in_shape
+        self.conv2d = nn.Conv2d(channels, 16, kernel_size=3, stride=1, padding=1)
+        # The reference sized the Linear by running the conv on torch.rand(1, C, H, W); drawing the same numbers
+        # keeps the global RNG stream, hence every later initialisation, identical to the reference's.
+        torch.rand(1, channels, height, width)
+        self.fc = nn.Linear(16 * height * width, out_shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2d(x).flatten(1))
+
+
+class Down(nn.Module):
+    """``[B, C_in, H, W] -> [B, C_out, H/2, W/2]``: Conv2d 3x3, stride 2, padding 1."""
+
+    kind = "Down"
+
+    def __init__(self, in_shape, out_shape):
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[0], out_shape[0], kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Up(nn.Module):
+    """``[B, C_in, H, W] -> [B, C_out, 2H, 2W]``: ConvTranspose2d 3x3, stride 2, padding 1, output padding 1."""
+
+    kind = "Up"
+
+    def __init__(self, in_shape, out_shape):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(in_shape[0], out_shape[0], kernel_size=3, stride=2, padding=1,
+                                         output_padding=1)
+
+    def forward(self, x):
+        return self.deconv(x)
+
+
+class Fixed(nn.Module):
+    """``[B, C_in, H, W] -> [B, C_out, H, W]``: Conv2d 3x3, stride 1, padding 1."""
+
+    kind = "Fixed"
+
+    def __init__(self, in_shape, out_shape):
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[0], out_shape[0], kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+REGRESSORS = {cls.kind: cls for cls in (R1D, R2Dto1D, Down, Up, Fixed)}
+
+# -- hint pairs (methods.md §4.3): (Tmodel, Smodel) -> ((teacher layer, student layer, regressor), ...) --------
+
+_R1D_FC = (("fc1", "fc1", "R1D"), ("fc2", "fc2", "R1D"))
+
+HINT_PAIRS = {
+    ("CNN-I", "LeNet5"): (("concat_identity", "conv3", "R2D->1D"), ("fc1", "fc1", "R1D")),
+    ("CNN-I", "ThreeLayerCNN-A"): (("concat_identity", "conv2", "R2D->1D"), ("fc1", "conv3", "R2D->1D")),
+    ("FuseNet-I", "FuseNet-RGBbranch"): (("after_fusion_identity", "CBR5_RGB_ENC", "Down"),
+                                         ("CBR5_RGBD_DEC", "CBR5_RGB_DEC", "Fixed")),
+    ("FuseNet-I", "FuseNet-Dbranch"): (("after_fusion_identity", "CBR5_DEPTH_ENC", "Down"),
+                                       ("CBR5_RGBD_DEC", "CBR5_D_DEC", "Fixed")),
+    ("DSCNN-I", "AudioBranchNet"): _R1D_FC,
+    ("DSCNN-I", "VisualBranchNet"): _R1D_FC,
+    ("DSCNN-VGGS-I", "VisualBranchNet-VGGS"): _R1D_FC,
+    ("DSCNN-VGGS-I", "AudioBranchNet-VGGS"): _R1D_FC,
+    ("MLP-I", "MLP-Vb"): _R1D_FC,
+    ("MLP-I", "MLP-Tb"): _R1D_FC,
+    ("MVD-MLP-I", "MVD-MLP-m1"): _R1D_FC,  # our synthetic models: same pattern as the MLP rows
+    ("MVD-MLP-I", "MVD-MLP-m2"): _R1D_FC,
+}
+
+HINT_PAIRS_UU = {
+    ("LeNet5", "ThreeLayerCNN-A"): (("conv1", "conv2", "Down"), ("flatten_identity", "conv3_maxpool_flatten", "R1D")),
+    ("ThreeLayerCNN-A", "LeNet5"): (("conv2", "conv1", "Up"), ("conv3_maxpool_flatten", "flatten_identity", "R1D")),
+    ("FuseNet-RGBbranch", "FuseNet-Dbranch"): (("CBR4_RGB_ENC", "CBR4_DEPTH_ENC", "Fixed"),
+                                               ("CBR4_RGB_DEC", "CBR4_D_DEC", "Fixed")),
+    ("FuseNet-Dbranch", "FuseNet-RGBbranch"): (("CBR4_DEPTH_ENC", "CBR4_RGB_ENC", "Fixed"),
+                                               ("CBR4_D_DEC", "CBR4_RGB_DEC", "Fixed")),
+    ("VisualBranchNet", "AudioBranchNet"): _R1D_FC,
+    ("AudioBranchNet", "VisualBranchNet"): _R1D_FC,
+    ("VisualBranchNet-VGGS", "AudioBranchNet-VGGS"): _R1D_FC,
+    ("AudioBranchNet-VGGS", "VisualBranchNet-VGGS"): _R1D_FC,
+    ("MLP-Vb", "MLP-Tb"): _R1D_FC,
+    ("MLP-Tb", "MLP-Vb"): _R1D_FC,
+    ("MVD-MLP-m1", "MVD-MLP-m2"): _R1D_FC,
+    ("MVD-MLP-m2", "MVD-MLP-m1"): _R1D_FC,
+}
+
+
+@register_method
+class FitNets(KD):
+    """FitNets (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015) from a multimodal teacher.
+
+    Stage 1 (``--hint_epochs``): Adam(``--hint_lr``) over the regressors and the guided student parameters,
+    ``L_hint = Σ MSE(R_i(f_s,i), f_t,i)`` with the teacher features detached; the student with the lowest
+    validation hint loss is kept (the regressors are discarded). Stage 2 (``--epochs``): KD exactly as
+    :class:`~kd_methods.kd.KD` (student Adam ``--lr``, ``(1-α)·CE + α·KD_4``, α halved after every 30 epochs),
+    selected on the α-weighted validation loss (reference) or on the CE (``--select_on_ce``).
+    """
+
+    name = "FitNets"
+    summary = "FitNets: hint training (regressed intermediate features), then KD from a multimodal teacher."
+    pairs = HINT_PAIRS
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        KD.add_arguments(parser)
+        parser.add_argument("--hint_epochs", type=int, default=None,
+                            help="epochs of the hint stage (default: --epochs, the reference's 100 on the paper "
+                                 "datasets)")
+        parser.add_argument("--hint_lr", type=float, default=1e-3,
+                            help="Adam learning rate of the hint stage (default: %(default)s)")
+        parser.add_argument("--hint_full_student", action=argparse.BooleanOptionalAction, default=False,
+                            help="hint stage trains every student layer up to the guided ones, as the FitNets paper; "
+                                 "default off: only parameters whose name contains a guided layer name (reference)")
+        parser.add_argument("--select_on_ce", action=argparse.BooleanOptionalAction, default=False,
+                            help="KD stage selects on the validation CE; default off: on (1-α)·CE + α·KD with the "
+                                 "current α (reference)")
+
+    @classmethod
+    def check_args(cls, args, spec) -> None:
+        super().check_args(args, spec)
+        lookup_pair(cls.pairs, (args.Tmodel, args.Smodel), spec.name, cls.name, "hint-pair")
+        if args.hint_epochs is None:
+            args.hint_epochs = args.epochs
+        if args.hint_epochs < 0 or args.hint_lr <= 0:
+            raise UserError("--hint_epochs must be >= 0 and --hint_lr > 0")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)  # teacher, then student, then the regressors: the reference's build order
+        self.hint_pairs = self.pairs[(self.args.Tmodel, self.args.Smodel)]
+        t_inputs = sample_inputs(ctx, self.teacher_modalities())
+        s_inputs = sample_inputs(ctx, (self.mode,))
+        t_shapes = feature_shapes(self.teacher, [t for t, _, _ in self.hint_pairs], t_inputs)
+        s_shapes = feature_shapes(self.student, [s for _, s, _ in self.hint_pairs], s_inputs)
+        self.regressors = nn.ModuleList(REGRESSORS[kind](s_shapes[s], t_shapes[t]) for t, s, kind in self.hint_pairs)
+        guided = [s for _, s, _ in self.hint_pairs]
+        if self.args.hint_full_student:  # every module whose forward ends before the last guided layer's does
+            modules = modules_up_to(self.student, guided, s_inputs)
+            self.guided_names = [f"{m}.{p}" for m in modules
+                                 for p, _ in self.student.get_submodule(m).named_parameters(recurse=False)]
+        else:  # reference: substring match of the guided layer names in the parameter names
+            self.guided_names = [n for n, _ in self.student.named_parameters() if any(g in n for g in guided)]
+
+    def hint_loss(self, batch) -> torch.Tensor:
+        with capture_features(self.teacher, [t for t, _, _ in self.hint_pairs]) as f_t:
+            self.teacher_forward(self.teacher, batch, self.teacher_modalities())
+        with capture_features(self.student, [s for _, s, _ in self.hint_pairs]) as f_s:
+            self.run_model(self.student, batch, (self.mode,))
+        return sum(F.mse_loss(regressor(f_s[s]), f_t[t].detach())
+                   for regressor, (t, s, _) in zip(self.regressors, self.hint_pairs))
+
+    def hint_optimizer(self) -> torch.optim.Optimizer:
+        # the reference's groups: one per regressor, then the guided student parameters (all at --hint_lr)
+        params = dict(self.student.named_parameters())
+        groups = [{"params": list(regressor.parameters())} for regressor in self.regressors]
+        groups.append({"params": [params[n] for n in self.guided_names]})
+        return torch.optim.Adam(groups, lr=self.args.hint_lr)
+
+    def kd_val_step(self, batch, epoch):
+        """Validation terms of the KD stage; ``loss`` is the reference's criterion, weighted with the current α."""
+        logits, terms = self.distill_terms(batch, epoch)
+        alpha, ce = self.alpha(epoch), self.task_loss(logits, batch.y)
+        return {"ce": ce, **terms, "loss": (1 - alpha) * ce + alpha * sum(terms.values())}
+
+    def stages(self):
+        def hint_step(batch, epoch):
+            return {"hint": self.hint_loss(batch)}
+
+        return [
+            Stage("hint", self.args.hint_epochs, self.hint_optimizer, hint_step, [self.student, self.regressors],
+                  val_step=hint_step, select_key="hint", selected=self.student),
+            Stage("kd", self.args.epochs, self.adam(self.student), self.train_step, [self.student],
+                  val_step=self.kd_val_step, select_key="ce" if self.args.select_on_ce else "loss",
+                  selected=self.student),
+        ]
+
+    def extra_results(self):
+        return {"hint_pairs": [{"teacher": t, "student": s, "regressor": kind} for t, s, kind in self.hint_pairs],
+                "hint_trained_parameters": self.guided_names}
+
+
+@register_method
+class FitNetsUU(FitNets):
+    """FitNets (Romero et al., ICLR 2015) from a cross-modal unimodal teacher (``main-FitNets-UU.py``).
+
+    As :class:`FitNets`; the teacher is a ``main-S.py`` model of the other modality, fed that modality.
+    """
+
+    name = "FitNets-UU"
+    summary = "FitNets: hint training, then KD from a cross-modal unimodal teacher."
+    teacher_kind = "crossmodal"
+    checkpoint_help = TEACHER_HELP["crossmodal"]
+    pairs = HINT_PAIRS_UU
