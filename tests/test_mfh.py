@@ -1,0 +1,463 @@
+"""MFH (Xue et al., ICLR 2023): the Gaussian generator's arithmetic, Algorithm 1 (batched == loop, ranks the shared
+columns first), channel nullification and selection, the batched logistic regressions, and smoke runs of every
+``main-MFH.py --exp``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.synthetic import MVDConfig, draw_label_weights, sample_mvd
+from kd_methods import feature_ranking as fr
+from kd_methods import mfh
+from models import build_model
+from utils.hooks import active_hook_count
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The MFH driver sets one CPU thread for its tiny models; keep other tests' setting intact."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the generator (datasets/synthetic.py) as MFH uses it
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dims", [(50, 50, 20, 20, 10), (25, 50, 10, 10, 4), (50, 50, 15, 5, 5), (50, 50, 40, 10, 10)])
+def test_mvd_ratios(dims):
+    config = MVDConfig(*dims)
+    union = config.decisive_a + config.decisive_b - config.shared
+    assert config.num_decisive == union
+    assert config.gamma == pytest.approx(config.shared / union)
+    assert config.alpha == pytest.approx(1 - config.decisive_b / union)
+    assert config.beta == pytest.approx(1 - config.decisive_a / union)
+    assert config.alpha + config.beta + config.gamma == pytest.approx(1.0)
+
+
+def test_mvd_paper_settings():
+    # Fig. 2: gamma = 0, .11, .25, .43, .67, 1 with alpha = beta = (1 - gamma) / 2 (App. B.2)
+    gammas = [MVDConfig(25, 50, 10, 10, s).gamma for s in mfh.GAMMA_OVERLAPS]
+    assert np.allclose(gammas, [0, 2 / 18, 4 / 16, 6 / 14, 8 / 12, 1])
+    for s in mfh.GAMMA_OVERLAPS:
+        c = MVDConfig(25, 50, 10, 10, s)
+        assert c.alpha == pytest.approx((1 - c.gamma) / 2) and c.beta == pytest.approx((1 - c.gamma) / 2)
+    # Table 2 rows: gamma = xs2 / (xs1 + xs2), beta = 0
+    for gamma, xs1, xs2 in mfh.TABLE2_ROWS:
+        c = MVDConfig(50, 50, xs1 + xs2, xs2, xs2)
+        assert c.gamma == pytest.approx(gamma, abs=0.01) and c.beta == 0
+
+
+def _decisive(config, n, seed):
+    """x* as sample_mvd draws it first from the stream."""
+    return np.random.RandomState(seed).randn(n, config.num_decisive)
+
+
+@pytest.mark.parametrize("delta", ["gaussian", "ones"])
+def test_mvd_column_placement_and_labels(delta):
+    config = MVDConfig(30, 40, 12, 9, 5)
+    rng = np.random.RandomState(7)
+    weights = draw_label_weights(config, np.random.RandomState(3), delta=delta)
+    x_a, x_b, y = sample_mvd(config, 500, rng, weights)
+    x_star = _decisive(config, 500, 7)
+    # shared columns really equal across modalities
+    np.testing.assert_array_equal(x_a[:, config.shared_columns("m1")], x_b[:, config.shared_columns("m2")])
+    # decisive columns hold x* ([a-exclusive | shared] and [shared | b-exclusive])
+    np.testing.assert_allclose(x_a[:, : config.decisive_a], x_star[:, : config.decisive_a].astype(np.float32))
+    np.testing.assert_allclose(x_b[:, : config.decisive_b], x_star[:, config.exclusive_a:].astype(np.float32))
+    # the other columns are independent noise, not copies
+    noise_a, noise_b = x_a[:, config.decisive_a:config.decisive_a + 5], x_b[:, config.decisive_b:config.decisive_b + 5]
+    assert not np.allclose(noise_a, noise_b)
+    # labels follow delta
+    np.testing.assert_array_equal(y, (x_star @ weights > 0).astype(np.int64))
+    assert 0.3 < y.mean() < 0.7
+
+
+def test_hidden_decisive_features():
+    """gamma/alpha with --hidden_decisive: the label depends on decisive features neither modality observes."""
+    rng = np.random.RandomState(0)
+    config = mfh._hidden_config(25, 50, 10, 10, 4, 4)
+    assert config.num_decisive == 20  # App. B.2: d = 20 for every overlap
+    weights = draw_label_weights(config, np.random.RandomState(1))
+    x_a, x_b, y = mfh.sample_hidden(25, 50, 10, 10, 4, 4, 300, rng, weights)
+    assert x_a.shape == (300, 25) and x_b.shape == (300, 50)
+    x_star = _decisive(config, 300, 0)
+    np.testing.assert_array_equal(x_a[:, 6:10], x_b[:, :4])  # the 4 shared columns
+    np.testing.assert_allclose(x_b[:, 4:10], x_star[:, 10:16].astype(np.float32))  # b-exclusive
+    observed = np.concatenate([x_a[:, :10], x_b[:, 4:10]], axis=1)
+    hidden = x_star[:, 16:20].astype(np.float32)
+    assert not any(np.allclose(observed[:, i], hidden[:, j]) for i in range(observed.shape[1]) for j in range(4))
+    for j in range(4):
+        assert not any(np.allclose(x_b[:, i], hidden[:, j]) for i in range(50))
+    np.testing.assert_array_equal(y, (x_star @ weights > 0).astype(np.int64))
+
+
+def test_table2_layout_puts_shared_first():
+    config = MVDConfig(50, 50, 15, 5, 5)
+    x_a, x_b, _ = sample_mvd(config, 100, np.random.RandomState(0), draw_label_weights(config, None, "ones"))
+    laid = mfh.table2_layout(config, x_a)
+    np.testing.assert_array_equal(laid[:, :5], x_b[:, :5])
+    assert sorted(map(tuple, laid.T.tolist())) == sorted(map(tuple, x_a.T.tolist()))  # a permutation of columns
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batched logistic regressions
+# ---------------------------------------------------------------------------------------------------------------
+def test_init_logreg_matches_nn_linear():
+    weight, bias = mfh.init_logreg(17, [torch.Generator().manual_seed(s) for s in (3, 4)])
+    for run, seed in enumerate((3, 4)):
+        torch.manual_seed(seed)
+        layer = nn.Linear(17, 2)
+        torch.testing.assert_close(weight[run], layer.weight.detach().t())
+        torch.testing.assert_close(bias[run, 0], layer.bias.detach())
+
+
+def _autograd_fit(params, x, y, epochs, lr, probs=None):
+    weight, bias = (p.clone().requires_grad_() for p in params)
+    optimizer = torch.optim.SGD([weight, bias], lr=lr)
+    for _ in range(epochs):
+        total = 0
+        for r in range(x.shape[0]):
+            logits = x[r] @ weight[r] + bias[r]
+            loss = F.cross_entropy(logits, y[r])
+            if probs is not None:
+                log_q = F.log_softmax(logits, 1)  # KLDivLoss(reduction="mean") written out (torch warns on it)
+                loss = loss + (torch.xlogy(probs[r], probs[r]) - probs[r] * log_q).mean()
+            total = total + loss
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    return weight.detach(), bias.detach()
+
+
+@pytest.mark.parametrize("kd", [False, True])
+def test_fit_logreg_equals_autograd(kd):
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 40, 6), torch.randint(0, 2, (3, 40))
+    probs = torch.softmax(torch.randn(3, 40, 2), 2) if kd else None
+    params = mfh.init_logreg(6, [torch.Generator().manual_seed(s) for s in range(3)])
+    ours = mfh.fit_logreg(params, x, y, 25, teacher_probs=probs)
+    theirs = _autograd_fit(params, x, y, 25, 0.1, probs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_joint_equals_autograd():
+    torch.manual_seed(1)
+    xa, xb, y = torch.randn(2, 30, 5), torch.randn(2, 30, 4), torch.randint(0, 2, (2, 30))
+    gens = [torch.Generator().manual_seed(s) for s in range(2)]
+    pa, pb = mfh.init_logreg(5, gens), mfh.init_logreg(4, gens)
+    ours = mfh.fit_joint(pa, pb, xa, xb, y, 20)
+    params = [p.clone().requires_grad_() for p in (*pa, *pb)]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    for _ in range(20):
+        za = torch.baddbmm(params[1], xa, params[0])
+        zb = torch.baddbmm(params[3], xb, params[2])
+        loss = sum(F.cross_entropy(za[r], y[r]) + F.cross_entropy(zb[r], y[r]) + F.mse_loss(za[r], zb[r])
+                   for r in range(2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for a, b in zip((*ours[0], *ours[1]), params):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Algorithm 1
+# ---------------------------------------------------------------------------------------------------------------
+def test_algorithm1_ranks_shared_columns_first():
+    """Table-2-like data (10 teacher-exclusive + 5 shared decisive columns of 50): after the joint training of
+    step 1, the 5 largest saliences are the 5 shared columns."""
+    torch.set_num_threads(1)
+    config = MVDConfig(50, 50, 15, 5, 5)
+    shared = set(config.shared_columns("m1").tolist())
+    hits = []
+    for seed in (0, 1, 2):
+        rng = np.random.RandomState(seed)
+        x_a, x_b, y = sample_mvd(config, 200, rng, draw_label_weights(config, rng, "ones"))
+        xa, xb, yt = (torch.from_numpy(v).unsqueeze(0) for v in (x_a, x_b, y))
+        gens = [torch.Generator().manual_seed(seed)]
+        (wa, ba), (wb, bb) = mfh.fit_joint(mfh.init_logreg(50, gens), mfh.init_logreg(50, gens), xa, xb, yt, 1000)
+        salience = fr.channel_salience(mfh._RunLinear(wa[0], ba[0]), mfh._RunLinear(wb[0], bb[0]), xa[0], xb[0],
+                                       None, repeats=30, generator=torch.Generator().manual_seed(seed))
+        order = torch.argsort(salience, descending=True).tolist()
+        assert shared <= set(order[:8]), (seed, order[:8])  # robust: every shared column near the top
+        hits.append(set(order[:5]) == shared)
+    assert sum(hits) >= 2  # and exactly the top 5 in most seeds (all three at the time of writing)
+
+
+class _LateBranchFusion(nn.Module):
+    """Branch b runs AFTER the ranked layer of branch a, so the batched path must tile the inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(6, 8), nn.Linear(8, 5)
+        self.b1 = nn.Linear(4, 5)
+        self.act = nn.ReLU()  # shared module: called in the prefix and in the suffix
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, xa, xb):
+        h = self.a2(self.act(self.a1(xa)))
+        g = self.act(self.b1(xb))
+        return self.head(torch.cat([self.act(h), g], dim=1))
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 5 * 5, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.fc(x.flatten(1))
+
+
+class _TwiceLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.fc(torch.tanh(self.fc(x))))
+
+
+def _mvd_models():
+    shapes = {"m1": (12,), "m2": (9,)}
+    torch.manual_seed(0)
+    return (build_model("MVD-MLP-m1", num_classes=2, input_shapes=shapes),
+            build_model("MVD-MLP-m2", num_classes=2, input_shapes=shapes),
+            build_model("MVD-MLP-I", num_classes=2, input_shapes=shapes))
+
+
+def _cases():
+    m1, m2, fusion = _mvd_models()
+    torch.manual_seed(1)
+    xa, xb = torch.randn(24, 12), torch.randn(24, 9)
+    late, cnn, twice = _LateBranchFusion(), _SmallCNN(), _TwiceLayer()
+    head = nn.Linear(9, 3)
+    return {
+        "input": (m1, m2, xa, xb, None),
+        "mlp-fc1": (m1, m2, xa, xb, "fc1"),
+        "mlp-fc2": (m1, m2, xa, xb, "fc2"),
+        "fusion-fc1": (fusion, m2, (xa, xb), xb, "fc1"),
+        "fusion-concat": (fusion, m2, (xa, xb), xb, "concat_identity"),
+        "late-branch": (late, head, (torch.randn(24, 6), torch.randn(24, 4)), xb, "a2"),
+        "cnn-4d": (cnn, head, torch.randn(24, 2, 5, 5), xb, "conv1"),
+        "layer-called-twice": (twice, nn.Linear(9, 2), torch.randn(24, 5), xb, "fc"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_batched_equals_loop(case, chunk):
+    model_a, model_b, inputs_a, inputs_b, layer = _cases()[case]
+    batched = fr.channel_salience(model_a, model_b, inputs_a, inputs_b, layer, repeats=4, chunk=chunk,
+                                  generator=torch.Generator().manual_seed(5))
+    loop = fr.channel_salience_loop(model_a, model_b, inputs_a, inputs_b, layer, repeats=4,
+                                    generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-7)
+    assert (batched > 0).all()
+    for model in (model_a, model_b):  # nothing left behind: no hooks, no patched forwards
+        assert active_hook_count(model) == 0
+        assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_batched_skips_prefix_and_tiles_only_when_needed():
+    m1, _, fusion = _mvd_models()
+    runner = fr._SuffixRunner(fusion, (torch.randn(8, 12), torch.randn(8, 9)), "fc1")
+    assert not runner.tile_inputs and runner.cache  # the concatenation is recorded; the inputs are not needed
+    late = _LateBranchFusion()
+    runner = fr._SuffixRunner(late, (torch.randn(8, 6), torch.randn(8, 4)), "a2")
+    assert runner.tile_inputs  # branch b runs after the layer
+
+
+def test_salience_other_distances_and_errors():
+    m1, m2, _ = _mvd_models()
+    xa, xb = torch.randn(16, 12), torch.randn(16, 9)
+    for distance in ("l1", lambda a, b: (a - b).abs().max()):
+        batched = fr.channel_salience(m1, m2, xa, xb, "fc1", repeats=2, distance=distance,
+                                      generator=torch.Generator().manual_seed(0))
+        loop = fr.channel_salience_loop(m1, m2, xa, xb, "fc1", repeats=2, distance=distance,
+                                        generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError):
+        fr.channel_salience(m1, m2, xa, xb, "fc1", distance="cosine")
+    with pytest.raises(ValueError):
+        fr.channel_salience(m1, m2, xa, xb[:5], "fc1", repeats=1)
+    _, _, fusion = _mvd_models()
+    with pytest.raises(ValueError):
+        fr.channel_salience(fusion, m2, (xa, xb), xb, None, repeats=1)
+
+
+def test_salience_restores_training_mode():
+    m1, m2, _ = _mvd_models()
+    m1.train()
+    m2.eval()
+    fr.channel_salience(m1, m2, torch.randn(8, 12), torch.randn(8, 9), "fc1", repeats=1)
+    assert m1.training and all(m.training for m in m1.modules())
+    assert not m2.training
+
+
+def test_normalise_salience():
+    values = fr.normalise_salience(torch.tensor([2.0, 4.0, 3.0]))
+    torch.testing.assert_close(values, torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(fr.normalise_salience(torch.ones(4)), torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nullification and channel selection
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(7, 5), (7, 5, 3, 4)])
+def test_nullify_channels(shape):
+    torch.manual_seed(0)
+    feature = torch.randn(*shape)
+    original = feature.clone()
+    out = fr.nullify_channels(feature, [1, 3])
+    assert out.shape == feature.shape
+    assert torch.equal(feature, original)  # not in place
+    for c in (1, 3):
+        # every sample holds the batch mean (per position for 4-d maps)
+        expected = feature[:, c].mean(dim=0, keepdim=True).expand_as(feature[:, c])
+        torch.testing.assert_close(out[:, c], expected)
+    for c in (0, 2, 4):
+        assert torch.equal(out[:, c], feature[:, c])
+    assert torch.equal(fr.nullify_channels(feature, []), feature)
+
+
+def test_nullified_context_manager():
+    m1, _, _ = _mvd_models()
+    x = torch.randn(10, 12)
+    plain = m1(x)
+    with fr.nullified(m1, "fc1", [0, 5, 7]):
+        changed = m1(x)
+    assert not torch.allclose(plain, changed)
+    torch.testing.assert_close(m1(x), plain)
+    assert active_hook_count(m1) == 0
+    with fr.nullified(m1, None, list(range(12))):
+        constant = m1(x)  # every input column replaced by its batch mean: identical rows
+    torch.testing.assert_close(constant, constant[:1].expand_as(constant))
+    assert active_hook_count(m1) == 0
+
+
+def test_select_channels():
+    salience = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4])
+    assert fr.select_channels(salience, 0.25, "general").tolist() == [1, 5]  # the lowest: general ones remain
+    assert fr.select_channels(salience, 0.25, "specific").tolist() == [2, 6]  # the highest
+    assert fr.select_channels(salience, 0.5, "general").tolist() == [1, 3, 5, 7]
+    assert fr.select_channels(salience, 0.0, "general").numel() == 0
+    assert fr.select_channels(salience, 1.0, "specific").tolist() == list(range(8))
+    first = fr.select_channels(salience, 0.5, "random", torch.Generator().manual_seed(3))
+    again = fr.select_channels(salience, 0.5, "random", torch.Generator().manual_seed(3))
+    assert torch.equal(first, again) and first.numel() == 4 and len(set(first.tolist())) == 4
+    assert fr.select_channels(torch.rand(10), 0.33, "general").numel() == 3  # int(r * C), as the reference
+    with pytest.raises(ValueError):
+        fr.select_channels(salience, 0.5, "biggest")
+    with pytest.raises(ValueError):
+        fr.select_channels(salience, 1.5, "general")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# main-MFH.py smoke runs
+# ---------------------------------------------------------------------------------------------------------------
+def _run(argv, tmp_path, capsys) -> Path:
+    mfh.main(argv + ["--out_dir", str(tmp_path), "--device", "cpu"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1].startswith("Run directory: ")
+    path = Path(lines[-1].split(": ", 1)[1])
+    assert path.is_dir() and path.parent.parent == tmp_path / "MFH"
+    for name in ("args.json", "log.txt", "results.json"):
+        assert (path / name).is_file()
+    assert not list(path.glob(".*.tmp*"))  # atomic writes leave no temporaries
+    return path
+
+
+@pytest.mark.parametrize("exp", ["gamma", "alpha"])
+def test_smoke_sweeps(exp, tmp_path, capsys):
+    path = _run(["--exp", exp, "--runs", "2", "--epochs", "20"], tmp_path, capsys)
+    for suffix in ("csv", "md", "png"):
+        assert (path / f"{exp}.{suffix}").stat().st_size > 0
+    rows = (path / f"{exp}.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * (len(mfh.GAMMA_OVERLAPS) if exp == "gamma" else len(mfh.ALPHA_EXCLUSIVE))
+
+
+def test_smoke_table2(tmp_path, capsys):
+    path = _run(["--exp", "table2", "--runs", "2", "--epochs", "20", "--repeats", "3"], tmp_path, capsys)
+    text = (path / "table2.md").read_text()
+    assert "meets target" in text and "89.70" in text and "alg1" in text and "random" in text
+    results = json.loads((path / "results.json").read_text())
+    assert len(results["rows"]) == len(mfh.TABLE2_ROWS)
+    assert len((path / "table2.csv").read_text().splitlines()) == 1 + 2 * len(mfh.TABLE2_ROWS)
+
+
+def test_smoke_rank(tmp_path, capsys):
+    path = _run(["--exp", "rank", "--layer", "input", "--joint_epochs", "30", "--mvd_samples", "300",
+                 "--salience_samples", "100", "--repeats", "2"], tmp_path, capsys)
+    for name in ("salience.csv", "salience.pt", "salience.png"):
+        assert (path / name).is_file()
+    saved = torch.load(path / "salience.pt", weights_only=True)
+    assert saved["salience"].shape == (50,) and saved["normalised"].max() == 1.0
+    assert json.loads((path / "results.json").read_text())["layer"] == "input"
+
+
+def test_smoke_nullify(tmp_path, capsys):
+    path = _run(["--exp", "nullify", "--runs", "1", "--epochs", "1", "--joint_epochs", "10", "--mvd_samples", "300",
+                 "--salience_samples", "100", "--repeats", "2", "--ratios", "0.5", "--kinds", "general", "random",
+                 "--batch_size", "64"], tmp_path, capsys)
+    for name in ("nullify.csv", "nullify.md", "salience.csv", "teacher_a.pth"):
+        assert (path / name).is_file()
+    rows = (path / "nullify.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # regular + general + random, one run each
+    students = list((path / "students").rglob("results.json"))
+    assert len(students) == 3
+    extra = [json.loads(p.read_text())["extra"] for p in students]
+    assert sorted(len(e["nullified_channels"]) for e in extra) == [0, 32, 32]  # half of fc1's 64 channels
+
+
+def test_smoke_rank_from_checkpoints(tmp_path, capsys):
+    """Networks trained by main-S.py (best.pth with model_name) on each modality, ranked at fc2."""
+    import utils
+
+    ckpts = []
+    for mode in ("m1", "m2"):
+        utils.main("S", ["--mode", mode, "--epochs", "1", "--mvd_samples", "300", "--out_dir", str(tmp_path / "S"),
+                         "--no-record", "--device", "cpu"])
+        ckpts.append(next((tmp_path / "S").rglob(f"*_{mode}_seed0_*/best.pth")))
+    capsys.readouterr()
+    path = _run(["--exp", "rank", "--ckpt_a", str(ckpts[0]), "--ckpt_b", str(ckpts[1]), "--layer", "fc2",
+                 "--mvd_samples", "300", "--repeats", "2"], tmp_path, capsys)
+    results = json.loads((path / "results.json").read_text())
+    assert results["model_a"] == "MVD-MLP-m1" and results["model_b"] == "MVD-MLP-m2" and results["layer"] == "fc2"
+    assert torch.load(path / "salience.pt", weights_only=True)["salience"].shape == (32,)
+    with pytest.raises(SystemExit) as exit_info:  # a checkpoint that does not fit the named model
+        mfh.main(["--exp", "rank", "--ckpt_a", str(ckpts[0]), "--ckpt_b", str(ckpts[1]), "--model_a", "MVD-LR-m1",
+                  "--mvd_samples", "300", "--out_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [[], ["--exp", "nope"], ["--exp", "rank", "--database", "RAVDESS"],
+                                  ["--exp", "rank", "--ckpt_a", "x.pth"], ["--exp", "nullify", "--ratios", "1.5"],
+                                  ["--exp", "table2", "--runs", "0"]])
+def test_bad_input_exits_2(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mfh.main(argv + ["--out_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "MFH").exists()
+
+
+def test_paper_table_constants():
+    assert set(mfh.PAPER_TABLE2) == {g for g, _, _ in mfh.TABLE2_ROWS}
+    assert all(math.isclose(mfh.PAPER_TABLE2[0.50][i], v) for i, v in enumerate((89.62, 73.41, 67.64, 67.86, 70.25)))
