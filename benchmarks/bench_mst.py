@@ -1,0 +1,184 @@
+"""MST-Distill training steps per second and peak memory of stage 2 (MaskNets) and stage 3 (distillation): the fast
+path against the straightforward one, measured in one run.
+
+Variants (kd_methods/mst.py):
+* ``fast``: ``--mst_impl fast`` (the default): torch.fx segments, each teacher prefix once per batch, frozen
+  networks without autograd.
+* ``hooks``: ``--mst_impl reference``: one full forward per expert / MaskNet with the hooks attached as the
+  reference does (cumulative in stage 3), frozen networks still without autograd.
+* ``literal``: ``hooks`` plus ``Method.keep_teacher_graph = True``: every network's parameters require grad and the
+  frozen forwards build autograd graphs, as the reference code (its stage-2 backward runs through the whole teacher).
+* ``fused``: ``fast`` with ``--fused_adam`` (optimiser updates 1 ulp away from PyTorch's default Adam).
+
+Setups: AV-MNIST shapes (``CNN-I`` + aux ``ThreeLayerCNN-A`` -> ``LeNet5``, batch 8) and RAVDESS shapes
+(``DSCNN-I`` + aux ``AudioBranchNet`` -> ``VisualBranchNet``, batch 4), random inputs, default MaskNet sizes
+(``--hidden_dim_factor 2``). If a paper family is not registered, Synthetic-MVD is used instead, with a note.
+
+Timing: the three variants are built side by side, warmed up, then timed in alternation for ``--rounds`` rounds of
+one training step each (the engine's step: sum of the loss dict, one backward, one Adam step); the fastest round
+counts (other jobs on a shared machine only ever add time). Peak memory of a step beyond what is held before it
+(weights, gradients, optimiser state) is measured on one untimed step after the warm-up: ``max_memory_allocated`` on
+CUDA, the growth of the resident set on CPU (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``, after
+``malloc_trim``); ``--no-memory`` skips it.
+
+Usage: ``python benchmarks/bench_mst.py [--rounds 3] [--threads 1] [--device cpu|cuda] [--configs AV-MNIST RAVDESS]
+[--no-memory]``.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kd_methods.mst import MSTDistill, offline_context  # noqa: E402
+from models import MODELS  # noqa: E402
+from utils.engine import set_modes  # noqa: E402
+
+VARIANTS = {"fast": ("fast", False, False), "hooks": ("reference", False, False),
+            "literal": ("reference", True, False), "fused": ("fast", False, True)}
+MEMORY_VARIANTS = ("fast", "hooks", "literal")
+CONFIGS = {
+    "AV-MNIST": {"argv": ["--database", "AV-MNIST"], "batch": 8, "models": ("CNN-I", "ThreeLayerCNN-A", "LeNet5")},
+    "RAVDESS": {"argv": ["--database", "RAVDESS"], "batch": 4,
+                "models": ("DSCNN-I", "AudioBranchNet", "VisualBranchNet")},
+    "Synthetic-MVD": {"argv": ["--database", "Synthetic-MVD"], "batch": 256,
+                      "models": ("MVD-MLP-I", "MVD-MLP-m2", "MVD-MLP-m1")},
+}
+STAGES = {2: 1, 3: 2}  # paper stage number -> index in MSTDistill.stages()
+
+
+def build(config: str, variant: str, device: str):
+    impl, graph, fused = VARIANTS[variant]
+    spec = CONFIGS[config]
+    argv = spec["argv"] + ["--batch_size", str(spec["batch"]), "--mst_impl", impl, "--no-compare_baseline",
+                           "--fused_adam" if fused else "--no-fused_adam"]
+    ctx = offline_context(argv, samples=spec["batch"], device=device)
+    torch.manual_seed(0)
+    method = MSTDistill(ctx).to(ctx.device)
+    method.keep_teacher_graph = graph  # read by the optimiser factories (requires_grad) and the frozen forwards
+    batch = next(iter(ctx.make_loader("train", shuffle=False)))
+    return method, batch
+
+
+def make_step(method: MSTDistill, batch, stage_number: int):
+    stage = method.stages()[STAGES[stage_number]]
+    optimizer = stage.make_optimizer()
+    cuda = batch.y.is_cuda
+
+    def step():
+        set_modes(method, stage, training=True)
+        losses = stage.train_step(batch, 0)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+
+    return step
+
+
+def _proc_status_mb(key: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may undercount
+        pass
+
+
+def step_peak_mb(step, device: str) -> float:
+    """Memory a training step needs beyond what is held before it (weights, gradients, optimiser state).
+
+    CUDA: ``max_memory_allocated`` during the step minus ``memory_allocated`` before it. CPU (Linux, glibc): free
+    heap is returned with ``malloc_trim``, then the peak resident set during the step (``VmHWM`` after resetting it
+    through ``/proc/self/clear_refs``) minus the resident set before it.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    _malloc_trim()  # give freed heap back first, so that the step's allocations show up as resident-set growth
+    before = _proc_status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    step()
+    return _proc_status_mb("VmHWM") - before
+
+
+def measure_stage(config: str, stage_number: int, args) -> tuple[dict[str, float], dict[str, float]]:
+    """``(steps/s, peak MB)`` per variant: built side by side, warmed up, one untimed step measured for memory,
+    then ``--rounds`` timed steps in alternation; the fastest step counts."""
+    steps, memory = {}, {}
+    for variant in VARIANTS:
+        method, batch = build(config, variant, args.device)
+        steps[variant] = make_step(method, batch, stage_number)
+        for _ in range(args.warmup):
+            steps[variant]()
+        if args.memory and variant in MEMORY_VARIANTS:
+            memory[variant] = step_peak_mb(steps[variant], args.device)
+    best = {variant: float("inf") for variant in VARIANTS}
+    for _ in range(args.rounds):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[variant] = min(best[variant], time.perf_counter() - start)
+    return {variant: 1.0 / seconds for variant, seconds in best.items()}, memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["AV-MNIST", "RAVDESS"], choices=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure peak memory too (default: on)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    configs = []
+    for config in args.configs:
+        if all(name in MODELS for name in CONFIGS[config]["models"]):
+            configs.append(config)
+        else:
+            print(f"note: the {config} models are not registered; measuring Synthetic-MVD shapes instead")
+            configs.append("Synthetic-MVD")
+    configs = list(dict.fromkeys(configs))
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
+    print(f"MST-Distill stage 2/3 training steps/s, torch {torch.__version__}, {device}, {args.threads} thread(s), "
+          f"best of {args.rounds} rounds after {args.warmup} warm-up step(s)\n")
+    print("| setup (T + A -> S, batch) | stage | steps/s fast | hooks | literal | fast + fused Adam | fast / hooks | "
+          "fast / literal | fused / hooks | peak MB fast | hooks | literal |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for config in configs:
+        teacher, aux, student = CONFIGS[config]["models"]
+        for stage_number in (2, 3):
+            rate, memory = measure_stage(config, stage_number, args)
+            mem = [f"{memory[v]:,.0f}" if v in memory else "-" for v in MEMORY_VARIANTS]
+            print(f"| {config}: {teacher} + {aux} -> {student}, {CONFIGS[config]['batch']} | {stage_number} | "
+                  f"{rate['fast']:.3f} | {rate['hooks']:.3f} | {rate['literal']:.3f} | {rate['fused']:.3f} | "
+                  f"**{rate['fast'] / rate['hooks']:.2f}x** | {rate['fast'] / rate['literal']:.2f}x | "
+                  f"{rate['fused'] / rate['hooks']:.2f}x | {' | '.join(mem)} |", flush=True)
+    print(f"\nTotal time {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,964 @@
+"""MST-Distill: Mixture of Specialized Teachers for cross-modal knowledge distillation.
+
+Li, Yang, Chen, Dong, Chen and Wang, "MST-Distill: Mixture of Specialized Teachers for Cross-Modal Knowledge
+Distillation", ACM Multimedia 2025 (arXiv 2507.07015); reference code Gray-OREO/MST-Distill. Specified in
+methods.md §1; the default behaviour is the reference's, every deliberate deviation is a named switch.
+
+Participants: a multimodal teacher T (``--Tmodel``, on m1+m2), an auxiliary cross-modal teacher A
+(``--AUXmodel``, on the modality the student does not see) and the student S (``--Smodel``, on ``--mode``). None
+is pre-trained. One MaskNet per hooked layer of T and of A (tables below) turns a teacher into a "specialised
+teacher" (expert): the teacher with that layer's output replaced by ``mask(o) * o``. Experts, in routing-id order:
+``T0, T1, A0, A1`` (``--mask_layer_num`` per teacher). A GateNet on the student's logits routes each sample to
+its top-``k`` experts.
+
+Stages (each one an engine :class:`Stage`, saved as ``stageN-<name>.pth``):
+1. ``co-training``: T, A and S trained together, each on CE + KD_4 towards the two others; the KL targets are
+   not detached (reference; ``--detach_s1`` detaches them, DML-style). One Adam over T ∪ S ∪ A (``--s1_lr``).
+   No validation; the last epoch is kept.
+2. ``masknets``: backbones frozen; every MaskNet is trained alone (only its own mask active) so that its masked
+   teacher's prediction matches the student's (KD_4, the detached student prediction is the target). One Adam over
+   all MaskNets (``--s2_lr``); since each MaskNet only affects its own loss and Adam is per parameter, this equals
+   the reference's one Adam per MaskNet. Validation: mean over batches of (mean T-MaskNet loss + mean A-MaskNet
+   loss); one joint selection of all MaskNets. With ``--epochs_s2 0`` (the reference crashes) the untrained
+   MaskNets are used and a warning is logged.
+3. ``distillation``: router ``g = softmax(GateNet(z_s))`` on the student's raw, undetached logits; per sample the
+   top-``k`` experts' detached logits are the KD_4 targets. Loss ``w_task·CE + w_kl·L_topk + w_lb·L_lb`` with
+   ``w_kl = w_kl0·0.5^ceil(e/30)``, ``w_lb = w_lb0·0.9^ceil(e/10)`` (the reference's decays fire after epoch 0).
+   One Adam over S ∪ GateNet (``--lr``); selection by the student's validation CE.
+4. ``baseline`` (only with ``--compare_baseline``, default on for Synthetic-MVD): a plain student of the same
+   architecture, initialised from ``--seed`` like ``main-S.py``, trained on CE for ``--epochs`` with ``--lr``; its
+   metrics go to ``results.json`` ``extra.baseline``. It does not change the MST student (it runs last and its
+   selection is kept out of ``best_epoch``).
+
+Reference quirks kept by default, with switches (methods.md §1.8, §11):
+* ``--expert_masks cumulative``: in stage 3 the reference leaves each hook attached while the next expert of the
+  same teacher runs, so expert T1 is T with masks 0 AND 1 (mask 1 computed on features already masked at layer 0).
+  ``independent`` gives every expert only its own mask, as in stage 2.
+* ``--no-router_kd_grad``: the top-k choice is not differentiable and the KD term is not gate-weighted, so the
+  GateNet only learns from the load-balancing loss (which also reaches the student through its logits).
+  ``--router_kd_grad`` weights each selected expert's per-sample KD by ``g / stopgrad(g)`` of that expert:
+  ``L_topk = (1/k)·Σ_r (1/B)·Σ_b [g_b,e(b,r) / sg(g_b,e(b,r))]·KD_4,b(z_s, E_e(b,r))`` - the same value and the same
+  student-side KD gradient as the reference, plus a router gradient ``∂L/∂g_b,e = KD_4,b / (B·k·g_b,e)`` for each
+  selected expert, which lowers the probability of experts the student disagrees with most.
+* KL load balancing is ``KL(u ‖ mean_b g) / ways`` (the reference's "batchmean" on a 1-d tensor); CV is the
+  unbiased std over mean of the per-expert importance ``Σ_b g``.
+* The reference keyed the auxiliary-layer table on ``--Smodel``; ours is keyed on ``--AUXmodel`` (a fix).
+* MaskNets are built for both listed layers of T, then both of A, and only then truncated to
+  ``--mask_layer_num`` (the discarded ones consume the RNG exactly as in the reference).
+
+Fast path (``--mst_impl fast``, default). Frozen backbones never hold an autograd graph, the student runs once per
+batch, inputs are not cloned, and each teacher's computation up to a hooked layer is done once per batch and
+shared by every expert/MaskNet that branches from it. To resume a forward in the middle, :class:`SegmentedForward`
+traces the frozen network with ``torch.fx`` (hooked modules are kept as leaves) and cuts the graph right after each
+hooked layer into compiled segments; each segment returns every value a later segment needs (its live set), so
+whatever crosses the cut - FuseNet's pooling indices and pre-pool sizes, skip tensors, shapes - is carried along
+automatically, without per-model code. Replacing the hooked value in the carried state and running the next
+segments is exactly what the reference's forward hook does. Work per batch with two layers per teacher:
+* stage 2: ``seg0 → f0 → seg1 → f1`` once under ``no_grad``; then ``seg1∘seg2(mask0(f0)·f0)`` and
+  ``seg2(mask1(f1)·f1)`` with autograd through the suffix activations only (reference: two full forwards, and a
+  backward through the whole teacher);
+* stage 3, cumulative: ``seg0 → mask0 → seg1 → (seg2 → T0) and (mask1 → seg2 → T1)``: one prefix, each MaskNet
+  once, only the last segment twice (reference: one full forward per expert, MaskNet 0 evaluated twice);
+  independent: clean ``seg0 → seg1`` shared, then each expert's suffix.
+A network that cannot be traced or split (a hooked module called twice, data-dependent Python control flow) falls
+back to the hook path for that network, with one log line. ``--mst_impl reference`` forces the hook path
+everywhere (one full forward per expert/MaskNet with the hooks attached as the reference does); the parity test and
+``benchmarks/bench_mst.py`` compare the two. Tracing happens while the network is in eval mode (it is frozen
+whenever segments are used), so a forward that branched on ``self.training`` would be traced in its eval branch.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets.base import Batch, DatasetSpec
+from kd_methods import register_method
+from kd_methods.base import Method, RunContext, Stage
+from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
+from utils.errors import UserError
+from utils.hooks import replace_outputs
+
+TEMPERATURE = 4.0
+
+# Hooked layers (methods.md §1.3), output of the named sub-module. Teacher table keyed on --Tmodel.
+TEACHER_LAYERS: dict[str, dict[str, tuple[str, str]]] = {
+    "AV-MNIST": {"CNN-I": ("concat_identity", "fc1")},
+    "NYU-Depth-V2": {"FuseNet-I": ("after_fusion_identity", "CBR5_RGBD_DEC")},
+    "RAVDESS": {"DSCNN-I": ("fc1", "fc2")},
+    "VGGSound-50k": {"DSCNN-VGGS-I": ("fc1", "fc2")},
+    "CMMD-V2": {"MLP-I": ("fc1", "fc2")},
+    "Synthetic-MVD": {"MVD-MLP-I": ("fc1", "fc2")},
+}
+# Auxiliary table keyed on --AUXmodel (the reference keyed it on --Smodel and required the complementary AUXmodel).
+AUX_LAYERS: dict[str, dict[str, tuple[str, str]]] = {
+    "AV-MNIST": {"ThreeLayerCNN-A": ("conv2", "conv3"), "LeNet5": ("conv3", "fc1")},
+    "NYU-Depth-V2": {"FuseNet-Dbranch": ("CBR5_DEPTH_ENC", "CBR5_D_DEC"),
+                     "FuseNet-RGBbranch": ("CBR5_RGB_ENC", "CBR5_RGB_DEC")},
+    "RAVDESS": {"VisualBranchNet": ("fc1", "fc2"), "AudioBranchNet": ("fc1", "fc2")},
+    "VGGSound-50k": {"VisualBranchNet-VGGS": ("fc1", "fc2"), "AudioBranchNet-VGGS": ("fc1", "fc2")},
+    "CMMD-V2": {"MLP-Vb": ("fc1", "fc2"), "MLP-Tb": ("fc1", "fc2")},
+    "Synthetic-MVD": {"MVD-MLP-m1": ("fc1", "fc2"), "MVD-MLP-m2": ("fc1", "fc2")},
+}
+
+# Defaults of the stage-1/2 options: the reference's first release (100/100 epochs, 1e-4) for the paper datasets,
+# small values for the embedded Synthetic-MVD so that `python main-MST-Distill.py` finishes in seconds. A dataset
+# spec's method_defaults["MST-Distill"] (utils/cli.py) takes precedence over this table.
+PAPER_DEFAULTS = {"epochs_s1": 100, "epochs_s2": 100, "s1_lr": 1e-4, "s2_lr": 1e-4, "compare_baseline": False}
+DATABASE_DEFAULTS = {
+    "Synthetic-MVD": {"epochs_s1": 5, "epochs_s2": 5, "s1_lr": 1e-3, "s2_lr": 1e-3, "compare_baseline": True},
+}
+
+# Per-sample input shapes of the paper datasets (models-and-data.md §1.9), for offline_context().
+INPUT_SHAPES = {
+    "AV-MNIST": {"m1": (1, 28, 28), "m2": (1, 112, 112)},
+    "RAVDESS": {"m1": (15, 3, 224, 224), "m2": (15, 156)},
+    "VGGSound-50k": {"m1": (10, 7, 7, 512), "m2": (10, 128)},
+    "CMMD-V2": {"m1": (2048,), "m2": (768,)},
+    "NYU-Depth-V2": {"m1": (3, 480, 640), "m2": (1, 480, 640)},
+}
+
+STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Losses and schedules (module level so the tests can check them on hand-made tensors)
+# --------------------------------------------------------------------------------------------------------------
+def loss_weights(epoch: int, w_kl: float, w_lb: float) -> tuple[float, float]:
+    """Stage-3 weights during 0-based epoch ``epoch``: ``(w_kl·0.5^ceil(e/30), w_lb·0.9^ceil(e/10))``.
+
+    The reference multiplies after epoch e when ``e % 30 == 0`` / ``e % 10 == 0``, so the first decay already
+    applies from epoch 1 on (unlike the baselines' halving after epochs 30, 60, 90).
+    """
+    return w_kl * 0.5 ** math.ceil(epoch / 30), w_lb * 0.9 ** math.ceil(epoch / 10)
+
+
+def load_balancing_loss(gate_probs: torch.Tensor, mode: str = "KL") -> torch.Tensor:
+    """Load balancing of the router probabilities ``[B, ways]`` (methods.md §1.8).
+
+    ``KL``: ``(1/ways)·Σ_e u·(log u − log p̄_e)`` with ``p̄ = mean_b g`` and ``u = 1/ways``: KL(u ‖ p̄) divided by
+    ``ways``, as the reference's "batchmean" reduction over a 1-d tensor. ``CV``: ``std(I)/mean(I)`` of the
+    importance ``I_e = Σ_b g_b,e`` with the unbiased (N−1) standard deviation.
+    """
+    if mode == "KL":
+        mean_probs = gate_probs.mean(dim=0)
+        uniform = torch.full_like(mean_probs, 1.0 / mean_probs.numel())
+        return F.kl_div(mean_probs.log(), uniform, reduction="sum") / mean_probs.numel()
+    if mode == "CV":
+        importance = gate_probs.sum(dim=0)
+        return importance.std() / importance.mean()
+    raise ValueError(f"unknown load-balancing mode {mode!r}; use KL or CV")
+
+
+def pick_experts(experts: Sequence[torch.Tensor], choice: torch.Tensor) -> torch.Tensor:
+    """Per sample ``b``, ``experts[choice[b]][b]``: ``[B, ...]`` from ``ways`` tensors ``[B, ...]`` and ``choice [B]``.
+
+    Works for logits ``[B, K]`` and dense maps ``[B, K, H, W]`` alike without stacking all experts.
+    """
+    select = choice.view(-1, *([1] * (experts[0].dim() - 1)))
+    picked = experts[0]
+    for e in range(1, len(experts)):
+        picked = torch.where(select == e, experts[e], picked)
+    return picked
+
+
+def gather_topk(experts: Sequence[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+    """``[B, k, ...]``: the logits of each sample's selected experts, ``indices [B, k]`` (routing ids)."""
+    return torch.stack([pick_experts(experts, indices[:, r]) for r in range(indices.shape[1])], dim=1)
+
+
+def kd_per_sample(pred: torch.Tensor, target: torch.Tensor, temperature: float = TEMPERATURE,
+                  per_pixel: bool = False) -> torch.Tensor:
+    """``[B]``: each sample's KD_T term, so that its batch mean equals :func:`kd_methods.base.kd_loss`."""
+    log_q = F.log_softmax(pred / temperature, dim=1)
+    p = F.softmax(target / temperature, dim=1)
+    terms = F.kl_div(log_q, p, reduction="none").flatten(1).sum(dim=1)
+    if per_pixel and pred.dim() > 2:
+        terms = terms / pred[0, 0].numel()
+    return terms * temperature ** 2
+
+
+def apply_mask(masknet: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """The reference's hook: ``mask(o) ⊙ o`` where a ``[B, C, 1, 1]`` output is first flattened to ``[B, C]``
+    (so the replaced output keeps that flattened shape) and the mask gets trailing singleton dims."""
+    if output.dim() == 4 and output.shape[-2:] == (1, 1):
+        output = output.flatten(1)
+    mask = masknet(output)
+    return mask.reshape(mask.shape + (1,) * (output.dim() - mask.dim())) * output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running a frozen network from a hooked layer on
+# --------------------------------------------------------------------------------------------------------------
+class SplitError(RuntimeError):
+    """The network cannot be cut at the hooked layers; the method falls back to forward hooks."""
+
+
+class _LeafTracer(fx.Tracer):
+    """Keeps the hooked submodules as single ``call_module`` nodes (e.g. a whole FuseNet CBR block)."""
+
+    def __init__(self, leaves: Sequence[str]):
+        super().__init__()
+        self.leaves = frozenset(leaves)
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(module, qualname)
+
+
+class SegmentedForward:
+    """A network's forward cut right after each hooked layer, as compiled ``torch.fx`` segments.
+
+    ``state = start(*inputs)`` runs up to the output of ``layers[0]``; a state is the list of values that later
+    segments need (the live set at the cut, plus the hooked output itself). ``feature(j, state)`` is layer j's
+    output, ``replace(j, state, value)`` a copy of the state with that output replaced (what a replacing forward
+    hook does), ``advance(j, state)`` runs to the output of layer j+1 (or to the logits after the last layer) and
+    ``finish(j, state)`` runs to the logits. The segments call the network's own submodules, so weights, devices and
+    train/eval modes are shared; they are not registered as submodules (state dicts are unaffected). Build it after
+    moving the network to its device.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]):
+        self.layers = tuple(layers)
+        try:
+            graph = _LeafTracer(self.layers).trace(model)
+        except Exception as error:  # noqa: BLE001 - any tracing failure means "use hooks instead"
+            raise SplitError(f"torch.fx cannot trace {type(model).__name__}: {str(error).splitlines()[0]}") from None
+        nodes = list(graph.nodes)
+        position = {node: i for i, node in enumerate(nodes)}
+        sites: dict[str, list[fx.Node]] = {layer: [] for layer in self.layers}
+        for node in nodes:
+            if node.op == "call_module" and node.target in sites:
+                sites[node.target].append(node)
+        for layer, calls in sites.items():
+            if len(calls) != 1:
+                raise SplitError(f"{layer} runs {len(calls)} times per forward of {type(model).__name__}")
+        hooks = [sites[layer][0] for layer in self.layers]
+        cuts = [position[node] for node in hooks]
+        if cuts != sorted(cuts):
+            raise SplitError(f"the hooked layers {', '.join(self.layers)} do not run in this order")
+        last_use = {node: max((position[user] for user in node.users), default=-1) for node in nodes}
+        self.carry: list[list[fx.Node]] = []
+        for cut, hook in zip(cuts, hooks):
+            live = [node for node in nodes[:cut + 1] if last_use[node] > cut]
+            if hook not in live:  # an unused hooked output: still needed as the MaskNet input
+                live.append(hook)
+            self.carry.append(live)
+        self.feature_index = [carry.index(hook) for carry, hook in zip(self.carry, hooks)]
+        starts = [0] + [cut + 1 for cut in cuts]
+        ends = cuts + [len(nodes) - 1]
+        self.segments = []
+        for k, (first, last) in enumerate(zip(starts, ends)):
+            inputs = self.carry[k - 1] if k else []
+            outputs = self.carry[k] if k < len(cuts) else None
+            self.segments.append(self._compile(model, nodes[first:last + 1], inputs, outputs))
+
+    @staticmethod
+    def _compile(model: nn.Module, nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node] | None):
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {node: graph.placeholder(node.name) for node in inputs}
+        for node in nodes:
+            if node.op == "output":
+                graph.output(fx.node.map_arg(node.args[0], env.__getitem__))
+            else:
+                env[node] = graph.node_copy(node, env.__getitem__)
+        if outputs is not None:
+            graph.output(tuple(env[node] for node in outputs))
+        return fx.GraphModule(model, graph)
+
+    def start(self, *inputs) -> list:
+        return list(self.segments[0](*inputs))
+
+    def feature(self, j: int, state: list) -> torch.Tensor:
+        return state[self.feature_index[j]]
+
+    def replace(self, j: int, state: list, value: torch.Tensor) -> list:
+        state = list(state)
+        state[self.feature_index[j]] = value
+        return state
+
+    def advance(self, j: int, state: list):
+        out = self.segments[j + 1](*state)
+        return list(out) if j + 1 < len(self.layers) else out
+
+    def finish(self, j: int, state: list) -> torch.Tensor:
+        for i in range(j, len(self.layers)):
+            state = self.advance(i, state)
+        return state
+
+
+def feature_shapes(model: nn.Module, layers: Sequence[str], inputs: Sequence[tuple[int, ...]]) -> list[tuple]:
+    """Per-sample output shapes of ``layers``, from a forward on the meta device (no compute, no RNG, no data)."""
+    from torch.func import functional_call
+
+    from utils.hooks import capture_features
+
+    tensors = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(),
+                                                                        *model.named_buffers())}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture_features(model, list(layers)) as found:
+            functional_call(model, tensors, tuple(torch.zeros((1, *shape), device="meta") for shape in inputs))
+    finally:
+        model.train(was_training)
+    return [tuple(found[layer].shape[1:]) for layer in layers]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------------------------------
+class _Meter:
+    """Sums of per-batch figures kept on the device (no sync per batch); ``means()`` reads and resets them."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, **values: torch.Tensor) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def means(self) -> dict[str, torch.Tensor]:
+        out = {key: value / self.steps for key, value in self.sums.items()} if self.steps else {}
+        self.sums, self.steps = {}, 0
+        return out
+
+
+class _Group:
+    """One teacher and its experts: the network, its hooked layers, the indices of its MaskNets, its inputs."""
+
+    def __init__(self, tag: str, model: nn.Module, layers: tuple[str, ...], first: int, modalities: tuple[str, ...]):
+        self.tag, self.model, self.layers, self.modalities = tag, model, layers, modalities
+        self.masknet_ids = list(range(first, first + len(layers)))
+        self.segmented: SegmentedForward | None = None
+        self.split_tried = False
+
+
+@register_method
+class MSTDistill(Method):
+    """MST-Distill (Li et al., ACM MM 2025): three stages, see the module docstring."""
+
+    name = "MST-Distill"
+    summary = ("MST-Distill (Li et al., ACM MM 2025): co-train a multimodal teacher, a cross-modal auxiliary teacher "
+               "and the student; train MaskNets that specialise the teachers; distil into the student from a routed "
+               "mixture of the specialised teachers.")
+    roles = ("teacher", "student", "aux")
+    teacher_kind = "multimodal"
+    needs_checkpoint = False
+
+    # -- CLI ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def default_models(cls, spec: DatasetSpec, mode: str) -> dict[str, str]:
+        """Teacher = the fusion model, student = ``--mode``'s unimodal model, aux = the other modality's one."""
+        return {"teacher": spec.teacher, "student": spec.students[mode],
+                "aux": spec.students[spec.other_modality(mode)]}
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        bool_flag = argparse.BooleanOptionalAction
+        add = parser.add_argument
+        add("--hidden_dim_factor", type=int, default=2, metavar="F",
+            help="MaskNet width divisor f: token width hd = floor(C/(f·h))·h (default: %(default)s). The embedding has "
+                 "C²·hd weights (CMMD-V2's auxiliary fc1 MaskNet: ~536M at f=2); raise f to shrink the MaskNets")
+        add("--mask_layer_num", type=int, default=2,
+            help="hooked layers (experts) per teacher, 1 or 2 (default: %(default)s)")
+        add("--mask_head_num", type=int, default=3, metavar="H",
+            help="attention heads h per MaskNet (default: %(default)s)")
+        add("--k", type=int, default=1, help="experts selected per sample, 1..2·mask_layer_num (default: %(default)s)")
+        add("--lb_mode", default="KL", metavar="KL|CV",
+            help="load-balancing loss: KL (KL(uniform ‖ mean gate)/ways) or CV (coefficient of variation of the "
+                 "expert importance) (default: %(default)s)")
+        add("--w_task", type=float, default=1.0, help="stage-3 student CE weight, constant (default: %(default)s)")
+        add("--w_kl", type=float, default=1.0,
+            help="stage-3 top-k distillation weight w0; epoch e uses w0·0.5^ceil(e/30) (default: %(default)s)")
+        add("--w_lb", type=float, default=1.0,
+            help="stage-3 load-balancing weight w0; epoch e uses w0·0.9^ceil(e/10) (default: %(default)s)")
+        add("--epochs_s1", type=int, default=None,
+            help="stage-1 (co-training) epochs (default: 100 for the paper datasets, as the reference's first "
+                 "release; its later code defaults to 1. 5 for Synthetic-MVD)")
+        add("--epochs_s2", type=int, default=None,
+            help="stage-2 (MaskNet) epochs (default: 100 for the paper datasets, as the reference's first release; "
+                 "its later code defaults to 1. 5 for Synthetic-MVD). 0 keeps the MaskNets untrained (warning)")
+        add("--s1_lr", type=float, default=None,
+            help="stage-1 Adam learning rate (default: 1e-4 as the reference; 1e-3 for Synthetic-MVD). "
+                 "--lr is the stage-3 one, --epochs the stage-3 epochs")
+        add("--s2_lr", type=float, default=None,
+            help="stage-2 Adam learning rate (default: 1e-4 as the reference; 1e-3 for Synthetic-MVD)")
+        add("--expert_masks", default="cumulative", choices=["cumulative", "independent"],
+            help="stage-3 experts: cumulative = the reference (expert T1 runs with masks 0 AND 1 attached, its hooks "
+                 "stay on between expert forwards); independent = each expert with its own mask only, as trained in "
+                 "stage 2 (default: %(default)s)")
+        add("--router_kd_grad", action=bool_flag, default=False,
+            help="weight each selected expert's per-sample KD by g/stopgrad(g) so the router also learns from the "
+                 "distillation term (same loss value and student gradient); off = the reference, where the router "
+                 "only learns from load balancing (default: off)")
+        add("--detach_s1", action=bool_flag, default=False,
+            help="detach the KL targets of stage 1 (DML-style); off = the reference, where every pairwise KL sends "
+                 "gradient into both networks (default: off)")
+        add("--mst_impl", default="fast", choices=["fast", "reference"],
+            help="fast = shared teacher prefixes cut with torch.fx, no autograd through frozen networks; reference = "
+                 "one full hooked forward per expert/MaskNet as the reference (same numbers, slower) (default: fast)")
+        add("--fused_adam", action=bool_flag, default=False,
+            help="fused Adam kernels for all MST-Distill stages: several times faster optimiser steps, updates differ "
+                 "from PyTorch's default Adam (the reference's) in the last bit (default: off)")
+        add("--compare_baseline", action=bool_flag, default=None,
+            help="after stage 3, train a no-KD student of the same architecture with the same epochs, lr and seed and "
+                 "report it beside the MST student (default: on for Synthetic-MVD, off for the paper datasets)")
+        add("--start_stage", type=int, default=1, choices=[1, 2, 3],
+            help="first stage to run; earlier stages get 0 epochs and the networks come from --init_from "
+                 "(default: %(default)s)")
+        add("--init_from", default=None, metavar="PATH",
+            help="a stageN-*.pth or checkpoint.pth (or run directory) of an earlier MST-Distill run whose networks "
+                 "start this run; required with --start_stage 2 or 3")
+
+    @staticmethod
+    def resolve_defaults(args: argparse.Namespace, spec: DatasetSpec) -> None:
+        """Fill the options left at None from :data:`DATABASE_DEFAULTS` / :data:`PAPER_DEFAULTS`."""
+        table = {**PAPER_DEFAULTS, **DATABASE_DEFAULTS.get(spec.name, {})}
+        for key, value in table.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        from models import get_entry
+
+        cls.resolve_defaults(args, spec)
+        if args.mask_layer_num not in (1, 2):
+            raise UserError(f"--mask_layer_num must be 1 or 2 (each teacher has two hooked layers), "
+                            f"not {args.mask_layer_num}")
+        ways = 2 * args.mask_layer_num
+        if not 1 <= args.k <= ways:
+            raise UserError(f"--k must be between 1 and the number of experts {ways} (2·--mask_layer_num), "
+                            f"not {args.k}")
+        if args.lb_mode not in ("KL", "CV"):
+            raise UserError(f"--lb_mode must be KL or CV, not '{args.lb_mode}'")
+        if args.mask_head_num < 1 or args.hidden_dim_factor < 1:
+            raise UserError("--mask_head_num and --hidden_dim_factor must be >= 1")
+        if args.epochs_s1 < 0 or args.epochs_s2 < 0:
+            raise UserError("--epochs_s1 and --epochs_s2 must be >= 0")
+        if args.s1_lr <= 0 or args.s2_lr <= 0:
+            raise UserError("--s1_lr and --s2_lr must be > 0")
+        if min(args.w_task, args.w_kl, args.w_lb) < 0:
+            raise UserError("--w_task, --w_kl and --w_lb must be >= 0")
+        teachers = TEACHER_LAYERS.get(spec.name)
+        if teachers is None:
+            raise UserError(f"MST-Distill has no hooked-layer tables for {spec.name}; supported databases: "
+                            f"{', '.join(TEACHER_LAYERS)}")
+        if args.Tmodel not in teachers:
+            raise UserError(f"MST-Distill on {spec.name} supports --Tmodel {', '.join(teachers)} (hooked-layer table), "
+                            f"not '{args.Tmodel}'")
+        auxes = AUX_LAYERS[spec.name]
+        if args.AUXmodel not in auxes:
+            raise UserError(f"MST-Distill on {spec.name} supports --AUXmodel {', '.join(auxes)} (hooked-layer table), "
+                            f"not '{args.AUXmodel}'")
+        other = spec.other_modality(args.mode)
+        for flag, name, wanted in (("--Tmodel", args.Tmodel, ("m1", "m2")), ("--AUXmodel", args.AUXmodel, (other,)),
+                                   ("--Smodel", args.Smodel, (args.mode,))):
+            entry = get_entry(name)
+            if entry.database != spec.name or tuple(entry.inputs) != wanted:
+                raise UserError(f"{flag} {name} takes {'+'.join(entry.inputs)} of {entry.database}, but MST-Distill "
+                                f"with --mode {args.mode} needs a {spec.name} model on {'+'.join(wanted)} "
+                                f"(default {cls.default_models(spec, args.mode)[_ROLE_OF[flag]]})")
+        if args.start_stage > 1 and not args.init_from:
+            raise UserError(f"--start_stage {args.start_stage} needs --init_from PATH (a stageN-*.pth or "
+                            f"checkpoint.pth of an earlier MST-Distill run)")
+        if args.init_from and args.start_stage == 1:
+            raise UserError("--init_from is used with --start_stage 2 or 3")
+        if args.init_from and not Path(args.init_from).exists():
+            raise UserError(f"--init_from: {args.init_from} does not exist")
+
+    # -- construction ------------------------------------------------------------------------------------------
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        args, spec = self.args, self.spec
+        self.resolve_defaults(args, spec)  # contexts built without the CLI
+        n = args.mask_layer_num
+        t_layers, a_layers = TEACHER_LAYERS[spec.name][args.Tmodel], AUX_LAYERS[spec.name][args.AUXmodel]
+        # Build order = the reference's RNG order: T, A, S, MaskNets (every listed layer of T then of A, truncated
+        # afterwards), GateNet.
+        self.teacher = self.build(args.Tmodel, ("m1", "m2"), "teacher")
+        self.aux = self.build(args.AUXmodel, (self.other,), "auxiliary teacher")
+        self.student = self.build(args.Smodel, (self.mode,), "student")
+        shapes = ctx.input_shapes
+        t_shapes = feature_shapes(self.teacher, t_layers, (shapes["m1"], shapes["m2"]))
+        a_shapes = feature_shapes(self.aux, a_layers, (shapes[self.other],))
+        for layer, shape in zip((*t_layers, *a_layers), (*t_shapes, *a_shapes)):
+            try:
+                masknet_kind(shape)
+            except ValueError as error:
+                raise UserError(f"hooked layer {layer}: {error}") from None
+            if hidden_width(shape[0], args.hidden_dim_factor, args.mask_head_num) < args.mask_head_num:
+                raise UserError(f"--hidden_dim_factor {args.hidden_dim_factor} with --mask_head_num "
+                                f"{args.mask_head_num} leaves no MaskNet width for {layer} ({shape[0]} channels)")
+        t_nets = [build_masknet(s, args.hidden_dim_factor, args.mask_head_num) for s in t_shapes]
+        a_nets = [build_masknet(s, args.hidden_dim_factor, args.mask_head_num) for s in a_shapes]
+        self.masknets = nn.ModuleList(t_nets[:n] + a_nets[:n])
+        self.ways = 2 * n
+        self.gate = (GateNetDense if self.dense else GateNet)(spec.num_classes, self.ways)
+        self.t_layers, self.a_layers = tuple(t_layers[:n]), tuple(a_layers[:n])
+        self.feature_shapes = {"T": t_shapes[:n], "A": a_shapes[:n]}
+        self.expert_names = [f"T{j}" for j in range(n)] + [f"A{j}" for j in range(n)]
+        self.groups = [_Group("T", self.teacher, self.t_layers, 0, ("m1", "m2")),
+                       _Group("A", self.aux, self.a_layers, n, (self.other,))]
+
+        self.baseline = None
+        if args.compare_baseline:
+            # Initialised from the seed alone, as main-S.py's student, without touching the RNG stream of the run.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                self.baseline = self.build(args.Smodel, (self.mode,), "baseline student")
+            self.baseline_best = copy.deepcopy(self.baseline).requires_grad_(False)  # the selected epoch's weights
+            self.register_buffer("baseline_best_value", torch.tensor(math.inf, dtype=torch.float64))
+            self.register_buffer("baseline_best_epoch", torch.tensor(-1))
+            self._baseline_val = [0.0, 0]
+            self._val_batches = len(ctx.make_loader("val", max_steps=args.max_steps))
+
+        self._meter = _Meter()
+        self._describe()
+        if args.init_from and not getattr(args, "resume", None):
+            self._load_init(args.init_from)
+
+    def _describe(self) -> None:
+        args, log = self.args, self.ctx.log
+        for name, layer, shape, net in zip(self.expert_names, (*self.t_layers, *self.a_layers),
+                                           (*self.feature_shapes["T"], *self.feature_shapes["A"]), self.masknets):
+            params = sum(p.numel() for p in net.parameters())
+            log(f"MST-Distill expert {name}: {layer} {list(shape)} -> MaskNet-{masknet_kind(shape)} "
+                f"hd {net.hidden_dim} ({params / 1e6:.2f}M parameters)")
+        total = sum(p.numel() for p in self.masknets.parameters())
+        if total > 200e6:
+            log(f"warning: the MaskNets hold {total / 1e6:.0f}M parameters (x4 with gradients and Adam state); "
+                f"--hidden_dim_factor shrinks them")
+        if args.epochs_s2 == 0 and args.start_stage <= 2 and args.epochs > 0:
+            log("warning: --epochs_s2 0: stage 3 uses untrained MaskNets (the reference crashes here)")
+
+    def _load_init(self, path: str) -> None:
+        from utils.rundir import load_checkpoint
+
+        saved = load_checkpoint(path)
+        state = saved.get("method") if isinstance(saved, dict) else None
+        if not isinstance(state, dict):
+            raise UserError(f"--init_from {path}: not a checkpoint of this framework (no method state)")
+        saved_args = saved.get("args") or {}
+        keys = ("database", "Tmodel", "AUXmodel", "Smodel", "mode", "mask_layer_num", "hidden_dim_factor",
+                "mask_head_num")
+        differ = [f"--{k} {saved_args[k]} (now {getattr(self.args, k)})" for k in keys
+                  if k in saved_args and saved_args[k] != getattr(self.args, k)]
+        if differ:
+            raise UserError(f"--init_from {path} was trained with {', '.join(differ)}")
+        own = {k: v for k, v in state.items() if not k.startswith("baseline")}
+        mine = self.state_dict()
+        missing = [k for k in mine if not k.startswith("baseline") and k not in own]
+        unexpected = [k for k in own if k not in mine]
+        if missing or unexpected:
+            raise UserError(f"--init_from {path} does not fit this MST-Distill configuration "
+                            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+        self.load_state_dict(own, strict=False)
+        self.ctx.log(f"MST-Distill: networks loaded from {path}; starting at stage {self.args.start_stage}")
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _trainable(self, *modules: nn.Module) -> None:
+        """``requires_grad`` for the stage: only ``modules`` train. Frozen networks hold no autograd graph (unless
+        :attr:`keep_teacher_graph`, the benchmarks' imitation of the reference, which never froze anything)."""
+        for module in (self.teacher, self.aux, self.student, self.masknets, self.gate):
+            module.requires_grad_(any(module is m for m in modules) or self.keep_teacher_graph)
+        if self.baseline is not None:
+            self.baseline.requires_grad_(any(self.baseline is m for m in modules))
+
+    def _frozen(self):
+        """Grad mode for frozen networks' forwards: none, except when imitating the reference."""
+        return torch.set_grad_enabled(self.keep_teacher_graph and torch.is_grad_enabled())
+
+    def _segments(self, group: _Group) -> SegmentedForward | None:
+        if self.args.mst_impl != "fast":
+            return None
+        if not group.split_tried:
+            group.split_tried = True
+            try:
+                group.segmented = SegmentedForward(group.model, group.layers)
+            except SplitError as error:
+                self.ctx.log(f"MST-Distill: {error}; {group.model.model_name} uses forward hooks instead")
+        return group.segmented
+
+    def _masker(self, j: int):
+        return partial(apply_mask, self.masknets[j])
+
+    def _inputs(self, batch: Batch, group: _Group) -> tuple[torch.Tensor, ...]:
+        return batch.inputs(group.modalities)
+
+    # -- stage 2: one loss per MaskNet, each with only its own mask active ------------------------------------------
+    def masknet_losses(self, batch: Batch, target: torch.Tensor) -> list[torch.Tensor]:
+        """KD_4(pred = teacher with MaskNet j only, target = student) for every MaskNet j, in expert order."""
+        losses = []
+        for group in self.groups:
+            inputs = self._inputs(batch, group)
+            seg = self._segments(group)
+            if seg is None:
+                # One full hooked forward per MaskNet, as the reference. The frozen part before the hooked layer is
+                # not recorded by autograd because its parameters do not require grad (unless keep_teacher_graph).
+                for j, layer in zip(group.masknet_ids, group.layers):
+                    with replace_outputs(group.model, {layer: self._masker(j)}):
+                        losses.append(self.kd(group.model(*inputs), target))
+                continue
+            with torch.no_grad():  # the clean features at every hooked layer, computed once
+                clean = [seg.start(*inputs)]
+                for i in range(1, len(group.layers)):
+                    clean.append(seg.advance(i - 1, clean[-1]))
+            for i, j in enumerate(group.masknet_ids):
+                state = seg.replace(i, clean[i], apply_mask(self.masknets[j], seg.feature(i, clean[i])))
+                losses.append(self.kd(seg.finish(i, state), target))
+        return losses
+
+    # -- stage 3: the experts' logits ------------------------------------------------------------------------------
+    def expert_logits(self, batch: Batch) -> list[torch.Tensor]:
+        """Logits of every expert ``[T0, T1, A0, A1]`` (cumulative or independent masks), without autograd."""
+        cumulative = self.args.expert_masks == "cumulative"
+        experts = []
+        with self._frozen():
+            for group in self.groups:
+                inputs = self._inputs(batch, group)
+                seg = self._segments(group)
+                if seg is None:
+                    experts += self._hooked_experts(group, inputs, cumulative)
+                elif cumulative:
+                    experts += self._cumulative_experts(group, seg, inputs)
+                else:
+                    experts += self._independent_experts(group, seg, inputs)
+        return experts
+
+    def _hooked_experts(self, group: _Group, inputs, cumulative: bool) -> list[torch.Tensor]:
+        outs = []
+        with contextlib.ExitStack() as attached:
+            for j, layer in zip(group.masknet_ids, group.layers):
+                if cumulative:  # the reference: hooks stay attached while the next experts run
+                    attached.enter_context(replace_outputs(group.model, {layer: self._masker(j)}))
+                    outs.append(group.model(*inputs))
+                else:
+                    with replace_outputs(group.model, {layer: self._masker(j)}):
+                        outs.append(group.model(*inputs))
+        return outs
+
+    def _cumulative_experts(self, group: _Group, seg: SegmentedForward, inputs) -> list[torch.Tensor]:
+        # prefix -> mask0 -> (next segment) shared; expert i stops adding masks after layer i.
+        outs, state = [], seg.start(*inputs)
+        last = len(group.layers) - 1
+        for i, j in enumerate(group.masknet_ids):
+            state = seg.replace(i, state, apply_mask(self.masknets[j], seg.feature(i, state)))
+            if i == last:
+                outs.append(seg.advance(i, state))
+            else:
+                state = seg.advance(i, state)
+                outs.append(seg.finish(i + 1, state))
+        return outs
+
+    def _independent_experts(self, group: _Group, seg: SegmentedForward, inputs) -> list[torch.Tensor]:
+        clean = [seg.start(*inputs)]
+        for i in range(1, len(group.layers)):
+            clean.append(seg.advance(i - 1, clean[-1]))
+        return [seg.finish(i, seg.replace(i, clean[i], apply_mask(self.masknets[j], seg.feature(i, clean[i]))))
+                for i, j in enumerate(group.masknet_ids)]
+
+    def topk_distillation(self, student_logits: torch.Tensor, experts: Sequence[torch.Tensor],
+                          gate_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_topk, indices [B, k])``: mean over the k ranks of KD_4(student, detached selected expert)."""
+        indices = torch.topk(gate_probs, self.args.k, dim=1).indices
+        total = 0.0
+        for r in range(self.args.k):
+            target = pick_experts(experts, indices[:, r]).detach()
+            if self.args.router_kd_grad:
+                chosen = gate_probs.gather(1, indices[:, r:r + 1]).squeeze(1)
+                per_sample = kd_per_sample(student_logits, target, TEMPERATURE, per_pixel=self.dense)
+                total = total + (chosen / chosen.detach() * per_sample).mean()
+            else:
+                total = total + self.kd(student_logits, target, TEMPERATURE)
+        return total / self.args.k, indices
+
+    # -- the engine's view ---------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        args = self.args
+        skip = args.start_stage - 1
+        epochs = [0 if skip >= 1 else args.epochs_s1, 0 if skip >= 2 else args.epochs_s2, args.epochs]
+        stages = [
+            Stage(STAGE_NAMES[0], epochs[0], self._stage1_optimizer, self._stage1_step,
+                  [self.teacher, self.aux, self.student], select_key=None, epoch_logs=self._epoch_logs),
+            Stage(STAGE_NAMES[1], epochs[1], self._stage2_optimizer, self._stage2_step, [self.masknets],
+                  val_step=self._stage2_val, select_key="loss_all", selected=self.masknets,
+                  epoch_logs=self._epoch_logs),
+            Stage(STAGE_NAMES[2], epochs[2], self._stage3_optimizer, self._stage3_step, [self.student, self.gate],
+                  val_step=self.student_val_step_ce, select_key="ce", selected=self.student,
+                  epoch_logs=self._stage3_logs),
+        ]
+        if self.baseline is not None:
+            stages.append(Stage(STAGE_NAMES[3], args.epochs, self._baseline_optimizer, self._baseline_step,
+                                [self.baseline], val_step=self._baseline_val_step, select_key="ce", selected=None,
+                                on_stage_end=self._baseline_end))
+        return stages
+
+    def _adam(self, params, lr: float) -> torch.optim.Optimizer:
+        # PyTorch-default Adam as the reference. The multi-tensor (foreach) loop gives bit-identical updates and is
+        # faster on CPU, where it is not the default; --fused_adam trades bit-identity (1 ulp) for ~5x faster steps.
+        if self.args.fused_adam:
+            return torch.optim.Adam(list(params), lr=lr, fused=True)
+        return torch.optim.Adam(list(params), lr=lr, foreach=True)
+
+    # stage 1 ------------------------------------------------------------------------------------------------------
+    def _stage1_optimizer(self):
+        self._trainable(self.teacher, self.aux, self.student)
+        self._meter.means()
+        # Parameter order as the reference's list: T, S, A.
+        return self._adam([*self.teacher.parameters(), *self.student.parameters(), *self.aux.parameters()],
+                          self.args.s1_lr)
+
+    def _stage1_step(self, batch: Batch, epoch: int):
+        z_t = self.teacher(batch.m1, batch.m2)
+        z_a = self.aux(batch.get(self.other))
+        z_s = self.student(batch.get(self.mode))
+        target = (lambda z: z.detach()) if self.args.detach_s1 else (lambda z: z)
+        ce_t, ce_a, ce_s = (self.task_loss(z, batch.y) for z in (z_t, z_a, z_s))
+        loss_t = ce_t + self.kd(z_t, target(z_s)) + self.kd(z_t, target(z_a))
+        loss_s = ce_s + self.kd(z_s, target(z_t)) + self.kd(z_s, target(z_a))
+        loss_a = ce_a + self.kd(z_a, target(z_t)) + self.kd(z_a, target(z_s))
+        self._meter.add(**{"s1/ce_t": ce_t, "s1/ce_s": ce_s, "s1/ce_a": ce_a})
+        self._meter.step()
+        return {"loss_t": loss_t, "loss_s": loss_s, "loss_a": loss_a}
+
+    # stage 2 ------------------------------------------------------------------------------------------------------
+    def _stage2_optimizer(self):
+        self._trainable(self.masknets)
+        self._meter.means()
+        return self._adam(self.masknets.parameters(), self.args.s2_lr)
+
+    def _student_target(self, batch: Batch) -> torch.Tensor:
+        with self._frozen():
+            return self.student(batch.get(self.mode)).detach()
+
+    def _stage2_terms(self, batch: Batch) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        losses = self.masknet_losses(batch, self._student_target(batch))
+        n = self.args.mask_layer_num
+        per_net = {f"mn/{name}": loss for name, loss in zip(self.expert_names, losses)}
+        return per_net, torch.stack(losses[:n]).mean(), torch.stack(losses[n:]).mean()
+
+    def _stage2_step(self, batch: Batch, epoch: int):
+        # The sum of the per-MaskNet losses: each MaskNet gets exactly the gradient of its own loss, as with the
+        # reference's one optimiser per MaskNet. The reference's logged means go through epoch_logs.
+        per_net, loss_t, loss_a = self._stage2_terms(batch)
+        self._meter.add(**{"s2/loss_all": loss_t + loss_a, "s2/loss_mn_t": loss_t, "s2/loss_mn_a": loss_a})
+        self._meter.step()
+        return per_net
+
+    def _stage2_val(self, batch: Batch, epoch: int):
+        per_net, loss_t, loss_a = self._stage2_terms(batch)
+        return {**per_net, "loss_mn_t": loss_t, "loss_mn_a": loss_a, "loss_all": loss_t + loss_a}
+
+    # stage 3 ------------------------------------------------------------------------------------------------------
+    def _stage3_optimizer(self):
+        self._trainable(self.student, self.gate)
+        self._meter.means()
+        self._routing = torch.zeros(self.ways, dtype=torch.float64, device=self.ctx.device)
+        return self._adam([*self.student.parameters(), *self.gate.parameters()], self.args.lr)
+
+    def stage3_losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """The unweighted stage-3 terms and diagnostics of one batch (``task``, ``topk``, ``lb``, ``indices``...)."""
+        experts = self.expert_logits(batch)
+        z_s = self.student(batch.get(self.mode))
+        gate_probs = F.softmax(self.gate(z_s), dim=1)
+        lb = load_balancing_loss(gate_probs, self.args.lb_mode)
+        topk, indices = self.topk_distillation(z_s, experts, gate_probs)
+        return {"task": self.task_loss(z_s, batch.y), "topk": topk, "lb": lb, "indices": indices,
+                "experts": experts, "gate_probs": gate_probs}
+
+    def _stage3_step(self, batch: Batch, epoch: int):
+        terms = self.stage3_losses(batch, epoch)
+        w_kl, w_lb = loss_weights(epoch, self.args.w_kl, self.args.w_lb)
+        with torch.no_grad():  # diagnostics: per-expert CE and routing counts, one device sync per epoch
+            expert_ce = {f"expert_ce/{name}": self.task_loss(z.float(), batch.y)
+                         for name, z in zip(self.expert_names, terms["experts"])}
+            self._meter.add(**{"s3/task": terms["task"], "s3/topk_kd": terms["topk"], "s3/lb": terms["lb"],
+                               "s3/expert_ce_mean": torch.stack(list(expert_ce.values())).mean()}, **expert_ce)
+            self._meter.step()
+            self._routing += torch.bincount(terms["indices"].flatten(), minlength=self.ways).double()
+        return {"task": self.args.w_task * terms["task"], "kd": w_kl * terms["topk"], "lb": w_lb * terms["lb"]}
+
+    def student_val_step_ce(self, batch: Batch, epoch: int):
+        return {"ce": self.task_loss(self.student(batch.get(self.mode)), batch.y)}
+
+    # baseline -----------------------------------------------------------------------------------------------------
+    def _baseline_optimizer(self):
+        self._trainable(self.baseline)
+        self._baseline_val = [0.0, 0]
+        return self._adam(self.baseline.parameters(), self.args.lr)
+
+    def _baseline_step(self, batch: Batch, epoch: int):
+        return {"ce": self.task_loss(self.baseline(batch.get(self.mode)), batch.y)}
+
+    def _baseline_val_step(self, batch: Batch, epoch: int):
+        # The engine must not select here (that would move results.json's best_epoch to the baseline), so the
+        # selection is done here: the mean of batch means, strictly lower wins, settled on the last val batch.
+        ce = self.task_loss(self.baseline(batch.get(self.mode)), batch.y)
+        self._baseline_val[0] += float(ce)
+        self._baseline_val[1] += 1
+        if self._baseline_val[1] == self._val_batches:
+            value = self._baseline_val[0] / self._baseline_val[1]
+            self._baseline_val = [0.0, 0]
+            if value < float(self.baseline_best_value):
+                self.baseline_best_value.fill_(value)
+                self.baseline_best_epoch.fill_(epoch)
+                self.baseline_best.load_state_dict(self.baseline.state_dict())
+        return {"ce": ce}
+
+    def _baseline_end(self) -> None:
+        if int(self.baseline_best_epoch) >= 0:
+            self.baseline.load_state_dict(self.baseline_best.state_dict())
+
+    # logs ---------------------------------------------------------------------------------------------------------
+    def _epoch_logs(self) -> dict:
+        return {key: float(value) for key, value in self._meter.means().items()}
+
+    def _stage3_logs(self) -> dict:
+        row = self._epoch_logs()
+        total = float(self._routing.sum())
+        for name, count in zip(self.expert_names, self._routing.tolist()):
+            row[f"routing/{name}"] = count / total if total else 0.0
+        self._routing.zero_()
+        return row
+
+    # -- results -----------------------------------------------------------------------------------------------
+    def model_names(self) -> dict[str, str]:
+        return {"teacher": self.args.Tmodel, "student": self.args.Smodel, "aux": self.args.AUXmodel}
+
+    def _stage3_rows(self) -> list[dict]:
+        path = Path(self.ctx.run_path) / "metrics.jsonl" if self.ctx.run_path else None
+        if path is None or not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [row for row in rows if row.get("stage") == STAGE_NAMES[2]]
+
+    def extra_results(self) -> dict:
+        args = self.args
+        extra = {
+            "experts": self.expert_names,
+            "hooked_layers": {"teacher": list(self.t_layers), "aux": list(self.a_layers)},
+            "masknet_hidden_dims": {n: m.hidden_dim for n, m in zip(self.expert_names, self.masknets)},
+            "options": {key: getattr(args, key) for key in ("k", "lb_mode", "expert_masks", "router_kd_grad",
+                                                             "detach_s1", "mst_impl", "fused_adam", "epochs_s1",
+                                                             "epochs_s2")},
+        }
+        rows = self._stage3_rows()
+        if rows:
+            per_epoch = [[row.get(f"routing/{name}", 0.0) for name in self.expert_names] for row in rows]
+            mean = np.mean(np.asarray(per_epoch), axis=0).tolist()
+            extra["routing"] = {"epochs": [row["epoch"] for row in rows], "per_epoch": per_epoch,
+                                "last_epoch": dict(zip(self.expert_names, per_epoch[-1])),
+                                "mean": dict(zip(self.expert_names, mean))}
+            extra["expert_ce_last_epoch"] = {name: rows[-1].get(f"expert_ce/{name}") for name in self.expert_names}
+            plot = self._plot_routing(rows)
+            if plot is not None:
+                extra["routing_plot"] = plot
+        if self.baseline is not None:
+            extra["baseline"] = self._baseline_report()
+        return extra
+
+    def _plot_routing(self, rows: list[dict]) -> str | None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            import matplotlib.ticker
+        except ImportError:  # plotting is optional
+            return None
+        epochs = [row["epoch"] for row in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in self.expert_names:
+            ax.plot(epochs, [row.get(f"routing/{name}", 0.0) for row in rows], marker="o", markersize=3, label=name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("stage-3 epoch")
+        ax.set_ylabel("routing frequency")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"MST-Distill routing ({self.args.database}, k={self.args.k})")
+        ax.legend(ncol=len(self.expert_names), fontsize=8)
+        fig.tight_layout()
+        path = Path(self.ctx.run_path) / "routing.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path.name
+
+    def _baseline_report(self) -> dict:
+        from utils.engine import evaluate
+
+        report = {"model": self.args.Smodel, "epochs": self.args.epochs, "lr": self.args.lr,
+                  "best_epoch": int(self.baseline_best_epoch), "metrics": {}}
+        student = {}
+        for split in ("val", "test"):
+            loader = self.ctx.make_loader(split, max_steps=None)
+            loss, figures = evaluate(self, self.baseline, (self.mode,), loader, self.ctx)
+            report["metrics"][split] = {"loss": loss, **figures}
+            if split == "test":
+                loss_s, figures_s = evaluate(self, self.student, (self.mode,), loader, self.ctx)
+                student = {"loss": loss_s, **figures_s}
+        base = report["metrics"]["test"]
+        keys = [k for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU") if k in base]
+        self.ctx.log(f"Test, MST-Distill student vs no-KD baseline ({self.args.Smodel}, {self.args.epochs} epochs, "
+                     f"lr {self.args.lr:g}, seed {self.args.seed}):")
+        for key in ["loss", *keys]:
+            self.ctx.log(f"  {key:<17} {student[key]:.4f}  vs  {base[key]:.4f}  ({student[key] - base[key]:+.4f})")
+        return report
+
+
+_ROLE_OF = {"--Tmodel": "teacher", "--AUXmodel": "aux", "--Smodel": "student"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Offline contexts (tests and benchmarks): random tensors shaped like a database's inputs, no files
+# --------------------------------------------------------------------------------------------------------------
+def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None = None, device: str = "cpu",
+                    data_seed: int = 0, log=lambda message: None) -> RunContext:
+    """A :class:`RunContext` for MST-Distill over ``samples`` random samples (train = val = test = all of them).
+
+    ``argv`` are command-line options (``--database`` etc.); ``input_shapes`` overrides the per-sample shapes of
+    :data:`INPUT_SHAPES` (e.g. a small NYU size). Synthetic-MVD uses its own generator.
+    """
+    from datasets import BatchLoader, TensorSource, get_spec
+    from utils import cli
+
+    args = cli.parse_args(MSTDistill, argv)
+    spec = get_spec(args.database)
+    spec = spec.configured(args) if hasattr(spec, "configured") else spec
+    if spec.name == "Synthetic-MVD" and input_shapes is None:
+        source = spec.load(args)
+    else:
+        shapes = input_shapes or INPUT_SHAPES[spec.name]
+        generator = torch.Generator().manual_seed(data_seed)
+        m1 = torch.randn((samples, *shapes["m1"]), generator=generator)
+        m2 = torch.randn((samples, *shapes["m2"]), generator=generator)
+        label_shape = (samples, *shapes["m1"][-2:]) if spec.is_segmentation else (samples,)
+        y = torch.randint(0, spec.num_classes, label_shape, generator=generator)
+        source = TensorSource(m1, m2, y)
+    indices = np.arange(len(source))
+    splits = {"train": indices, "val": indices, "test": indices}
+    torch_device = torch.device(device)
+
+    def make_loader(split, shuffle=None, batch_size=None, max_steps=-1):
+        return BatchLoader(source, splits[split], batch_size or args.batch_size,
+                           shuffle=(split == "train") if shuffle is None else shuffle, seed=args.seed,
+                           device=torch_device, max_steps=args.max_steps if max_steps == -1 else max_steps)
+
+    return RunContext(args=args, spec=spec, device=torch_device, source=source, splits=splits, make_loader=make_loader,
+                      log=log)
+

@@ -1,0 +1,404 @@
+"""MST-Distill (kd_methods/mst.py, models/mst_modules.py): losses and schedules on hand-made numbers, MaskNet sizes,
+the fast path against the reference (hook) path for every model family, hook hygiene, whole runs on Synthetic-MVD
+(results, plot, metrics, --resume inside stage 2, --start_stage/--init_from) and on the paper datasets' fixtures.
+
+Runs single-threaded: on a shared 2-core machine small tensor ops are much faster with one thread.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kd_methods.mst import (AUX_LAYERS, TEACHER_LAYERS, MSTDistill, gather_topk, kd_per_sample, load_balancing_loss,
+                            loss_weights, offline_context)
+from models import MODELS
+from models.mst_modules import GateNet, MaskNet1d, MaskNet2d, build_masknet, hidden_width
+from utils import cli
+from utils.errors import UserError
+from utils.hooks import active_hook_count
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _models_registered(database: str) -> bool:
+    names = [*TEACHER_LAYERS[database], *AUX_LAYERS[database]]
+    return all(name in MODELS for name in names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small pieces on hand-made numbers
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels, spatial, width", [(596, None, 297), (298, None, 147), (512, None, 255),
+                                                      (320, None, 159), (160, None, 78), (1024, None, 510),
+                                                      (84, None, 42), (120, (1, 1), 60), (64, (56, 56), 30),
+                                                      (128, (28, 28), 63), (512, (15, 20), 255)])
+def test_masknet_widths_of_the_spec(channels, spatial, width):
+    assert hidden_width(channels, 2, 3) == width
+    if channels * channels * width <= 2_000_000:  # build only the small ones
+        shape = (channels,) if spatial is None else (channels, *spatial)
+        net = build_masknet(shape, 2, 3)
+        assert net.hidden_dim == width
+        assert type(net) is (MaskNet2d if spatial not in (None, (1, 1)) else MaskNet1d)
+
+
+def test_masknet_parameter_counts_and_shapes():
+    net = MaskNet1d(160, hidden_width(160, 2, 3), 3)  # methods.md §1.4: C=160 -> 2.0M
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 1) == 2.0
+    net = MaskNet1d(84, hidden_width(84, 2, 3), 3)  # C=84 -> 0.31M
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == 0.31
+    mask = net(torch.randn(5, 84))
+    assert mask.shape == (5, 84) and bool(((mask > 0) & (mask < 1)).all())
+    net2d = MaskNet2d(64, hidden_width(64, 2, 3), 3)  # C=64 2-d -> 0.13M
+    assert round(sum(p.numel() for p in net2d.parameters()) / 1e6, 2) == 0.13
+    assert net2d(torch.randn(2, 64, 9, 7)).shape == (2, 64)
+    assert [n for n, _ in net2d.named_children()] == ["spatial_reduce", "embed", "mha", "fc"]  # reference names
+    assert GateNet(10, 4)(torch.randn(3, 10)).shape == (3, 4)
+
+
+def test_gather_topk_classification():
+    experts = [torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.tensor([[10.0, 11.0], [12.0, 13.0]]),
+               torch.tensor([[20.0, 21.0], [22.0, 23.0]])]
+    indices = torch.tensor([[2, 0], [1, 2]])
+    expected = torch.tensor([[[20.0, 21.0], [0.0, 1.0]], [[12.0, 13.0], [22.0, 23.0]]])
+    assert torch.equal(gather_topk(experts, indices), expected)
+    # the reference's stack + gather gives the same
+    stacked = torch.stack(experts, dim=1)
+    reference = torch.gather(stacked, 1, indices.unsqueeze(-1).expand(-1, -1, 2))
+    assert torch.equal(gather_topk(experts, indices), reference)
+
+
+def test_gather_topk_dense():
+    experts = [torch.arange(8.0).view(2, 2, 2, 1) + 100 * e for e in range(4)]  # [B=2, C=2, H=2, W=1]
+    indices = torch.tensor([[3], [1]])
+    out = gather_topk(experts, indices)
+    assert out.shape == (2, 1, 2, 2, 1)
+    assert torch.equal(out[0, 0], experts[3][0]) and torch.equal(out[1, 0], experts[1][1])
+
+
+def test_load_balancing_by_hand():
+    g = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    # KL: p = (0.75, 0.25), u = 0.5: (0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25)) / 2 = ln(4/3) / 4
+    assert load_balancing_loss(g, "KL").item() == pytest.approx(math.log(4 / 3) / 4, rel=1e-6)
+    # CV: importance (1.5, 0.5), mean 1, unbiased std sqrt(0.5)
+    assert load_balancing_loss(g, "CV").item() == pytest.approx(math.sqrt(0.5), rel=1e-6)
+    uniform = torch.full((3, 4), 0.25)
+    assert load_balancing_loss(uniform, "KL").item() == pytest.approx(0.0, abs=1e-7)
+    assert load_balancing_loss(uniform, "CV").item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError):
+        load_balancing_loss(g, "L2")
+
+
+def test_weight_schedule():
+    expected = {0: (1.0, 1.0), 1: (0.5, 0.9), 10: (0.5, 0.9), 11: (0.5, 0.81), 30: (0.5, 0.9 ** 3),
+                31: (0.25, 0.9 ** 4)}
+    for epoch, (w_kl, w_lb) in expected.items():
+        assert loss_weights(epoch, 1.0, 1.0) == pytest.approx((w_kl, w_lb), rel=1e-12), epoch
+    assert loss_weights(31, 2.0, 3.0) == pytest.approx((0.5, 3.0 * 0.9 ** 4))
+
+
+def test_kd_per_sample_matches_batch_kd():
+    from kd_methods.base import kd_loss
+
+    pred, target = torch.randn(3, 5, 4, 2), torch.randn(3, 5, 4, 2)
+    assert kd_per_sample(pred, target, per_pixel=True).mean().item() == pytest.approx(
+        kd_loss(pred, target, per_pixel=True).item(), rel=1e-5)
+
+
+def test_router_kd_grad_keeps_the_value_and_trains_the_router():
+    ctx = offline_context(["--database", "Synthetic-MVD", "--mvd_samples", "40", "--k", "2"])
+    method = MSTDistill(ctx)
+    batch = next(iter(ctx.make_loader("train")))
+    method.eval()
+    results = {}
+    for flag in (False, True):
+        method.args.router_kd_grad = flag
+        method.gate.zero_grad(set_to_none=True)
+        experts = method.expert_logits(batch)
+        z_s = method.student(batch.m1)
+        probs = torch.softmax(method.gate(z_s), dim=1)
+        loss, indices = method.topk_distillation(z_s, experts, probs)
+        loss.backward()
+        grad = method.gate.fc2.weight.grad
+        results[flag] = (loss.item(), indices, 0.0 if grad is None else grad.abs().sum().item())
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+    assert torch.equal(results[True][1], results[False][1])
+    assert results[False][2] == 0.0 and results[True][2] > 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fast path == reference (hook) path, per model family
+# --------------------------------------------------------------------------------------------------------------
+BOTH = ("cumulative", "independent")
+FAMILIES = {  # name: (database, extra argv, input shapes, expert-mask modes)
+    "Synthetic-MVD": ("Synthetic-MVD", ["--mvd_samples", "20"], None, BOTH),
+    "Synthetic-MVD-1-layer": ("Synthetic-MVD", ["--mvd_samples", "20", "--mask_layer_num", "1"], None, BOTH),
+    "AV-MNIST-m1": ("AV-MNIST", ["--hidden_dim_factor", "8"], None, BOTH),
+    "AV-MNIST-m2": ("AV-MNIST", ["--mode", "m2", "--hidden_dim_factor", "8"], None, BOTH),
+    "RAVDESS": ("RAVDESS", ["--hidden_dim_factor", "16"], None, ("cumulative",)),
+    "VGGSound-50k": ("VGGSound-50k", ["--mode", "m2", "--hidden_dim_factor", "16"], None, BOTH),
+    "CMMD-V2": ("CMMD-V2", ["--hidden_dim_factor", "64"], None, BOTH),
+    # 32x64 is the smallest size whose fused FuseNet code is still a map (1x2), i.e. still a 2-d MaskNet
+    "NYU-Depth-V2": ("NYU-Depth-V2", ["--hidden_dim_factor", "32"], {"m1": (3, 32, 64), "m2": (1, 32, 64)},
+                     ("cumulative",)),
+}
+
+
+def _stage2_and_3(method, batch, masks_modes):
+    """Stage-2 losses and MaskNet gradients, then the stage-3 terms per expert-mask mode, on one batch."""
+    method.eval()
+    method.masknets.train()
+    method.masknets.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        target = method.student(batch.get(method.mode))
+    losses = method.masknet_losses(batch, target)
+    torch.stack(losses).sum().backward()
+    grads = [torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]) for net in method.masknets]
+    assert active_hook_count(method) == 0
+    method.eval()
+    stage3 = {}
+    for masks in masks_modes:
+        method.args.expert_masks = masks
+        with torch.no_grad():
+            terms = method.stage3_losses(batch, 0)
+        stage3[masks] = terms
+        assert active_hook_count(method) == 0
+    return [loss.detach() for loss in losses], grads, stage3
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fast_path_equals_reference_path(family):
+    database, extra, shapes, masks_modes = FAMILIES[family]
+    if not _models_registered(database):
+        pytest.skip(f"the {database} models are not registered yet")
+    argv = ["--database", database, "--batch_size", "2", "--k", "1" if "1-layer" in family else "2", *extra]
+    ctx = offline_context(argv, samples=2, input_shapes=shapes)
+    torch.manual_seed(0)
+    method = MSTDistill(ctx)
+    if database == "NYU-Depth-V2":  # FuseNet's 0.02-gain init gives near-constant logits: make them informative
+        for net in (method.teacher, method.aux, method.student):
+            for module in net.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight)
+    batch = next(iter(ctx.make_loader("train", shuffle=False)))
+    saved = copy.deepcopy(method.state_dict())
+    runs = {}
+    for impl in ("fast", "reference"):
+        method.load_state_dict(saved)
+        method.args.mst_impl = impl
+        for group in method.groups:
+            group.split_tried, group.segmented = False, None
+        runs[impl] = _stage2_and_3(method, batch, masks_modes)
+        if impl == "fast":  # the fast path really ran: every network was cut into segments
+            assert all(group.segmented is not None for group in method.groups)
+    (fast_losses, fast_grads, fast3), (ref_losses, ref_grads, ref3) = runs["fast"], runs["reference"]
+    assert all(loss.item() > 0 for loss in ref_losses)
+    torch.testing.assert_close(torch.stack(fast_losses), torch.stack(ref_losses), rtol=1e-5, atol=1e-8)
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    for masks in masks_modes:
+        a, b = fast3[masks], ref3[masks]
+        assert torch.equal(a["indices"], b["indices"]), masks  # same routing
+        for key in ("topk", "lb", "task"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-8)
+        for x, y in zip(a["experts"], b["experts"]):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    if len(masks_modes) == 2 and method.args.mask_layer_num == 2:  # the modes differ in each second expert only
+        n = method.args.mask_layer_num
+        c, i = fast3["cumulative"]["experts"], fast3["independent"]["experts"]
+        assert torch.equal(c[0], i[0]) and torch.equal(c[n], i[n])
+        assert not torch.equal(c[1], i[1])
+
+
+def test_hooks_are_removed_after_every_stage_step():
+    for impl in ("fast", "reference"):
+        ctx = offline_context(["--database", "Synthetic-MVD", "--mvd_samples", "40", "--mst_impl", impl,
+                               "--compare_baseline"])
+        method = MSTDistill(ctx)
+        batch = next(iter(ctx.make_loader("train")))
+        for stage in method.stages():
+            optimizer = stage.make_optimizer()
+            method.eval()
+            for module in stage.train_modules:
+                module.train()
+            losses = stage.train_step(batch, 0)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            assert active_hook_count(method) == 0, (impl, stage.name)
+            if stage.val_step is not None:
+                method.eval()
+                with torch.no_grad():
+                    stage.val_step(batch, 0)
+                assert active_hook_count(method) == 0, (impl, stage.name)
+            if stage.epoch_logs is not None:
+                logs = stage.epoch_logs()
+                if stage.name == "distillation":
+                    assert sum(logs[f"routing/{n}"] for n in method.expert_names) == pytest.approx(1.0)
+                    assert {"expert_ce/T0", "expert_ce/A1", "s3/topk_kd", "s3/lb"} <= set(logs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "5"], "--k must be between 1 and the number of experts 4"),
+    (["--k", "0"], "--k must be between 1"),
+    (["--mask_layer_num", "1", "--k", "3"], "number of experts 2"),
+    (["--mask_layer_num", "3"], "--mask_layer_num must be 1 or 2"),
+    (["--lb_mode", "L2"], "--lb_mode must be KL or CV"),
+    (["--AUXmodel", "MVD-LR-m2"], "supports --AUXmodel MVD-MLP-m1, MVD-MLP-m2"),
+    (["--AUXmodel", "MVD-MLP-m1"], "needs a Synthetic-MVD model on m2"),
+    (["--Tmodel", "MVD-MLP-m1"], "supports --Tmodel MVD-MLP-I"),
+    (["--start_stage", "3"], "needs --init_from"),
+])
+def test_bad_options_are_one_line_errors(argv, message):
+    with pytest.raises(UserError, match=message.replace("-", r"\-").replace("+", r"\+")):
+        cli.parse_args(MSTDistill, argv)
+
+
+def test_defaults_per_database():
+    args = cli.parse_args(MSTDistill, [])
+    assert (args.epochs_s1, args.epochs_s2, args.compare_baseline) == (5, 5, True)
+    assert (args.Tmodel, args.Smodel, args.AUXmodel) == ("MVD-MLP-I", "MVD-MLP-m1", "MVD-MLP-m2")
+    if _models_registered("RAVDESS"):
+        args = cli.parse_args(MSTDistill, ["--database", "RAVDESS"])
+        assert (args.Tmodel, args.Smodel, args.AUXmodel) == ("DSCNN-I", "VisualBranchNet", "AudioBranchNet")
+        assert (args.epochs_s1, args.epochs_s2, args.epochs, args.s1_lr, args.compare_baseline) == (
+            100, 100, 100, 1e-4, False)
+        args = cli.parse_args(MSTDistill, ["--database", "RAVDESS", "--mode", "m2"])
+        assert (args.Smodel, args.AUXmodel) == ("AudioBranchNet", "VisualBranchNet")
+
+
+def test_epochs_s2_zero_warns_and_keeps_untrained_masknets():
+    messages = []
+    ctx = offline_context(["--database", "Synthetic-MVD", "--mvd_samples", "40", "--epochs_s2", "0"],
+                          log=messages.append)
+    method = MSTDistill(ctx)
+    assert any("--epochs_s2 0" in m for m in messages)
+    assert [s.epochs for s in method.stages()[:3]] == [5, 0, 20]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole runs
+# --------------------------------------------------------------------------------------------------------------
+SMOKE = ["--database", "Synthetic-MVD", "--epochs_s1", "1", "--epochs_s2", "1", "--epochs", "1", "--mvd_samples",
+         "400", "--no-record"]
+
+
+def _run(argv):
+    from utils.engine import main
+
+    results = main("MST-Distill", argv)
+    return results
+
+
+def _run_dirs(out: Path) -> list[Path]:
+    return sorted((out / "MST-Distill" / "Synthetic-MVD").iterdir())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mst_smoke")
+    results = _run(SMOKE + ["--out_dir", str(out)])
+    return results, _run_dirs(out)[-1]
+
+
+def test_smoke_run_writes_results_plot_and_metrics(smoke_run):
+    results, run_dir = smoke_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["method"] == "MST-Distill"
+    assert saved["models"] == {"teacher": "MVD-MLP-I", "student": "MVD-MLP-m1", "aux": "MVD-MLP-m2"}
+    extra = saved["extra"]
+    assert extra["experts"] == ["T0", "T1", "A0", "A1"]
+    assert sum(extra["routing"]["last_epoch"].values()) == pytest.approx(1.0)
+    assert extra["routing_plot"] == "routing.png" and (run_dir / "routing.png").stat().st_size > 1000
+    assert 0.0 <= extra["baseline"]["metrics"]["test"]["accuracy"] <= 1.0
+    assert 0.0 <= saved["metrics"]["test"]["accuracy"] <= 1.0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_stage = {row["stage"]: row for row in rows}
+    assert {"train/loss_t", "train/loss_s", "train/loss_a", "s1/ce_t"} <= set(by_stage["co-training"])
+    assert {"train/mn/T0", "s2/loss_all", "s2/loss_mn_t", "val/loss_all", "val/mn/A1"} <= set(by_stage["masknets"])
+    assert {"train/task", "train/kd", "train/lb", "s3/topk_kd", "routing/T0", "routing/A1", "expert_ce/T1",
+            "expert_ce/A1", "val/ce"} <= set(by_stage["distillation"])
+    assert {"val/ce"} <= set(by_stage["baseline"])
+    for name in ("stage1-co-training.pth", "stage2-masknets.pth", "stage3-distillation.pth", "stage4-baseline.pth",
+                 "best.pth", "checkpoint.pth"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_resume_inside_stage2_reproduces_the_run(tmp_path, monkeypatch):
+    from utils.rundir import RunDir
+
+    argv = SMOKE[:-1] + ["--epochs_s2", "2", "--no-compare_baseline", "--no-record"]
+    straight = _run(argv + ["--out_dir", str(tmp_path / "straight")])
+
+    class Killed(Exception):
+        pass
+
+    original = RunDir.save_checkpoint
+
+    def save_then_die(self, state):
+        original(self, state)
+        if state["stage"] == 1 and state["epoch"] == 1:  # stage 2 ("masknets"), after its first epoch
+            raise Killed
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        _run(argv + ["--out_dir", str(tmp_path / "killed")])
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    run_dir = _run_dirs(tmp_path / "killed")[-1]
+    resumed = _run(["--resume", str(run_dir)])
+    assert resumed["metrics"] == straight["metrics"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    stages = [json.loads(line)["stage"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["co-training", "masknets", "masknets", "distillation"]
+
+
+def test_start_stage_3_from_a_stage_file(smoke_run, tmp_path):
+    _, source = smoke_run
+    results = _run(SMOKE + ["--start_stage", "3", "--init_from", str(source / "stage2-masknets.pth"),
+                            "--no-compare_baseline", "--out_dir", str(tmp_path)])
+    run_dir = _run_dirs(tmp_path)[-1]
+    stages = [json.loads(line)["stage"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["distillation"]
+    before = torch.load(source / "stage2-masknets.pth", weights_only=True)["method"]
+    after = torch.load(run_dir / "stage3-distillation.pth", weights_only=True)["method"]
+    for key in before:
+        if key.startswith(("teacher.", "aux.", "masknets.")):
+            assert torch.equal(before[key], after[key]), key
+    assert "baseline" not in results["extra"]
+    with pytest.raises(SystemExit):  # a mismatching configuration is a one-line error
+        _run(SMOKE + ["--start_stage", "2", "--init_from", str(source), "--mask_layer_num", "1", "--out_dir",
+                      str(tmp_path)])
+
+
+# Paper datasets on the tiny on-disk fixtures of tests/fixtures.py (NYU: three FuseNets at 64x96, ~35 s on 2 cores).
+FIXTURE_FACTOR = {"CMMD-V2": "64", "NYU-Depth-V2": "32"}
+
+
+@pytest.mark.parametrize("database", ["AV-MNIST", "RAVDESS", "VGGSound-50k", "CMMD-V2", "NYU-Depth-V2"])
+def test_whole_method_on_the_fixtures(database, tmp_path, request):
+    pytest.importorskip("fixtures", reason="tests/fixtures.py is not there yet")
+    if not _models_registered(database):
+        pytest.skip(f"the {database} models are not registered yet")
+    root = request.getfixturevalue("fixture_root")(database)
+    out = tmp_path / "runs"
+    results = _run(["--database", database, "--data_root", str(root), "--metadata_dir", str(tmp_path / "metadata"),
+                    "--batch_size", "2", "--epochs_s1", "1", "--epochs_s2", "1", "--epochs", "1", "--max_steps", "1",
+                    "--hidden_dim_factor", FIXTURE_FACTOR.get(database, "16"), "--out_dir", str(out), "--no-record"])
+    assert results["models"]["teacher"] == next(iter(TEACHER_LAYERS[database]))
+    run_dir = next((out / "MST-Distill" / database).iterdir())
+    assert (run_dir / "routing.png").is_file() and (run_dir / "results.json").is_file()
+    assert set(results["extra"]["routing"]["last_epoch"]) == {"T0", "T1", "A0", "A1"}
