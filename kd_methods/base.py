@@ -34,6 +34,10 @@ class Stage:
     restored when the stage ends. ``select_key=None`` keeps the last epoch (no validation).
     ``train_modules`` are put in ``train()`` during training; every other module of the method stays in
     ``eval()``. ``epoch_logs()`` returns extra per-epoch figures (and resets its counters).
+    The shuffle order of epoch ``e`` is that of loader epoch ``loader_epoch_start + e``; by default stages count
+    on from the previous ones (as one global shuffling RNG would), ``0`` replays a standalone run's batches.
+    A stage with ``reports_best_epoch=False`` (a side model such as a comparison baseline) selects its own best
+    epoch, stored in ``best_epoch``, without becoming the run's ``best_epoch``.
     """
 
     name: str
@@ -48,6 +52,9 @@ class Stage:
     on_epoch_start: Callable[[int, torch.optim.Optimizer], None] | None = None
     on_stage_end: Callable[[], None] | None = None
     loader_batch_size: int | None = None
+    loader_epoch_start: int | None = None
+    reports_best_epoch: bool = True
+    best_epoch: int | None = None
 
 
 @dataclass

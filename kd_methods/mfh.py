@@ -824,9 +824,6 @@ def add_mfh_arguments(group) -> None:
     group.add_argument("--kinds", nargs="+", choices=SELECTION_KINDS, default=list(SELECTION_KINDS),
                        help="nullify: teachers to build: general (nullify the lowest saliences), specific (the "
                             "highest), random (default: all three)")
-    group.add_argument("--cpu_threads", type=int, default=None,
-                       help="torch CPU threads (default: 1 for gamma/alpha/table2 and Synthetic-MVD, whose models are "
-                            "tiny; torch's default otherwise)")
     group.add_argument("--gt_weight", type=float, default=0.0,
                        help="nullify: weight of the student's CE (default: %(default)s, rho = 0 as Table 8)")
     group.add_argument("--pl_weight", type=float, default=1.0,
@@ -843,8 +840,8 @@ def check_mfh_args(args) -> None:
         problems.append("--repeats must be >= 1")
     if args.joint_epochs < 0 or args.salience_samples < 1 or args.salience_batch < 1:
         problems.append("--joint_epochs must be >= 0, --salience_samples and --salience_batch >= 1")
-    if args.cpu_threads is not None and args.cpu_threads < 1:
-        problems.append("--cpu_threads must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        problems.append("--threads must be >= 1")
     if args.joint_lr <= 0:
         problems.append("--joint_lr must be > 0")
     if args.gt_weight < 0 or args.pl_weight < 0 or args.gt_weight + args.pl_weight == 0:
@@ -903,7 +900,7 @@ def run_experiment(args) -> dict:
 
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    threads = args.cpu_threads
+    threads = args.threads  # default here: 1 for gamma/alpha/table2 and Synthetic-MVD
     if threads is None and (args.exp in LR_EXPERIMENTS or args.database == "Synthetic-MVD"):
         # the Gaussian models are tiny ([10, 200, 50] matmuls): intra-op threads only add synchronisation, which
         # made them up to ~100x slower on a loaded 2-core machine

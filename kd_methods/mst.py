@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 from functools import partial
@@ -523,11 +522,7 @@ class MSTDistill(Method):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(args.seed)
                 self.baseline = self.build(args.Smodel, (self.mode,), "baseline student")
-            self.baseline_best = copy.deepcopy(self.baseline).requires_grad_(False)  # the selected epoch's weights
-            self.register_buffer("baseline_best_value", torch.tensor(math.inf, dtype=torch.float64))
             self.register_buffer("baseline_best_epoch", torch.tensor(-1))
-            self._baseline_val = [0.0, 0]
-            self._val_batches = len(ctx.make_loader("val", max_steps=args.max_steps))
 
         self._meter = _Meter()
         self._describe()
@@ -705,9 +700,13 @@ class MSTDistill(Method):
                   epoch_logs=self._stage3_logs),
         ]
         if self.baseline is not None:
-            stages.append(Stage(STAGE_NAMES[3], args.epochs, self._baseline_optimizer, self._baseline_step,
-                                [self.baseline], val_step=self._baseline_val_step, select_key="ce", selected=None,
-                                on_stage_end=self._baseline_end))
+            # Same batches as a standalone main-S.py run (shuffles restart at 0); its selection is its own.
+            baseline = Stage(STAGE_NAMES[3], args.epochs, self._baseline_optimizer, self._baseline_step,
+                             [self.baseline], val_step=self._baseline_step, select_key="ce", selected=self.baseline,
+                             loader_epoch_start=0, reports_best_epoch=False)
+            baseline.on_stage_end = lambda: self.baseline_best_epoch.fill_(
+                -1 if baseline.best_epoch is None else baseline.best_epoch)
+            stages.append(baseline)
         return stages
 
     def _adam(self, params, lr: float) -> torch.optim.Optimizer:
@@ -801,30 +800,10 @@ class MSTDistill(Method):
     # baseline -----------------------------------------------------------------------------------------------------
     def _baseline_optimizer(self):
         self._trainable(self.baseline)
-        self._baseline_val = [0.0, 0]
         return self._adam(self.baseline.parameters(), self.args.lr)
 
     def _baseline_step(self, batch: Batch, epoch: int):
         return {"ce": self.task_loss(self.baseline(batch.get(self.mode)), batch.y)}
-
-    def _baseline_val_step(self, batch: Batch, epoch: int):
-        # The engine must not select here (that would move results.json's best_epoch to the baseline), so the
-        # selection is done here: the mean of batch means, strictly lower wins, settled on the last val batch.
-        ce = self.task_loss(self.baseline(batch.get(self.mode)), batch.y)
-        self._baseline_val[0] += float(ce)
-        self._baseline_val[1] += 1
-        if self._baseline_val[1] == self._val_batches:
-            value = self._baseline_val[0] / self._baseline_val[1]
-            self._baseline_val = [0.0, 0]
-            if value < float(self.baseline_best_value):
-                self.baseline_best_value.fill_(value)
-                self.baseline_best_epoch.fill_(epoch)
-                self.baseline_best.load_state_dict(self.baseline.state_dict())
-        return {"ce": ce}
-
-    def _baseline_end(self) -> None:
-        if int(self.baseline_best_epoch) >= 0:
-            self.baseline.load_state_dict(self.baseline_best.state_dict())
 
     # logs ---------------------------------------------------------------------------------------------------------
     def _epoch_logs(self) -> dict:

@@ -338,6 +338,18 @@ def test_smoke_run_writes_results_plot_and_metrics(smoke_run):
         assert (run_dir / name).is_file(), name
 
 
+def test_comparison_baseline_is_exactly_a_standalone_main_s_run(tmp_path):
+    """The no-KD baseline beside the MST student is the run main-S.py makes with the same seed and budget."""
+    from utils.engine import main
+
+    argv = ["--database", "Synthetic-MVD", "--epochs", "3", "--mvd_samples", "400", "--no-record",
+            "--out_dir", str(tmp_path)]
+    mst = _run(argv + ["--epochs_s1", "1", "--epochs_s2", "1", "--compare_baseline"])
+    plain = main("S", argv)
+    assert json.dumps(mst["extra"]["baseline"]["metrics"]["test"]) == json.dumps(plain["metrics"]["test"])
+    assert mst["extra"]["baseline"]["best_epoch"] == plain["best_epoch"]
+
+
 def test_resume_inside_stage2_reproduces_the_run(tmp_path, monkeypatch):
     from utils.rundir import RunDir
 

@@ -56,6 +56,8 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     train.add_argument("--max_steps", type=int, default=None, help="cap on batches per epoch, for smoke runs (default: none)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     train.add_argument("--cuda_id", type=int, default=None, help="alias of --device cuda:N (reference flag)")
+    train.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice; 1 is often fastest for tiny models)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                        help="bfloat16 autocast on CUDA (default: off, fp32 as the reference)")
     train.add_argument("--test_phase", action=argparse.BooleanOptionalAction, default=False,
@@ -77,7 +79,7 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
 
 
 #: options that may differ when a run is resumed (where and how it runs, not what it computes)
-RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device")
+RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device", "threads")
 
 
 def parse_args(method_cls, argv=None) -> argparse.Namespace:
@@ -120,5 +122,7 @@ def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
                         f"(a best.pth from main-T.py / main-S.py, or a reference state dict)")
     if args.batch_size < 1 or args.epochs < 0 or args.lr <= 0:
         raise UserError("--batch_size must be >= 1, --epochs >= 0 and --lr > 0")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be >= 1")
     method_cls.check_args(args, spec)
     return args

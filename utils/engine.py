@@ -71,6 +71,8 @@ def run_tag(args, method_cls) -> str:
 
 def run(method_cls: type[Method], args) -> dict:
     started = time.time()
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     device = resolve_device(args.device)
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -150,7 +152,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
             t0 = time.time()
             if stage.on_epoch_start is not None:
                 stage.on_epoch_start(epoch, optimizer)
-            loader.set_epoch(epoch_offset + epoch)
+            loader.set_epoch((epoch_offset if stage.loader_epoch_start is None else stage.loader_epoch_start) + epoch)
             train_means = train_epoch(method, stage, optimizer, loader, ctx, epoch, run_dir.path)
             row = {"stage": stage.name, "stage_index": stage_index, "epoch": epoch,
                    **{f"train/{k}": v for k, v in train_means.items()}}
@@ -177,7 +179,9 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
 
         if stage.selected is not None and best["state"] is not None:
             stage.selected.load_state_dict(best["state"])
-            best_epoch = best["epoch"]
+            stage.best_epoch = best["epoch"]
+            if stage.reports_best_epoch:
+                best_epoch = best["epoch"]
             run_dir.log(f"Stage '{stage.name}': restored the best epoch {best['epoch']} "
                         f"(val {stage.select_key} {best['value']:.5f})")
         elif stage.select_key is None:

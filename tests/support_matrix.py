@@ -1,0 +1,78 @@
+"""Regenerate the README's method x dataset support table by running every distillation method for one step on
+the tiny fixture of every paper dataset (random teachers saved as reference-style bare state dicts).
+
+Not part of the pytest suite (about 10 minutes on a 2-core CPU): run it after touching a method's layer tables.
+
+    python tests/support_matrix.py [DATABASE ...]
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import torch  # noqa: E402
+
+from datasets import get_spec  # noqa: E402
+from fixtures import FIXTURE_DATABASES, make_fixture  # noqa: E402
+from kd_methods import METHODS, get_method  # noqa: E402
+from models import build_model  # noqa: E402
+from utils import engine  # noqa: E402
+
+NOT_DISTILLATION = {"T", "S", "test-T", "test-S"}
+#: smallest settings that still run every stage
+STAGE_FLAGS = {"MST-Distill": ["--epochs_s1", "1", "--epochs_s2", "1", "--hidden_dim_factor", "16"],
+               "FitNets": ["--hint_epochs", "1"], "FitNets-UU": ["--hint_epochs", "1"],
+               "MGDFR": ["--co_epochs", "1", "--repeat_permute", "1"]}
+
+
+def random_teacher(method_cls, database: str, root: Path) -> list[str]:
+    """``--ckpt_name`` of a randomly initialised teacher, saved as the reference saved its checkpoints."""
+    if not method_cls.needs_checkpoint:
+        return []
+    spec = get_spec(database)
+    name = method_cls.default_models(spec, "m1")["teacher"]
+    source = spec.load(type("Args", (), {"data_root": str(root), "data_on_device": False})())
+    path = root / f"{database}_{name}.pth"
+    torch.save(build_model(name, num_classes=spec.num_classes, input_shapes=source.input_shapes).state_dict(), path)
+    return ["--ckpt_name", str(path)]
+
+
+def run_one(method: str, database: str, root: Path) -> str:
+    argv = ["--database", database, "--data_root", str(root), "--metadata_dir", str(root / "metadata"),
+            "--out_dir", str(root / "runs"), "--batch_size", "2", "--epochs", "1", "--max_steps", "1",
+            "--no-record", "--device", "cpu", "--mode", "m1", *random_teacher(get_method(method), database, root),
+            *STAGE_FLAGS.get(method, [])]
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            engine.main(method, argv)
+        return "✓"
+    except SystemExit as error:
+        last = output.getvalue().strip().splitlines()[-1]
+        return f"✗ (exit {error.code}: {last})"
+
+
+def main(databases: list[str]) -> None:
+    get_method("KD")  # imports every method module
+    methods = sorted(m for m in METHODS if m not in NOT_DISTILLATION and not m.startswith("test-"))
+    root = Path(tempfile.mkdtemp(prefix="support_matrix_"))
+    cells = {}
+    for database in databases:
+        make_fixture(database, root)
+        for method in methods:
+            cells[method, database] = run_one(method, database, root)
+            print(f"{database:14s} {method:12s} {cells[method, database]}", file=sys.stderr, flush=True)
+    print("| method | " + " | ".join(databases) + " |")
+    print("|---|" + "---|" * len(databases))
+    for method in methods:
+        print(f"| {method} | " + " | ".join(cells[method, d].split(" (")[0] for d in databases) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(FIXTURE_DATABASES))
