@@ -65,9 +65,16 @@ def time_epochs(make_batches, epochs: list[int], device: torch.device) -> list[f
     return times
 
 
+#: per-sample shapes of m1, m2 and the class count
+SHAPES = {"avmnist": ((1, 28, 28), (1, 112, 112), 10), "cmmd": ((2048,), (768,), 8)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=20_000, help="samples in all (default: %(default)s)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="avmnist",
+                        help="per-sample shapes: avmnist (53 KB a sample, copy-bound) or cmmd (feature vectors, "
+                             "11 KB a sample) (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=512, help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per path (median reported), after one "
                         "warm-up epoch (default: %(default)s)")
@@ -81,9 +88,10 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
 
     generator = torch.Generator().manual_seed(0)
-    m1 = torch.rand((args.samples, 1, 28, 28), generator=generator)
-    m2 = torch.rand((args.samples, 1, 112, 112), generator=generator)
-    y = torch.randint(0, 10, (args.samples,), generator=generator)
+    shape_m1, shape_m2, classes = SHAPES[args.shape]
+    m1 = torch.rand((args.samples, *shape_m1), generator=generator)
+    m2 = torch.rand((args.samples, *shape_m2), generator=generator)
+    y = torch.randint(0, classes, (args.samples,), generator=generator)
     train, _, _ = cut(generate_permutations(args.samples, 1)[0])
     n_train = len(train)
 
@@ -118,7 +126,7 @@ def main(argv=None) -> None:
     rows = [(name, float(np.median(times[name])), n_train / float(np.median(times[name]))) for name, _ in paths]
 
     cpu = platform.processor() or platform.machine()
-    print(f"AV-MNIST-shaped synthetic data: {args.samples} samples, train split {n_train}, batch {args.batch_size}, "
+    print(f"{args.shape}-shaped synthetic data {list(shape_m1)} + {list(shape_m2)}: {args.samples} samples, train split {n_train}, batch {args.batch_size}, "
           f"median of {args.epochs} interleaved epochs after 1 warm-up; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads ({cpu})\n")
     print("| path | s / epoch (median) | samples / s |")
