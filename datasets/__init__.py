@@ -28,15 +28,10 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-from datasets import synthetic  # noqa: E402
+from datasets import avmnist, cmmd, nyu, ravdess, synthetic, vggsound  # noqa: E402
 
-register_dataset(synthetic.SPEC)
-for _module in ("avmnist", "ravdess", "vggsound", "cmmd", "nyu"):
-    try:
-        register_dataset(__import__(f"datasets.{_module}", fromlist=["SPEC"]).SPEC)
-    except ModuleNotFoundError as error:  # loaders land one by one during development
-        if error.name != f"datasets.{_module}":
-            raise
+for _module in (synthetic, avmnist, ravdess, vggsound, cmmd, nyu):
+    register_dataset(_module.SPEC)
 
 __all__ = ["Batch", "BatchLoader", "DataSource", "DatasetSpec", "TensorSource", "DATASETS", "get_spec",
            "register_dataset", "dataset_names"]

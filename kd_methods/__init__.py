@@ -24,11 +24,8 @@ _MODULES = ("supervised", "kd", "mlld", "dml", "rkd", "crd", "ofa", "fitnets", "
 
 
 def _import_all() -> None:
+    """Import every method module (each registers its methods); lazily, so ``import kd_methods`` stays light."""
     import importlib
 
     for module in _MODULES:
-        try:
-            importlib.import_module(f"kd_methods.{module}")
-        except ModuleNotFoundError as error:  # methods land one by one during development
-            if error.name != f"kd_methods.{module}":
-                raise
+        importlib.import_module(f"kd_methods.{module}")

@@ -36,10 +36,8 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
-from kd_methods.features import feature_shapes, lookup_pair, sample_inputs
+from kd_methods.features import feature_shapes, lookup_pair, require_unimodal_teacher, sample_inputs
 from kd_methods.kd import TEACHER_HELP
-from models import get_entry
-from utils.errors import UserError
 from utils.hooks import capture_features
 
 #: model -> the feature its proxy head reads (methods.md §9.2; the layer depends only on the model)
@@ -226,10 +224,7 @@ class C2KD(Method):
 
     @classmethod
     def check_args(cls, args, spec) -> None:
-        if get_entry(args.Tmodel).is_multimodal:
-            raise UserError(f"C2KD needs a unimodal teacher of the other modality, not the multimodal "
-                            f"'{args.Tmodel}' (the reference crashes on it); e.g. --Tmodel "
-                            f"{spec.students[spec.other_modality(args.mode)]}")
+        require_unimodal_teacher(cls.name, args, spec)
         for model in (args.Tmodel, args.Smodel):
             lookup_pair(C2KD_LAYERS, model, spec.name, cls.name, "proxy-layer")
 

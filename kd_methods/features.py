@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models import MODELS
+from models import MODELS, get_entry
 from utils.errors import UserError
 from utils.hooks import capture_features
 
@@ -64,3 +64,12 @@ def modules_up_to(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> 
             handle.remove()
     last = max(order.index(name) for name in names)
     return list(dict.fromkeys(order[: last + 1]))
+
+
+def require_unimodal_teacher(method: str, args, spec) -> None:
+    """C2KD and MGDFR feed their teacher the other modality only: a fusion ``--Tmodel`` cannot run (the reference
+    crashes on it), so refuse it with the model to use instead."""
+    if get_entry(args.Tmodel).is_multimodal:
+        raise UserError(f"{method} needs a unimodal teacher of the other modality, not the multimodal "
+                        f"'{args.Tmodel}' (the reference crashes on it); e.g. --Tmodel "
+                        f"{spec.students[spec.other_modality(args.mode)]}")

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.base import Method, Stage, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
-from kd_methods.features import feature_shapes, lookup_pair, sample_inputs
-from models import get_entry
+from kd_methods.features import feature_shapes, lookup_pair, require_unimodal_teacher, sample_inputs
 from utils.errors import UserError
 
 #: teacher model -> the layer whose channels are ranked (methods.md §10.2)
@@ -101,10 +100,7 @@ class MGDFR(Method):
 
     @classmethod
     def check_args(cls, args, spec) -> None:
-        if get_entry(args.Tmodel).is_multimodal:
-            raise UserError(f"MGDFR needs a unimodal teacher of the other modality, not the multimodal "
-                            f"'{args.Tmodel}' (the reference crashes on it); e.g. --Tmodel "
-                            f"{spec.students[spec.other_modality(args.mode)]}")
+        require_unimodal_teacher(cls.name, args, spec)
         lookup_pair(MGDFR_LAYERS, args.Tmodel, spec.name, cls.name, "teacher-layer")
         if args.co_epochs is None:
             args.co_epochs = args.epochs

@@ -10,13 +10,6 @@ Conventions every model follows (so the distillation code stays model-agnostic):
 from models.registry import MODELS, ModelEntry, build_model, get_entry, models_for, register_model
 
 # Importing the modules registers their models.
-from models import synthetic  # noqa: F401,E402
-
-for _optional in ("avmnist", "ravdess", "vggsound", "cmmd", "fusenet", "mst_modules"):
-    try:
-        __import__(f"models.{_optional}")
-    except ModuleNotFoundError as error:  # modules land one by one during development
-        if error.name != f"models.{_optional}":
-            raise
+from models import avmnist, cmmd, fusenet, ravdess, synthetic, vggsound  # noqa: F401,E402
 
 __all__ = ["MODELS", "ModelEntry", "build_model", "get_entry", "models_for", "register_model"]

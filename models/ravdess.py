@@ -75,63 +75,60 @@ class ClassifierHead(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-class DSCNN(ClassifierHead):
-    """Dual-stream CNN teacher (audio Conv1d + visual Conv3d streams, late concatenation [audio | visual])."""
+class DualStreamNet(ClassifierHead):
+    """Dual-stream CNN teacher: an audio and a visual stream, concatenated ``[audio | visual]``, then the head.
 
-    hook_names = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3",
-                  "audio_branch", "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3",
-                  "fc1", "fc2", "fc3"]
+    Shared by the RAVDESS (``DSCNN-I``) and VGGSound (``DSCNN-VGGS-I``) teachers, which differ only in their
+    branches, the visual input layout and the reference's default taps.
+    """
 
-    def __init__(self, num_classes: int = NUM_CLASSES):
+    def __init__(self, audio_branch: nn.Module, visual_branch: nn.Module, visual_layout, in_features: int,
+                 num_classes: int, hook_names: list[str]):
         super().__init__()
-        self.audio_branch = AudioBranch()
-        self.visual_branch = VisualBranch()
-        self._init_head(AUDIO_FEATURES + VISUAL_FEATURES, num_classes)
+        self.audio_branch = audio_branch
+        self.visual_branch = visual_branch
+        self.visual_layout = visual_layout
+        self.hook_names = list(hook_names)
+        self._init_head(in_features, num_classes)
 
     def forward(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-        visual = self.visual_branch(video_to_channels_first(m1))
+        visual = self.visual_branch(self.visual_layout(m1))
         audio = self.audio_branch(m2)
         return self.head(torch.cat([audio, visual], dim=1))
 
 
-class VisualBranchNet(ClassifierHead):
-    """Visual-only student: the DSCNN visual stream with its own classifier head."""
+class SingleStreamNet(ClassifierHead):
+    """One stream of a dual-stream teacher with its own head: the reference's ``*BranchNet`` students."""
 
-    hook_names = ["visual_branch", "fc1", "fc2", "fc3"]
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
+    def __init__(self, branch_name: str, branch: nn.Module, layout, in_features: int, num_classes: int):
         super().__init__()
-        self.visual_branch = VisualBranch()
-        self._init_head(VISUAL_FEATURES, num_classes)
+        setattr(self, branch_name, branch)  # registered first: the reference's state-dict order
+        self.branch_name = branch_name
+        self.layout = layout
+        self.hook_names = [branch_name, "fc1", "fc2", "fc3"]
+        self._init_head(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual_branch(video_to_channels_first(x)))
+        return self.head(getattr(self, self.branch_name)(self.layout(x)))
 
 
-class AudioBranchNet(ClassifierHead):
-    """Audio-only student: the DSCNN audio stream with its own classifier head."""
-
-    hook_names = ["audio_branch", "fc1", "fc2", "fc3"]
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.audio_branch = AudioBranch()
-        self._init_head(AUDIO_FEATURES, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.audio_branch(x))
+def keep_layout(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 @register_model("DSCNN-I", "RAVDESS", ("m1", "m2"), "dual-stream CNN teacher (Conv3d video + Conv1d MFCC)")
 def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return DSCNN(num_classes)
+    taps = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3", "audio_branch",
+            "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3", "fc1", "fc2", "fc3"]
+    return DualStreamNet(AudioBranch(), VisualBranch(), video_to_channels_first, AUDIO_FEATURES + VISUAL_FEATURES,
+                         num_classes, taps)
 
 
 @register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student")
 def visual_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return VisualBranchNet(num_classes)
+    return SingleStreamNet("visual_branch", VisualBranch(), video_to_channels_first, VISUAL_FEATURES, num_classes)
 
 
 @register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student")
 def audio_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return AudioBranchNet(num_classes)
+    return SingleStreamNet("audio_branch", AudioBranch(), keep_layout, AUDIO_FEATURES, num_classes)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.ravdess import ClassifierHead
+from models.ravdess import DualStreamNet, SingleStreamNet, keep_layout
 from models.registry import register_model
 
 NUM_CLASSES = 141
@@ -65,61 +65,19 @@ class VisualBranchVGGS(nn.Module):
         return x.reshape(x.size(0), -1)
 
 
-class DSCNNVGGS(ClassifierHead):
-    """Dual-stream CNN teacher on VGGSound features (concatenation [audio 256 | visual 128])."""
-
-    hook_names = ["audio_branch", "visual_branch", "fc1", "fc2", "fc3"]
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.audio_branch = AudioBranchVGGS()
-        self.visual_branch = VisualBranchVGGS()
-        self._init_head(AUDIO_FEATURES + VISUAL_FEATURES, num_classes)
-
-    def forward(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-        visual = self.visual_branch(features_to_channels_first(m1))
-        audio = self.audio_branch(m2)
-        return self.head(torch.cat([audio, visual], dim=1))
-
-
-class VisualBranchNetVGGS(ClassifierHead):
-    """Visual-only student: the VGGS visual stream with its own classifier head."""
-
-    hook_names = ["visual_branch", "fc1", "fc2", "fc3"]
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.visual_branch = VisualBranchVGGS()
-        self._init_head(VISUAL_FEATURES, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual_branch(features_to_channels_first(x)))
-
-
-class AudioBranchNetVGGS(ClassifierHead):
-    """Audio-only student: the VGGS audio stream with its own classifier head."""
-
-    hook_names = ["audio_branch", "fc1", "fc2", "fc3"]
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.audio_branch = AudioBranchVGGS()
-        self._init_head(AUDIO_FEATURES, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.audio_branch(x))
-
-
 @register_model("DSCNN-VGGS-I", "VGGSound-50k", ("m1", "m2"), "dual-stream CNN teacher on VGGish/VGG features")
 def dscnn_vggs_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return DSCNNVGGS(num_classes)
+    taps = ["audio_branch", "visual_branch", "fc1", "fc2", "fc3"]
+    return DualStreamNet(AudioBranchVGGS(), VisualBranchVGGS(), features_to_channels_first,
+                         AUDIO_FEATURES + VISUAL_FEATURES, num_classes, taps)
 
 
 @register_model("VisualBranchNet-VGGS", "VGGSound-50k", ("m1",), "Conv3d student on visual feature maps")
 def visual_branch_net_vggs(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return VisualBranchNetVGGS(num_classes)
+    return SingleStreamNet("visual_branch", VisualBranchVGGS(), features_to_channels_first, VISUAL_FEATURES,
+                           num_classes)
 
 
 @register_model("AudioBranchNet-VGGS", "VGGSound-50k", ("m2",), "Conv1d student on audio embeddings")
 def audio_branch_net_vggs(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return AudioBranchNetVGGS(num_classes)
+    return SingleStreamNet("audio_branch", AudioBranchVGGS(), keep_layout, AUDIO_FEATURES, num_classes)
