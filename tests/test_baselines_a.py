@@ -390,13 +390,29 @@ AVMNIST_RUNS = [("KD", "m1", "CNN-I"), ("KD-UU", "m2", "LeNet5"), ("MLLD", "m2",
                 ("RKD-UU", "m1", "ThreeLayerCNN-A"), ("CRD", "m2", "CNN-I"), ("CRD-UU", "m1", "ThreeLayerCNN-A")]
 
 
+@pytest.fixture(scope="module")
+def trained_avmnist_teachers(fixture_root, tmp_path_factory):
+    """CNN-I by main-T.py, LeNet5 and ThreeLayerCNN-A by main-S.py, trained briefly on the AV-MNIST fixture."""
+    from utils import engine
+
+    out = tmp_path_factory.mktemp("avmnist_teachers")
+    common = ["--database", "AV-MNIST", "--data_root", str(fixture_root("AV-MNIST")), "--metadata_dir",
+              str(out / "metadata"), "--batch_size", "8", "--epochs", "1", "--out_dir", str(out), "--no-record",
+              "--device", "cpu"]
+    engine.main("T", common)
+    engine.main("S", common + ["--mode", "m1"])
+    engine.main("S", common + ["--mode", "m2"])
+    return {path.parent.name.split("_")[0]: str(path) for path in out.glob("*/AV-MNIST/*/best.pth")}
+
+
 @pytest.mark.parametrize("method, mode, teacher", AVMNIST_RUNS)
-def test_script_smoke_avmnist_fixture(method, mode, teacher, fixture_root, tmp_path, capsys):
+def test_script_smoke_avmnist_fixture(method, mode, teacher, fixture_root, trained_avmnist_teachers, tmp_path,
+                                      capsys):
     argv = ["--database", "AV-MNIST", "--data_root", str(fixture_root("AV-MNIST")), "--mode", mode,
             "--metadata_dir", str(tmp_path / "metadata"), "--batch_size", "8", "--epochs", "1",
             "--out_dir", str(tmp_path), "--no-record", "--device", "cpu"]
     if teacher is not None:
-        argv += ["--ckpt_name", random_teacher(tmp_path / "teacher.pth", teacher, 10, AVMNIST_SHAPES)]
+        argv += ["--ckpt_name", trained_avmnist_teachers[teacher]]
     run_dir = run_script(f"main-{method}.py", argv, capsys)
     check_results(run_dir, method)
 

@@ -203,3 +203,18 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
                         check=False)
     assert result.returncode == 2
     assert "does not fit model 'MVD-MLP-m1'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_data_file_of_the_wrong_shape_is_one_line_and_exit_code_2(tmp_path):
+    import numpy as np
+
+    from fixtures import make_fixture
+
+    root = make_fixture("AV-MNIST", tmp_path / "data")
+    bad = root / "avmnist" / "audio" / "train_data.npy"
+    np.save(bad, np.zeros((3, 112, 100), dtype=np.float32))
+    result = run_script("main-T.py", "--database", "AV-MNIST", "--data_root", root, "--out_dir", tmp_path,
+                        "--metadata_dir", tmp_path / "metadata", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(bad) in line and "[3, 112, 100]" in line and "Data: AV-MNIST" in line, line
