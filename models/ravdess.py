@@ -23,44 +23,51 @@ def video_to_channels_first(video: torch.Tensor) -> torch.Tensor:
     return video.permute(0, 2, 1, 3, 4)
 
 
-class AudioBranch(nn.Module):
-    """Three Conv1d-BN-ReLU-MaxPool stages over MFCC sequences (the coefficients are the channels)."""
+class Conv1dBranch(nn.Module):
+    """Three Conv1d(k3, p1)-BN-ReLU-MaxPool(3) stages, flattened: the audio stream of both dual-stream families
+    (RAVDESS: the 15 MFCC coefficients are the channels; VGGSound: the 10 one-second segments are)."""
 
-    def __init__(self, in_channels: int = 15):
+    def __init__(self, channels: tuple[int, int, int, int]):
         super().__init__()
-        self.conv1 = nn.Conv1d(in_channels, 32, kernel_size=3, padding=1)
-        self.bn1 = nn.BatchNorm1d(32)
-        self.conv2 = nn.Conv1d(32, 128, kernel_size=3, padding=1)
-        self.bn2 = nn.BatchNorm1d(128)
-        self.conv3 = nn.Conv1d(128, 256, kernel_size=3, padding=1)
-        self.bn3 = nn.BatchNorm1d(256)
+        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):  # conv1, bn1, conv2, ...: the
+            setattr(self, f"conv{i}", nn.Conv1d(c_in, c_out, kernel_size=3, padding=1))  # reference's order
+            setattr(self, f"bn{i}", nn.BatchNorm1d(c_out))
         self.pool = nn.MaxPool1d(kernel_size=3, stride=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        for i in (1, 2, 3):
+            x = self.pool(F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))))
         return x.reshape(x.size(0), -1)
 
 
-class VisualBranch(nn.Module):
-    """Three Conv3d-BN-ReLU-MaxPool stages over a face clip ``[B,3,T,H,W]``."""
+class Conv3dBranch(nn.Module):
+    """Three Conv3d(k3, p1)-BN-ReLU stages, each followed by MaxPool3d(2) (VGGSound's last one is not pooled: its
+    map is already ``[2, 1, 1]``), flattened: the visual stream of both dual-stream families."""
 
-    def __init__(self):
+    def __init__(self, channels: tuple[int, int, int, int], pool_last: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv3d(3, 6, kernel_size=3, padding=1)
-        self.bn1 = nn.BatchNorm3d(6)
-        self.conv2 = nn.Conv3d(6, 12, kernel_size=3, padding=1)
-        self.bn2 = nn.BatchNorm3d(12)
-        self.conv3 = nn.Conv3d(12, 24, kernel_size=3, padding=1)
-        self.bn3 = nn.BatchNorm3d(24)
+        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
+            setattr(self, f"conv{i}", nn.Conv3d(c_in, c_out, kernel_size=3, padding=1))
+            setattr(self, f"bn{i}", nn.BatchNorm3d(c_out))
         self.pool = nn.MaxPool3d(kernel_size=2, stride=2)
+        self.pool_last = pool_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = self.pool(F.relu(self.bn3(self.conv3(x))))
+        for i in (1, 2, 3):
+            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            if i < 3 or self.pool_last:
+                x = self.pool(x)
         return x.reshape(x.size(0), -1)
+
+
+def audio_branch() -> Conv1dBranch:
+    """RAVDESS audio stream: MFCC ``[B, 15, 156]`` -> ``[B, 1280]``."""
+    return Conv1dBranch((15, 32, 128, 256))
+
+
+def visual_branch() -> Conv3dBranch:
+    """RAVDESS visual stream: face clip ``[B, 3, 15, 224, 224]`` -> ``[B, 18816]``."""
+    return Conv3dBranch((3, 6, 12, 24))
 
 
 class ClassifierHead(nn.Module):
@@ -120,15 +127,15 @@ def keep_layout(x: torch.Tensor) -> torch.Tensor:
 def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
     taps = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3", "audio_branch",
             "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3", "fc1", "fc2", "fc3"]
-    return DualStreamNet(AudioBranch(), VisualBranch(), video_to_channels_first, AUDIO_FEATURES + VISUAL_FEATURES,
+    return DualStreamNet(audio_branch(), visual_branch(), video_to_channels_first, AUDIO_FEATURES + VISUAL_FEATURES,
                          num_classes, taps)
 
 
 @register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student")
 def visual_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return SingleStreamNet("visual_branch", VisualBranch(), video_to_channels_first, VISUAL_FEATURES, num_classes)
+    return SingleStreamNet("visual_branch", visual_branch(), video_to_channels_first, VISUAL_FEATURES, num_classes)
 
 
 @register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student")
 def audio_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    return SingleStreamNet("audio_branch", AudioBranch(), keep_layout, AUDIO_FEATURES, num_classes)
+    return SingleStreamNet("audio_branch", audio_branch(), keep_layout, AUDIO_FEATURES, num_classes)
