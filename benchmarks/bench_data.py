@@ -4,7 +4,8 @@ The data are AV-MNIST-shaped synthetic tensors held in memory (image ``[1, 28, 2
 ``[1, 112, 112]``, int64 label), and both paths serve the same training split (the first 60 % of a shuffled
 index column, as the framework does):
 
-* ours: ``TensorSource`` + ``BatchLoader(shuffle=True)``, i.e. one gather (``np.take`` on CPU, ``index_select`` on the GPU) per modality per batch
+* ours: ``TensorSource`` + ``BatchLoader(shuffle=True)``, i.e. one gather (``np.take`` on CPU, ``index_select``
+  on the GPU) per modality per batch
   (``--device cuda`` adds a row with the source resident on the GPU, as ``--data_on_device`` does);
 * reference: a ``torch.utils.data.Dataset`` whose ``__getitem__`` returns ``(m1_i, m2_i, y_i)`` from Python
   lists of per-sample tensors (the reference ``Dataset.py`` keeps such lists), iterated by
@@ -126,7 +127,8 @@ def main(argv=None) -> None:
     rows = [(name, float(np.median(times[name])), n_train / float(np.median(times[name]))) for name, _ in paths]
 
     cpu = platform.processor() or platform.machine()
-    print(f"{args.shape}-shaped synthetic data {list(shape_m1)} + {list(shape_m2)}: {args.samples} samples, train split {n_train}, batch {args.batch_size}, "
+    print(f"{args.shape}-shaped synthetic data {list(shape_m1)} + {list(shape_m2)}: {args.samples} samples, "
+          f"train split {n_train}, batch {args.batch_size}, "
           f"median of {args.epochs} interleaved epochs after 1 warm-up; device {device}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads ({cpu})\n")
     print("| path | s / epoch (median) | samples / s |")

@@ -113,14 +113,22 @@ def load(args: argparse.Namespace) -> TensorSource:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Synthetic-MVD (MFH Gaussian generator)")
     defaults = MVDConfig()
-    group.add_argument("--mvd_dim_a", type=int, default=defaults.dim_a, help="columns of modality a / m1 (default: %(default)s)")
-    group.add_argument("--mvd_dim_b", type=int, default=defaults.dim_b, help="columns of modality b / m2 (default: %(default)s)")
-    group.add_argument("--mvd_decisive_a", type=int, default=defaults.decisive_a, help="|J1|, decisive columns in m1 (default: %(default)s)")
-    group.add_argument("--mvd_decisive_b", type=int, default=defaults.decisive_b, help="|J2|, decisive columns in m2 (default: %(default)s)")
-    group.add_argument("--mvd_shared", type=int, default=defaults.shared, help="|J1 ∩ J2|, shared decisive columns (default: %(default)s)")
-    group.add_argument("--mvd_classes", type=int, default=defaults.num_classes, help="classes; 2 is the paper's binary rule (default: %(default)s)")
-    group.add_argument("--mvd_samples", type=int, default=5000, help="samples in all, cut 60/20/20 (default: %(default)s)")
-    group.add_argument("--mvd_seed", type=int, default=0, help="seed of the generated data, independent of --seed (default: %(default)s)")
+    group.add_argument("--mvd_dim_a", type=int, default=defaults.dim_a,
+                       help="columns of modality a / m1 (default: %(default)s)")
+    group.add_argument("--mvd_dim_b", type=int, default=defaults.dim_b,
+                       help="columns of modality b / m2 (default: %(default)s)")
+    group.add_argument("--mvd_decisive_a", type=int, default=defaults.decisive_a,
+                       help="|J1|, decisive columns in m1 (default: %(default)s)")
+    group.add_argument("--mvd_decisive_b", type=int, default=defaults.decisive_b,
+                       help="|J2|, decisive columns in m2 (default: %(default)s)")
+    group.add_argument("--mvd_shared", type=int, default=defaults.shared,
+                       help="|J1 ∩ J2|, shared decisive columns (default: %(default)s)")
+    group.add_argument("--mvd_classes", type=int, default=defaults.num_classes,
+                       help="classes; 2 is the paper's binary rule (default: %(default)s)")
+    group.add_argument("--mvd_samples", type=int, default=5000,
+                       help="samples in all, cut 60/20/20 (default: %(default)s)")
+    group.add_argument("--mvd_seed", type=int, default=0,
+                       help="seed of the generated data, independent of --seed (default: %(default)s)")
 
 
 SPEC = DatasetSpec(

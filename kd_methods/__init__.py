@@ -13,6 +13,12 @@ def register_method(cls):
     return cls
 
 
+def all_methods() -> dict[str, type]:
+    """Every registered method, by name (imports all method modules)."""
+    _import_all()
+    return METHODS
+
+
 def get_method(name: str):
     _import_all()
     if name not in METHODS:

@@ -192,7 +192,8 @@ class Method(nn.Module):
             detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
                       if ours != theirs else "tensor shapes differ")
             raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}); "
-                            f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was trained with") from None
+                            f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was "
+                            f"trained with") from None
         return model
 
     #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference

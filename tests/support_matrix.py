@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from datasets import get_spec  # noqa: E402
 from fixtures import FIXTURE_DATABASES, make_fixture  # noqa: E402
-from kd_methods import METHODS, get_method  # noqa: E402
+from kd_methods import all_methods, get_method  # noqa: E402
 from models import build_model  # noqa: E402
 from utils import engine  # noqa: E402
 
@@ -59,8 +59,7 @@ def run_one(method: str, database: str, root: Path) -> str:
 
 
 def main(databases: list[str]) -> None:
-    get_method("KD")  # imports every method module
-    methods = sorted(m for m in METHODS if m not in NOT_DISTILLATION and not m.startswith("test-"))
+    methods = sorted(m for m in all_methods() if m not in NOT_DISTILLATION and not m.startswith("test-"))
     root = Path(tempfile.mkdtemp(prefix="support_matrix_"))
     cells = {}
     for database in databases:

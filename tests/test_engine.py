@@ -29,7 +29,8 @@ def run_script(script, *argv, cwd=None, check=True, timeout=300):
     result = subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd or ROOT,
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
     return result
 
 
@@ -113,7 +114,8 @@ def test_run_directory_files_and_results(tmp_path):
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path):
     """SIGKILL a CPU run mid-way, resume it, and get exactly the uninterrupted run's numbers."""
-    argv = ["main-T.py", "--epochs", "6", "--batch_size", "8", "--mvd_samples", "3000", "--no-record", "--device", "cpu"]
+    argv = ["main-T.py", "--epochs", "6", "--batch_size", "8", "--mvd_samples", "3000", "--no-record",
+            "--device", "cpu"]
     reference = run_dir_of(run_script(*argv, "--out_dir", tmp_path / "full", cwd=tmp_path))
 
     out = tmp_path / "killed"

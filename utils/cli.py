@@ -49,11 +49,14 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
         models.add_argument("--ckpt_name", default=None, help=method_cls.checkpoint_help + " (required)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--seed", type=int, default=0, help="seed; also selects split column group_<seed> (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed; also selects split column group_<seed> (default: %(default)s)")
     train.add_argument("--batch_size", type=int, default=None, help="batch size (default: per dataset, README table)")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's, else per dataset, README table)")
+    train.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default: the method's, else per dataset, README table)")
     train.add_argument("--epochs", type=int, default=None, help="epochs (default: per dataset)")
-    train.add_argument("--max_steps", type=int, default=None, help="cap on batches per epoch, for smoke runs (default: none)")
+    train.add_argument("--max_steps", type=int, default=None,
+                       help="cap on batches per epoch, for smoke runs (default: none)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     train.add_argument("--cuda_id", type=int, default=None, help="alias of --device cuda:N (reference flag)")
     train.add_argument("--threads", type=int, default=None,

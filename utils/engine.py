@@ -135,7 +135,8 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
 
     for stage_index in range(start_stage, len(stages)):
         stage = stages[stage_index]
-        loader = ctx.make_loader("train", batch_size=stage.loader_batch_size) if stage.loader_batch_size else train_loader
+        loader = (ctx.make_loader("train", batch_size=stage.loader_batch_size) if stage.loader_batch_size
+                  else train_loader)
         optimizer = stage.make_optimizer()
         best = {"value": math.inf, "epoch": None, "state": None}
         start_epoch = 0
@@ -191,7 +192,8 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         epoch_offset += stage.epochs
         boundary = _checkpoint(method, args, stage_index + 1, 0, None,
                                {"value": math.inf, "epoch": None, "state": None}, best_epoch)
-        run_dir.save_file(f"stage{stage_index + 1}-{stage.name}.pth", {"args": vars(args), "method": boundary["method"]})
+        run_dir.save_file(f"stage{stage_index + 1}-{stage.name}.pth",
+                          {"args": vars(args), "method": boundary["method"]})
         run_dir.save_checkpoint(boundary)
     return best_epoch
 
