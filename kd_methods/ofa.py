@@ -82,9 +82,9 @@ class Projector1D(nn.Module):
         return self.blks(x)
 
 
-def init_projector(module: nn.Module) -> nn.Module:
-    """The reference's init: conv kaiming-normal (fan_out, relu); BN 1/0; Linear truncated normal std 0.02 with
-    absolute cut-offs ±2 (timm's, i.e. effectively untruncated), bias 0."""
+def _init_subtree(module: nn.Module) -> None:
+    """The reference's ``init_weights``: conv kaiming-normal (fan_out, relu); BN 1/0; Linear truncated normal std
+    0.02 with absolute cut-offs ±2 (timm's, i.e. effectively untruncated), bias 0; for every module of the subtree."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -95,7 +95,27 @@ def init_projector(module: nn.Module) -> nn.Module:
             nn.init.trunc_normal_(m.weight, std=0.02, a=-2.0, b=2.0)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_projector(module: nn.Module) -> nn.Module:
+    """The reference's init, applied as it did: ``proj.apply(init_weights)``. ``apply`` calls ``init_weights`` on
+    every submodule (children first) and ``init_weights`` re-initialises that submodule's whole subtree, so a layer
+    at depth d is drawn d + 1 times (the projector's convs 5 times, its Linears 3 times). Only the last draw stays,
+    with the same distribution as one draw; replaying them all keeps the global RNG stream, hence a seed's initial
+    weights, identical to the reference's."""
+    module.apply(_init_subtree)
     return module
+
+
+def build_projectors(shapes: dict[str, tuple[int, ...]], layers, num_classes: int) -> nn.ModuleList:
+    """One projector per student stage (hidden width 2·K): 4-d features get :class:`Projector2D`, flat ones
+    :class:`Projector1D`. All are built (PyTorch default init) before any is re-initialised, in stage order, as
+    the reference, whose RNG stream this keeps."""
+    kinds = {3: Projector2D, 1: Projector1D}
+    projectors = [kinds[len(shapes[n])](shapes[n][0], 2 * num_classes, num_classes) for n in layers]
+    for projector in projectors:
+        init_projector(projector)
+    return nn.ModuleList(projectors)
 
 
 def ofa_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target_onehot: torch.Tensor, eps: float,
@@ -147,10 +167,7 @@ class OFA(SingleTeacherDistiller):
         super().__init__(ctx)  # teacher, then student: the reference's build order
         self.layers = OFA_STAGES[self.args.Smodel]
         shapes = feature_shapes(self.student, self.layers, sample_inputs(ctx, (self.mode,)))
-        k = self.spec.num_classes
-        projector = {3: Projector2D, 1: Projector1D}
-        self.projectors = nn.ModuleList(init_projector(projector[len(shapes[n])](shapes[n][0], 2 * k, k))
-                                        for n in self.layers)
+        self.projectors = build_projectors(shapes, self.layers, self.spec.num_classes)
 
     def extra_modules(self):
         return [self.projectors]

@@ -21,7 +21,7 @@ from kd_methods.c2kd import (ProxyNet, ProxyNet1D, ProxyNetDense, gate_non_targe
 from kd_methods.features import feature_shapes, modules_up_to
 from kd_methods.fitnets import HINT_PAIRS, HINT_PAIRS_UU, R1D, REGRESSORS, Down, Fixed, R2Dto1D, Up
 from kd_methods.mgdfr import MGDFR
-from kd_methods.ofa import Projector1D, Projector2D, init_projector, ofa_loss
+from kd_methods.ofa import Projector1D, Projector2D, build_projectors, init_projector, ofa_loss
 from models import build_model, get_entry
 from utils import cli, engine
 
@@ -191,6 +191,46 @@ def test_ofa_projectors_and_init():
     assert big.weight.std().item() == pytest.approx(0.02, rel=0.05) and not big.bias.any()
     bn = p2.blks[0].op[2]
     assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+
+
+def _reference_init_weights(module):
+    """The reference's OFA ``init_weights``, which it ran through ``proj.apply``: every submodule's whole subtree."""
+    for _, m in module.named_modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def test_ofa_projectors_replay_the_reference_rng_sequence():
+    """The reference built every projector (default init) before re-initialising them in order with
+    ``proj.apply(init_weights)``, which redraws a layer once per ancestor: same seed -> same initial weights."""
+    shapes = {"conv1": (6, 28, 28), "conv2": (16, 10, 10), "fc1": (84,)}  # LeNet5's stages, AV-MNIST
+    torch.manual_seed(5)
+    ours = build_projectors(shapes, ("conv1", "conv2", "fc1"), 10)
+    after_ours = torch.rand(4)
+    torch.manual_seed(5)
+    reference = [Projector2D(6, 20, 10), Projector2D(16, 20, 10), Projector1D(84, 20, 10)]
+    for projector in reference:
+        projector.apply(_reference_init_weights)
+    assert torch.equal(after_ours, torch.rand(4)), "the RNG stream after the projectors is the reference's"
+    for mine, theirs in zip(ours, reference):
+        assert list(mine.state_dict()) == list(theirs.state_dict())
+        for name, tensor in theirs.state_dict().items():
+            assert torch.equal(mine.state_dict()[name], tensor), name
+    # a single init pass per projector (or init right after each construction) draws other numbers
+    torch.manual_seed(5)
+    single = [Projector2D(6, 20, 10), Projector2D(16, 20, 10), Projector1D(84, 20, 10)]
+    for projector in single:
+        for m in projector.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    assert not torch.equal(single[0].blks[0].op[0].weight, ours[0].blks[0].op[0].weight)
 
 
 # -- C2KD (methods.md §9) -----------------------------------------------------------------------------------
