@@ -730,9 +730,14 @@ class MSTDistill(Method):
         z_s = self.student(batch.get(self.mode))
         target = (lambda z: z.detach()) if self.args.detach_s1 else (lambda z: z)
         ce_t, ce_a, ce_s = (self.task_loss(z, batch.y) for z in (z_t, z_a, z_s))
-        loss_t = ce_t + self.kd(z_t, target(z_s)) + self.kd(z_t, target(z_a))
-        loss_s = ce_s + self.kd(z_s, target(z_t)) + self.kd(z_s, target(z_a))
-        loss_a = ce_a + self.kd(z_a, target(z_t)) + self.kd(z_a, target(z_s))
+        # The six KL terms are built in the reference's order (S's, then A's, then T's): autograd then sums the
+        # gradients reaching each logit tensor in the same order, so a step is bit-identical to the reference's.
+        kl_s_t, kl_s_a = self.kd(z_s, target(z_t)), self.kd(z_s, target(z_a))
+        kl_a_t, kl_a_s = self.kd(z_a, target(z_t)), self.kd(z_a, target(z_s))
+        kl_t_s, kl_t_a = self.kd(z_t, target(z_s)), self.kd(z_t, target(z_a))
+        loss_t = ce_t + kl_t_s + kl_t_a
+        loss_s = ce_s + kl_s_t + kl_s_a
+        loss_a = ce_a + kl_a_t + kl_a_s
         self._meter.add(**{"s1/ce_t": ce_t, "s1/ce_s": ce_s, "s1/ce_a": ce_a})
         self._meter.step()
         return {"loss_t": loss_t, "loss_s": loss_s, "loss_a": loss_a}

@@ -1,5 +1,6 @@
 """MST-Distill (kd_methods/mst.py, models/mst_modules.py): losses and schedules on hand-made numbers, MaskNet sizes,
-the fast path against the reference (hook) path for every model family, hook hygiene, whole runs on Synthetic-MVD
+one batch of each stage against a literal port of the reference's code, the fast path against the reference (hook)
+path for every model family, hook hygiene, whole runs on Synthetic-MVD
 (results, plot, metrics, --resume inside stage 2, --start_stage/--init_from) and on the paper datasets' fixtures.
 
 Runs single-threaded: on a shared 2-core machine small tensor ops are much faster with one thread.
@@ -219,6 +220,170 @@ def test_fast_path_equals_reference_path(family):
         c, i = fast3["cumulative"]["experts"], fast3["independent"]["experts"]
         assert torch.equal(c[0], i[0]) and torch.equal(c[n], i[n])
         assert not torch.equal(c[1], i[1])
+
+
+# A literal port of the reference's per-batch code (main-MST-Distill.py, KD_methods/MST.py; methods.md §1.4-1.8),
+# written independently of kd_methods/mst.py: it pins the stage losses (which KL terms, what is detached, loss
+# direction, KD_4 with NYU's 1/(H·W), load balancing, stack+gather top-k, cumulative hooks, weights decayed by
+# repeated multiplication after each epoch) against the method's stage steps under the engine's train/eval modes.
+def _ref_kd(database, pred, target, detach):
+    target = target.detach() if detach else target
+    loss = nn.functional.kl_div(torch.log_softmax(pred / 4.0, dim=1), torch.softmax(target / 4.0, dim=1),
+                                reduction="batchmean") * (4.0 * 4.0)
+    return loss * 1 / (pred.shape[2] * pred.shape[3]) if database == "NYU-Depth-V2" else loss
+
+
+def _ref_hook(masknet):
+    def hook(module, inputs, output):
+        if len(output.shape) == 4 and output.shape[-1] == 1 and output.shape[-2] == 1:
+            output = output.squeeze(-1).squeeze(-1)
+        mask = masknet(output)
+        for _ in range(len(output.shape) - len(mask.shape)):
+            mask = mask.unsqueeze(-1)
+        return mask * output
+    return hook
+
+
+def _ref_load_balancing(gate_probs, mode):
+    if mode == "KL":
+        mean = gate_probs.mean(dim=0)
+        return nn.KLDivLoss(reduction="batchmean")(torch.log(mean), torch.ones_like(mean) / mean.size(0))
+    importance = gate_probs.sum(dim=0)
+    return importance.std() / importance.mean()
+
+
+def _grads(*modules):
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for m in modules for p in m.parameters()]
+
+
+REF_CASES = {  # AV-MNIST m1: 2-d aux MaskNets (BatchNorm); m2: LeNet5 conv3 [B,120,1,1] squeezed by the hook
+    "AV-MNIST-m1": ("AV-MNIST", ["--hidden_dim_factor", "8", "--k", "2"], None),
+    "AV-MNIST-m2-CV-k4": ("AV-MNIST", ["--mode", "m2", "--hidden_dim_factor", "8", "--k", "4", "--lb_mode", "CV",
+                                       "--w_task", "0.7", "--w_kl", "1.5", "--w_lb", "0.3"], None),
+    "AV-MNIST-m2-1-layer": ("AV-MNIST", ["--mode", "m2", "--hidden_dim_factor", "8", "--mask_layer_num", "1"], None),
+    "NYU-Depth-V2": ("NYU-Depth-V2", ["--hidden_dim_factor", "32", "--k", "2"], {"m1": (3, 32, 64), "m2": (1, 32, 64)}),
+}
+
+
+@pytest.mark.parametrize("case", list(REF_CASES))
+def test_one_batch_of_each_stage_equals_a_literal_port_of_the_reference(case):
+    from utils.engine import set_modes
+
+    database, extra, shapes = REF_CASES[case]
+    if not _models_registered(database):
+        pytest.skip(f"the {database} models are not registered yet")
+    ctx = offline_context(["--database", database, "--batch_size", "3", *extra], samples=3, input_shapes=shapes)
+    torch.manual_seed(0)
+    method = MSTDistill(ctx)
+    if database == "NYU-Depth-V2":  # informative logits (see test_fast_path_equals_reference_path)
+        for net in (method.teacher, method.aux, method.student):
+            for module in net.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight)
+    args, n, ce = method.args, method.args.mask_layer_num, method.task_loss
+    batch = next(iter(ctx.make_loader("train", shuffle=False)))
+    x, x2, y = batch.m1, batch.m2, batch.y
+    x_s, x_a = (x, x2) if args.mode == "m1" else (x2, x)
+    t_model, a_model, s_model = method.teacher, method.aux, method.student
+    t_nets, a_nets = list(method.masknets[:n]), list(method.masknets[n:])
+    stages = method.stages()
+    saved = copy.deepcopy(method.state_dict())
+
+    def ours(index, epoch):
+        method.load_state_dict(saved)
+        method.zero_grad(set_to_none=True)
+        stage = stages[index]
+        stage.make_optimizer()
+        set_modes(method, stage, training=True)
+        torch.manual_seed(5)
+        losses = stage.train_step(batch, epoch)
+        total = sum(losses.values())
+        total.backward()
+        return losses, total
+
+    def reference_start():
+        method.load_state_dict(saved)
+        method.requires_grad_(True)  # the reference never freezes anything
+        method.zero_grad(set_to_none=True)
+        method.eval()
+
+    # Stage 1: T, A, S train(); every KL target undetached; one backward of L_t + L_s + L_a.
+    reference_start()
+    t_model.train(), a_model.train(), s_model.train()
+    torch.manual_seed(5)
+    z_t, z_a, z_s = t_model(x, x2), a_model(x_a), s_model(x_s)
+    ce_t, ce_a, ce_s = ce(z_t, y), ce(z_a, y), ce(z_s, y)
+    def kl(pred, target):
+        return _ref_kd(database, pred, target, detach=False)
+
+    kl_ts, kl_as, kl_ta, kl_sa, kl_st, kl_at = kl(z_s, z_t), kl(z_s, z_a), kl(z_a, z_t), kl(z_a, z_s), kl(z_t, z_s), \
+        kl(z_t, z_a)
+    loss = (ce_t + kl_st + kl_at) + (ce_s + kl_ts + kl_as) + (ce_a + kl_ta + kl_sa)
+    loss.backward()
+    expected = _grads(t_model, s_model, a_model)
+    _, total = ours(0, 0)
+    assert total.item() == loss.item()
+    assert all(torch.equal(a, b) for a, b in zip(_grads(t_model, s_model, a_model), expected))  # bit-identical
+
+    # Stage 2: T, A, S eval(), MaskNets train(); one hooked forward per MaskNet; KD_4(masked teacher, detached S).
+    reference_start()
+    for net in method.masknets:
+        net.train()
+    z_s = s_model(x_s)
+    ref_losses = []
+    for model, inputs, nets, layers in ((t_model, (x, x2), t_nets, method.t_layers),
+                                        (a_model, (x_a,), a_nets, method.a_layers)):
+        for net, layer in zip(nets, layers):
+            handle = model.get_submodule(layer).register_forward_hook(_ref_hook(net))
+            loss_j = _ref_kd(database, model(*inputs), z_s, detach=True)
+            loss_j.backward()
+            handle.remove()
+            ref_losses.append(loss_j.detach())
+    expected, expected_buffers = _grads(method.masknets), [b.clone() for b in method.masknets.buffers()]
+    losses, _ = ours(1, 0)
+    torch.testing.assert_close(torch.stack(list(losses.values())), torch.stack(ref_losses), rtol=1e-6, atol=0)
+    for a, b in zip(_grads(method.masknets), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    for a, b in zip(method.masknets.buffers(), expected_buffers):  # MaskNet-2d BatchNorm ran in train mode
+        assert torch.equal(a, b)
+
+    # Stage 3 at epoch 31: hooks accumulate within a teacher (cumulative experts), stack + gather top-k, the weights
+    # decayed by the reference's in-place updates after epochs 0..30.
+    epoch = 31
+    w_lb, w_kl = args.w_lb, args.w_kl
+    for e in range(epoch):
+        w_lb *= 0.9 if e % 10 == 0 else 1
+        w_kl *= 0.5 if e % 30 == 0 else 1
+    reference_start()
+    handles, experts = [], []
+    for model, inputs, nets, layers in ((t_model, (x, x2), t_nets, method.t_layers),
+                                        (a_model, (x_a,), a_nets, method.a_layers)):
+        for net, layer in zip(nets, layers):
+            handles.append(model.get_submodule(layer).register_forward_hook(_ref_hook(net)))
+            experts.append(model(*[t.clone() for t in inputs]))
+    s_model.train(), method.gate.train()
+    torch.manual_seed(5)
+    z_s = s_model(x_s)
+    gate_probs = nn.Softmax(dim=1)(method.gate(z_s))
+    lb = _ref_load_balancing(gate_probs, args.lb_mode)
+    stacked = torch.stack(experts, dim=0).transpose(0, 1)
+    _, indices = torch.topk(gate_probs, k=args.k, dim=1)
+    index = indices.view(*indices.shape, *[1] * (stacked.dim() - 2)).expand(-1, -1, *stacked.shape[2:])
+    selected = torch.gather(stacked, 1, index)
+    topk = 0
+    for r in range(args.k):
+        topk += _ref_kd(database, z_s, selected[:, r], detach=True)
+    loss = args.w_task * ce(z_s, y) + w_kl * (topk / args.k) + w_lb * lb
+    loss.backward()
+    for handle in handles:
+        handle.remove()
+    expected = _grads(s_model, method.gate)
+    _, total = ours(2, epoch)
+    torch.testing.assert_close(total, loss, rtol=1e-6, atol=0)
+    for a, b in zip(_grads(s_model, method.gate), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    # the routing counts are the bincount of the same B·k selected ids
+    assert torch.equal(method._routing, torch.bincount(indices.flatten(), minlength=method.ways).double())
 
 
 def test_hooks_are_removed_after_every_stage_step():
