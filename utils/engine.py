@@ -218,7 +218,7 @@ def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch:
         optimizer.step()
         steps += 1
         for key, value in (("loss", total), *losses.items()):
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
+            sums[key] = sums.get(key, 0.0) + value.detach().double()
         if steps % LOG_EVERY == 0:
             _check_finite(sums["loss"], stage, epoch, steps, where)
             bar.set_postfix(loss=f"{sums['loss'].item() / steps:.4f}")
@@ -237,14 +237,15 @@ def _check_finite(loss_sum, stage, epoch, step, where):
 
 @torch.no_grad()
 def validate(method, stage: Stage, step_fn, loader, ctx: RunContext, epoch: int) -> dict:
-    """Mean over batches of each term's batch mean (the reference's averaging: the last batch counts fully)."""
+    """Mean over batches of each term's batch mean (the reference's averaging: the last batch counts fully), summed
+    in float64 as the reference's Python floats, so near-ties select the same epoch."""
     set_modes(method, stage, training=False)
     sums, steps = {}, 0
     for batch in loader:
         with _autocast(ctx.args, ctx.device):
             losses = step_fn(batch, epoch)
         for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
+            sums[key] = sums.get(key, 0.0) + value.detach().double()
         steps += 1
     return {key: (value / steps).item() for key, value in sums.items()} if steps else {}
 
@@ -261,7 +262,7 @@ def evaluate(method: Method, model, modalities, loader, ctx: RunContext) -> tupl
         with _autocast(ctx.args, ctx.device):
             logits = model(*batch.inputs(modalities))
         logits = logits.float()
-        loss_sum += method.task_loss(logits, batch.y).float()
+        loss_sum += method.task_loss(logits, batch.y).double()
         confusion.update(logits, batch.y)
         steps += 1
     model.train(was_training)
