@@ -43,7 +43,7 @@ def test_help_lists_the_registries_and_booleans_are_switchable(name):
         assert (flag in text) == (role in method.roles), flag
     for action in parser._actions:
         if action.type is bool:
-            pytest.fail(f"{name}: {action.option_strings} uses type=bool ('False' would parse as True)")
+            pytest.fail(f"{name}: {action.option_strings} parses with bool(), so 'False' would be True; use BooleanOptionalAction")
         if isinstance(action, argparse.BooleanOptionalAction):
             assert any(s.startswith("--no-") for s in action.option_strings)
         if action.choices and "--Smodel" in action.option_strings:
