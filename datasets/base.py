@@ -93,12 +93,18 @@ class TensorSource(DataSource):
 
 
 def _take(tensor: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
-    """Gather rows of a CPU tensor. NumPy's ``take`` copies large rows 2-4x faster than ``index_select`` here
-    (measured in benchmarks/bench_data.py: the copy, not Python, bounds big samples)."""
+    """Gather rows of a CPU tensor into a fresh batch.
+
+    ``index_select`` copies with every torch thread; its output buffer comes from NumPy's allocator, which asks the
+    kernel for huge pages on large arrays, so a new 25 MB batch costs a few page faults instead of thousands (with
+    torch's own buffers those faults took up to half of an AV-MNIST epoch; see benchmarks/bench_data.py).
+    """
     try:
-        return torch.from_numpy(np.take(tensor.numpy(), indices, axis=0))
+        numpy_dtype = torch.empty((), dtype=tensor.dtype).numpy().dtype
     except TypeError:  # dtypes NumPy lacks (bfloat16)
         return tensor.index_select(0, torch.from_numpy(indices))
+    out = torch.from_numpy(np.empty((len(indices), *tensor.shape[1:]), dtype=numpy_dtype))
+    return torch.index_select(tensor, 0, torch.from_numpy(indices), out=out)
 
 
 @dataclass
