@@ -72,6 +72,7 @@ import argparse
 import contextlib
 import json
 import math
+import time
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -85,6 +86,7 @@ import torch.nn.functional as F
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
 from kd_methods.base import Method, RunContext, Stage
+from kd_methods.sample_cache import Compute, SampleCache, per_sample_bytes
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
 from utils.errors import UserError
 from utils.hooks import replace_outputs
@@ -254,6 +256,13 @@ class SegmentedForward:
                 live.append(hook)
             self.carry.append(live)
         self.feature_index = [carry.index(hook) for carry, hook in zip(self.carry, hooks)]
+        # Whether every carried value is computed from the inputs (not a parameter or constant read before the cut):
+        # only then are the states per-sample values that a SampleCache may store by row.
+        from_inputs: set[fx.Node] = set()
+        for node in nodes:
+            if node.op == "placeholder" or any(arg in from_inputs for arg in node.all_input_nodes):
+                from_inputs.add(node)
+        self.states_from_inputs = all(node in from_inputs for carry in self.carry for node in carry)
         starts = [0] + [cut + 1 for cut in cuts]
         ends = cuts + [len(nodes) - 1]
         self.segments = []
@@ -294,6 +303,23 @@ class SegmentedForward:
         for i in range(j, len(self.layers)):
             state = self.advance(i, state)
         return state
+
+    def clean_states(self, *inputs) -> list[list]:
+        """The unmasked state at every cut: ``[state after layer 0, state after layer 1, ...]``."""
+        states = [self.start(*inputs)]
+        for i in range(1, len(self.layers)):
+            states.append(self.advance(i - 1, states[-1]))
+        return states
+
+    def flatten(self, states: list[list]) -> list:
+        return [value for state in states for value in state]
+
+    def unflatten(self, values: Sequence) -> list[list]:
+        states, start = [], 0
+        for carry in self.carry:
+            states.append(list(values[start:start + len(carry)]))
+            start += len(carry)
+        return states
 
 
 def feature_shapes(model: nn.Module, layers: Sequence[str], inputs: Sequence[tuple[int, ...]]) -> list[tuple]:
@@ -412,6 +438,12 @@ class MSTDistill(Method):
         add("--mst_impl", default="fast", choices=["fast", "reference"],
             help="fast = shared teacher prefixes cut with torch.fx, no autograd through frozen networks; reference = "
                  "one full hooked forward per expert/MaskNet as the reference (same numbers, slower) (default: fast)")
+        add("--mst_cache_mb", type=float, default=2048, metavar="MB",
+            help="memory for caching what the frozen networks compute per sample in stages 2-3 (student targets and "
+                 "teacher features at the hooked layers; the experts' logits), filled by one pass over the split when "
+                 "the stage starts, so later epochs skip those forwards; equal to computing them per batch up to "
+                 "float rounding. What does not fit is computed per batch. Used with --mst_impl fast and without "
+                 "--max_steps; 0 = off (default: %(default)s)")
         add("--fused_adam", action=bool_flag, default=False,
             help="fused Adam kernels for all MST-Distill stages: several times faster optimiser steps, updates differ "
                  "from PyTorch's default Adam (the reference's) in the last bit (default: off)")
@@ -525,6 +557,7 @@ class MSTDistill(Method):
             self.register_buffer("baseline_best_epoch", torch.tensor(-1))
 
         self._meter = _Meter()
+        self._caches: dict[tuple[int, str], SampleCache | None] = {}
         self._describe()
         if args.init_from and not getattr(args, "resume", None):
             self._load_init(args.init_from)
@@ -598,8 +631,12 @@ class MSTDistill(Method):
         return batch.inputs(group.modalities)
 
     # -- stage 2: one loss per MaskNet, each with only its own mask active ------------------------------------------
-    def masknet_losses(self, batch: Batch, target: torch.Tensor) -> list[torch.Tensor]:
-        """KD_4(pred = teacher with MaskNet j only, target = student) for every MaskNet j, in expert order."""
+    def masknet_losses(self, batch: Batch, target: torch.Tensor,
+                       clean: dict[str, list[list]] | None = None) -> list[torch.Tensor]:
+        """KD_4(pred = teacher with MaskNet j only, target = student) for every MaskNet j, in expert order.
+
+        ``clean`` may give a teacher's unmasked states at its cuts (by group tag), e.g. read from a cache.
+        """
         losses = []
         for group in self.groups:
             inputs = self._inputs(batch, group)
@@ -611,12 +648,12 @@ class MSTDistill(Method):
                     with replace_outputs(group.model, {layer: self._masker(j)}):
                         losses.append(self.kd(group.model(*inputs), target))
                 continue
-            with torch.no_grad():  # the clean features at every hooked layer, computed once
-                clean = [seg.start(*inputs)]
-                for i in range(1, len(group.layers)):
-                    clean.append(seg.advance(i - 1, clean[-1]))
+            states = (clean or {}).get(group.tag)
+            if states is None:
+                with torch.no_grad():  # the clean features at every hooked layer, computed once
+                    states = seg.clean_states(*inputs)
             for i, j in enumerate(group.masknet_ids):
-                state = seg.replace(i, clean[i], apply_mask(self.masknets[j], seg.feature(i, clean[i])))
+                state = seg.replace(i, states[i], apply_mask(self.masknets[j], seg.feature(i, states[i])))
                 losses.append(self.kd(seg.finish(i, state), target))
         return losses
 
@@ -663,9 +700,7 @@ class MSTDistill(Method):
         return outs
 
     def _independent_experts(self, group: _Group, seg: SegmentedForward, inputs) -> list[torch.Tensor]:
-        clean = [seg.start(*inputs)]
-        for i in range(1, len(group.layers)):
-            clean.append(seg.advance(i - 1, clean[-1]))
+        clean = seg.clean_states(*inputs)
         return [seg.finish(i, seg.replace(i, clean[i], apply_mask(self.masknets[j], seg.feature(i, clean[i]))))
                 for i, j in enumerate(group.masknet_ids)]
 
@@ -684,6 +719,59 @@ class MSTDistill(Method):
                 total = total + self.kd(student_logits, target, TEMPERATURE)
         return total / self.args.k, indices
 
+    # -- per-sample cache of the frozen networks' outputs (stages 2-3) ---------------------------------------------
+    def _cache_computations(self, stage: int) -> dict[str, Compute]:
+        """What stage 2 or 3 computes per batch with frozen networks only, by cache item, most useful first."""
+        if stage == 3:  # T, A and the (restored best) MaskNets are all frozen in stage 3
+            return {"experts": self.expert_logits}
+        computations: dict[str, Compute] = {"student": lambda batch: [self._student_target(batch)]}
+        for group in self.groups:
+            seg = self._segments(group)
+            if seg is not None and seg.states_from_inputs:
+                computations[group.tag] = partial(self._flat_clean_states, group, seg)
+        return computations
+
+    def _flat_clean_states(self, group: _Group, seg: SegmentedForward, batch: Batch) -> list:
+        with torch.no_grad():
+            return seg.flatten(seg.clean_states(*self._inputs(batch, group)))
+
+    def _cache(self, stage: int, split: str) -> SampleCache | None:
+        """The stage's cache for ``split``, filled on first use; ``None`` when caching is off or nothing fits."""
+        key = (stage, split)
+        if key not in self._caches:
+            self._caches[key] = self._fill_cache(stage, split)
+        return self._caches[key]
+
+    def _fill_cache(self, stage: int, split: str) -> SampleCache | None:
+        args, log = self.args, self.ctx.log
+        if (args.mst_impl != "fast" or args.mst_cache_mb <= 0 or args.max_steps or self.keep_teacher_graph
+                or getattr(self.ctx, "make_loader", None) is None):
+            return None
+        loader = self.ctx.make_loader(split, shuffle=False, max_steps=None)
+        size = len(loader.indices)
+        used = sum(c.nbytes for (s, _), c in self._caches.items() if s == stage and c is not None)
+        budget = args.mst_cache_mb * 2 ** 20 - used
+        chosen: dict[str, Compute] = {}
+        with self._frozen():
+            probe = next(iter(loader))
+            for name, compute in self._cache_computations(stage).items():
+                per_sample = per_sample_bytes(compute(probe), len(probe))
+                if per_sample is None:
+                    log(f"MST-Distill stage {stage}: {name} is not per-sample data; computed per batch")
+                elif per_sample * size <= budget:
+                    chosen[name] = compute
+                    budget -= per_sample * size
+                else:
+                    log(f"MST-Distill stage {stage}: caching {name} for the {size} {split} samples would take "
+                        f"{per_sample * size / 2 ** 20:,.0f} MB, over --mst_cache_mb; computed per batch")
+            if not chosen:
+                return None
+            started = time.perf_counter()
+            cache = SampleCache.fill(loader, chosen, size)
+        log(f"MST-Distill stage {stage}: cached {', '.join(chosen)} for the {size} {split} samples "
+            f"({cache.nbytes / 2 ** 20:,.1f} MB, {time.perf_counter() - started:.1f} s)")
+        return cache
+
     # -- the engine's view ---------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
         args = self.args
@@ -694,10 +782,10 @@ class MSTDistill(Method):
                   [self.teacher, self.aux, self.student], select_key=None, epoch_logs=self._epoch_logs),
             Stage(STAGE_NAMES[1], epochs[1], self._stage2_optimizer, self._stage2_step, [self.masknets],
                   val_step=self._stage2_val, select_key="loss_all", selected=self.masknets,
-                  epoch_logs=self._epoch_logs),
+                  epoch_logs=self._epoch_logs, on_stage_end=self._caches.clear),
             Stage(STAGE_NAMES[2], epochs[2], self._stage3_optimizer, self._stage3_step, [self.student, self.gate],
                   val_step=self.student_val_step_ce, select_key="ce", selected=self.student,
-                  epoch_logs=self._stage3_logs),
+                  epoch_logs=self._stage3_logs, on_stage_end=self._caches.clear),
         ]
         if self.baseline is not None:
             # Same batches as a standalone main-S.py run (shuffles restart at 0); its selection is its own.
@@ -752,8 +840,17 @@ class MSTDistill(Method):
         with self._frozen():
             return self.student(batch.get(self.mode)).detach()
 
-    def _stage2_terms(self, batch: Batch) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        losses = self.masknet_losses(batch, self._student_target(batch))
+    def _stage2_terms(self, batch: Batch, split: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        cache = self._cache(2, split)
+        if cache is not None and "student" in cache:
+            target = cache.rows("student", batch.index)[0]
+        else:
+            target = self._student_target(batch)
+        clean = {}
+        for group in self.groups:
+            if cache is not None and group.tag in cache:
+                clean[group.tag] = group.segmented.unflatten(cache.rows(group.tag, batch.index))
+        losses = self.masknet_losses(batch, target, clean)
         n = self.args.mask_layer_num
         per_net = {f"mn/{name}": loss for name, loss in zip(self.expert_names, losses)}
         return per_net, torch.stack(losses[:n]).mean(), torch.stack(losses[n:]).mean()
@@ -761,13 +858,13 @@ class MSTDistill(Method):
     def _stage2_step(self, batch: Batch, epoch: int):
         # The sum of the per-MaskNet losses: each MaskNet gets exactly the gradient of its own loss, as with the
         # reference's one optimiser per MaskNet. The reference's logged means go through epoch_logs.
-        per_net, loss_t, loss_a = self._stage2_terms(batch)
+        per_net, loss_t, loss_a = self._stage2_terms(batch, "train")
         self._meter.add(**{"s2/loss_all": loss_t + loss_a, "s2/loss_mn_t": loss_t, "s2/loss_mn_a": loss_a})
         self._meter.step()
         return per_net
 
     def _stage2_val(self, batch: Batch, epoch: int):
-        per_net, loss_t, loss_a = self._stage2_terms(batch)
+        per_net, loss_t, loss_a = self._stage2_terms(batch, "val")
         return {**per_net, "loss_mn_t": loss_t, "loss_mn_a": loss_a, "loss_all": loss_t + loss_a}
 
     # stage 3 ------------------------------------------------------------------------------------------------------
@@ -777,9 +874,14 @@ class MSTDistill(Method):
         self._routing = torch.zeros(self.ways, dtype=torch.float64, device=self.ctx.device)
         return self._adam([*self.student.parameters(), *self.gate.parameters()], self.args.lr)
 
-    def stage3_losses(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
-        """The unweighted stage-3 terms and diagnostics of one batch (``task``, ``topk``, ``lb``, ``indices``...)."""
-        experts = self.expert_logits(batch)
+    def stage3_losses(self, batch: Batch, epoch: int,
+                      experts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The unweighted stage-3 terms and diagnostics of one batch (``task``, ``topk``, ``lb``, ``indices``...).
+
+        ``experts`` may give the experts' logits (e.g. read from a cache); by default they are computed.
+        """
+        if experts is None:
+            experts = self.expert_logits(batch)
         z_s = self.student(batch.get(self.mode))
         gate_probs = F.softmax(self.gate(z_s), dim=1)
         lb = load_balancing_loss(gate_probs, self.args.lb_mode)
@@ -788,7 +890,9 @@ class MSTDistill(Method):
                 "experts": experts, "gate_probs": gate_probs}
 
     def _stage3_step(self, batch: Batch, epoch: int):
-        terms = self.stage3_losses(batch, epoch)
+        cache = self._cache(3, "train")
+        experts = cache.rows("experts", batch.index) if cache is not None else None
+        terms = self.stage3_losses(batch, epoch, experts)
         w_kl, w_lb = loss_weights(epoch, self.args.w_kl, self.args.w_lb)
         with torch.no_grad():  # diagnostics: per-expert CE and routing counts, one device sync per epoch
             expert_ce = {f"expert_ce/{name}": self.task_loss(z.float(), batch.y)

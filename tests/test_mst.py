@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kd_methods.mst import (AUX_LAYERS, TEACHER_LAYERS, MSTDistill, gather_topk, kd_per_sample, load_balancing_loss,
-                            loss_weights, offline_context)
+from kd_methods.mst import (AUX_LAYERS, TEACHER_LAYERS, MSTDistill, SegmentedForward, gather_topk, kd_per_sample,
+                            load_balancing_loss, loss_weights, offline_context)
+from kd_methods.sample_cache import per_sample_bytes
 from models import MODELS
 from models.mst_modules import GateNet, MaskNet1d, MaskNet2d, build_masknet, hidden_width
 from utils import cli
@@ -220,6 +221,105 @@ def test_fast_path_equals_reference_path(family):
         c, i = fast3["cumulative"]["experts"], fast3["independent"]["experts"]
         assert torch.equal(c[0], i[0]) and torch.equal(c[n], i[n])
         assert not torch.equal(c[1], i[1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The per-sample cache of frozen outputs (stages 2-3) equals the per-batch computation
+# --------------------------------------------------------------------------------------------------------------
+CACHE_FAMILIES = ["Synthetic-MVD", "AV-MNIST-m1", "AV-MNIST-m2", "RAVDESS", "VGGSound-50k", "CMMD-V2"]
+
+
+def _shuffled_batch(ctx):
+    loader = ctx.make_loader("train", shuffle=True)
+    loader.set_epoch(3)
+    batch = next(iter(loader))
+    assert not torch.equal(batch.index, torch.arange(len(batch)))  # rows come back by position, not by order
+    return batch
+
+
+@pytest.mark.parametrize("family", CACHE_FAMILIES)
+def test_cached_frozen_outputs_equal_the_per_batch_computation(family):
+    from utils.engine import set_modes
+
+    database, extra, shapes, _ = FAMILIES[family]
+    if not _models_registered(database):
+        pytest.skip(f"the {database} models are not registered yet")
+    logs = []
+    ctx = offline_context(["--database", database, "--batch_size", "2", "--k", "2", *extra], samples=6,
+                          input_shapes=shapes, log=logs.append)
+    torch.manual_seed(0)
+    method = MSTDistill(ctx)
+    stages = method.stages()
+    batch = _shuffled_batch(ctx)
+
+    set_modes(method, stages[1], training=True)
+    method.args.mst_cache_mb = 0
+    live, _, _ = method._stage2_terms(batch, "train")
+    assert method._caches == {(2, "train"): None}
+    method.args.mst_cache_mb = 2048
+    method._caches.clear()
+    cached, _, _ = method._stage2_terms(batch, "train")
+    assert set(method._caches[(2, "train")].items) == {"student", "T", "A"}
+    for key in live:
+        torch.testing.assert_close(cached[key], live[key], rtol=1e-5, atol=1e-8)
+    size = len(ctx.splits["train"])
+    assert any(f"stage 2: cached student, T, A for the {size} train samples" in line for line in logs)
+
+    stages[1].on_stage_end()
+    assert method._caches == {}
+    set_modes(method, stages[2], training=True)
+    with torch.no_grad():
+        live_terms = method.stage3_losses(batch, 0)
+        rows = method._cache(3, "train").rows("experts", batch.index)
+        cached_terms = method.stage3_losses(batch, 0, rows)
+    for x, y in zip(rows, live_terms["experts"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert torch.equal(cached_terms["indices"], live_terms["indices"])
+    for key in ("topk", "lb", "task"):
+        torch.testing.assert_close(cached_terms[key], live_terms[key], rtol=1e-5, atol=1e-8)
+
+
+def test_cache_budget_and_when_it_is_off():
+    from utils.engine import set_modes
+
+    logs = []
+    ctx = offline_context(["--database", "AV-MNIST", "--batch_size", "2", "--hidden_dim_factor", "8",
+                           "--mst_cache_mb", "1"], samples=4, log=logs.append)
+    torch.manual_seed(0)
+    method = MSTDistill(ctx)
+    set_modes(method, method.stages()[1], training=True)
+    # student targets (40 B a sample) and T's features (a few KB) fit in 1 MB, A's conv2+conv3 maps (1.2 MB a
+    # sample) do not: A's prefix then runs per batch
+    assert set(method._cache(2, "train").items) == {"student", "T"}
+    assert any("caching A for the 4 train samples would take 5 MB, over --mst_cache_mb" in line for line in logs)
+    for option, value in (("mst_impl", "reference"), ("max_steps", 2), ("mst_cache_mb", 0)):
+        method._caches.clear()
+        saved = getattr(method.args, option)
+        setattr(method.args, option, value)
+        assert method._cache(2, "val") is None, option
+        setattr(method.args, option, saved)
+
+
+def test_segment_states_that_are_not_per_sample_are_not_cacheable():
+    class ScaledAfterCut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 3), nn.Linear(3, 3)
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            scale = self.scale * 2  # read before the cut, used after it: carried, but the same for every sample
+            return self.fc2(self.fc1(x)) * scale
+
+    class Plain(ScaledAfterCut):
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    assert not SegmentedForward(ScaledAfterCut(), ["fc1"]).states_from_inputs
+    assert SegmentedForward(Plain(), ["fc1", "fc2"]).states_from_inputs
+    assert per_sample_bytes([torch.zeros(4, 3), torch.zeros(4, 2, dtype=torch.float64)], 4) == 3 * 4 + 2 * 8
+    assert per_sample_bytes([torch.zeros(4, 3), 4], 4) is None
+    assert per_sample_bytes([torch.zeros(3)], 4) is None
 
 
 # A literal port of the reference's per-batch code (main-MST-Distill.py, KD_methods/MST.py; methods.md §1.4-1.8),
