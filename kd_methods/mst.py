@@ -60,6 +60,10 @@ segments is exactly what the reference's forward hook does. Work per batch with 
 * stage 3, cumulative: ``seg0 → mask0 → seg1 → (seg2 → T0) and (mask1 → seg2 → T1)``: one prefix, each MaskNet
   once, only the last segment twice (reference: one full forward per expert, MaskNet 0 evaluated twice);
   independent: clean ``seg0 → seg1`` shared, then each expert's suffix.
+Across epochs, the frozen networks (eval mode, fixed weights) give a sample the same output every time: stage 2's
+student targets and teacher states at the cuts, and stage 3's expert logits, are computed by one pass over the
+split when the stage starts and then read back per batch from a :class:`~kd_methods.sample_cache.SampleCache`
+(``--mst_cache_mb``; items that do not fit run per batch).
 A network that cannot be traced or split (a hooked module called twice, data-dependent Python control flow) falls
 back to the hook path for that network, with one log line. ``--mst_impl reference`` forces the hook path
 everywhere (one full forward per expert/MaskNet with the hooks attached as the reference does); the parity test and
