@@ -8,6 +8,7 @@ files) implement the same call and may be read in DataLoader worker processes.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,14 @@ class TensorSource(DataSource):
         return TensorSource(self.m1.to(device), self.m2.to(device), self.y.to(device))
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+    try:
+        return torch.empty((), dtype=dtype).numpy().dtype
+    except TypeError:
+        return None
+
+
 def _take(tensor: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
     """Gather rows of a CPU tensor into a fresh batch.
 
@@ -99,9 +108,8 @@ def _take(tensor: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
     kernel for huge pages on large arrays, so a new 25 MB batch costs a few page faults instead of thousands (with
     torch's own buffers those faults took up to half of an AV-MNIST epoch; see benchmarks/bench_data.py).
     """
-    try:
-        numpy_dtype = torch.empty((), dtype=tensor.dtype).numpy().dtype
-    except TypeError:  # dtypes NumPy lacks (bfloat16)
+    numpy_dtype = _numpy_dtype(tensor.dtype)
+    if numpy_dtype is None:  # dtypes NumPy lacks (bfloat16)
         return tensor.index_select(0, torch.from_numpy(indices))
     out = torch.from_numpy(np.empty((len(indices), *tensor.shape[1:]), dtype=numpy_dtype))
     return torch.index_select(tensor, 0, torch.from_numpy(indices), out=out)

@@ -748,8 +748,7 @@ class MSTDistill(Method):
 
     def _fill_cache(self, stage: int, split: str) -> SampleCache | None:
         args, log = self.args, self.ctx.log
-        if (args.mst_impl != "fast" or args.mst_cache_mb <= 0 or args.max_steps or self.keep_teacher_graph
-                or getattr(self.ctx, "make_loader", None) is None):
+        if args.mst_impl != "fast" or args.mst_cache_mb <= 0 or args.max_steps or self.keep_teacher_graph:
             return None
         loader = self.ctx.make_loader(split, shuffle=False, max_steps=None)
         size = len(loader.indices)
