@@ -120,6 +120,12 @@ class Method(nn.Module):
     checkpoint_help: str = "pre-trained teacher: a best.pth of ours or a reference-style bare state dict"
     #: per-dataset defaults that differ from the dataset spec, e.g. {"batch_size": 32}
     defaults: dict = {}
+    #: a row of the comparison table of ``reproduce.py`` (utils/sweep); False for the teachers and tools
+    in_comparison: bool = True
+    #: row group of that table; None derives it from ``teacher_kind`` / ``needs_checkpoint`` (comparison_group)
+    table_group: str | None = None
+    #: flags the sweep adds to this method's runs, e.g. switching off a built-in comparison baseline
+    sweep_flags: tuple[str, ...] = ()
 
     def __init__(self, ctx: RunContext):
         super().__init__()
@@ -151,6 +157,17 @@ class Method(nn.Module):
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
         """Raise :class:`UserError` for impossible option combinations, before any data is loaded."""
+
+    @classmethod
+    def comparison_group(cls) -> str:
+        """The table group: methods distilling a pre-trained multimodal or cross-modal teacher, else teacher-free."""
+        if cls.table_group:
+            return cls.table_group
+        if cls.needs_checkpoint and cls.teacher_kind == "multimodal":
+            return "multimodal-teacher"
+        if cls.needs_checkpoint and cls.teacher_kind == "crossmodal":
+            return "crossmodal-teacher"
+        return "teacher-free"
 
     # -- building blocks ---------------------------------------------------------------------------------
     def build(self, name: str, expected_inputs: tuple[str, ...] | None = None, role: str = "model") -> nn.Module:

@@ -76,6 +76,7 @@ class MGDFR(Method):
                "salience (MFH Algorithm 1), then KD to a fresh student.")
     roles = ("teacher", "student")
     teacher_kind = "crossmodal"
+    table_group = "crossmodal-teacher"  # its teacher is co-trained in the run, as the paper groups it
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:

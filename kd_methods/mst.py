@@ -389,6 +389,8 @@ class MSTDistill(Method):
     roles = ("teacher", "student", "aux")
     teacher_kind = "multimodal"
     needs_checkpoint = False
+    table_group = "MST-Distill"
+    sweep_flags = ("--no-compare_baseline",)  # in a sweep the no-KD node is the baseline
 
     # -- CLI ---------------------------------------------------------------------------------------------------
     @classmethod

@@ -16,6 +16,7 @@ class MultimodalTeacher(Method):
     """Train a fusion model on both modalities (``main-T.py``)."""
 
     name = "T"
+    in_comparison = False  # the sweep's teacher node, not a compared method
     summary = "Train the multimodal (fusion) teacher on m1 and m2."
     roles = ("teacher",)
 
@@ -42,6 +43,7 @@ class UnimodalModel(Method):
     """Train a unimodal model on ``--mode`` (``main-S.py``)."""
 
     name = "S"
+    in_comparison = False  # the sweep's no-KD and cross-modal teacher node
     summary = "Train a unimodal model on --mode: the no-KD baseline, or a cross-modal teacher for -UU methods."
     roles = ("student",)
 
