@@ -5,6 +5,8 @@ names) are filled from the dataset spec and ``--mode`` after parsing.
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import math
 import os
 import sys
 
@@ -14,8 +16,75 @@ from utils.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
+    """Every parsed value is checked here, so each script (and each flag a method adds) gets the same rules."""
+
     def error(self, message):  # one line and exit code 2, as every other bad input
         raise UserError(f"{message} (see {self.prog} --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if value is None or action.dest == argparse.SUPPRESS:
+                continue
+            if action.type in (int, float):
+                for item in value if isinstance(value, list) else [value]:
+                    check_number(flag_name(action), item, action.dest)
+            elif isinstance(value, str) and is_path_flag(action.dest):
+                setattr(namespace, action.dest, os.path.expanduser(value))
+        for dest in CHECKPOINT_FLAGS:
+            check_checkpoint_path(namespace, dest)
+        return namespace, extras
+
+
+#: numeric flags by name (shell-style patterns, first match wins): (lowest value, whether it is allowed). Every
+#: float must also be finite. Integers not listed are counts and must be >= 1; learning rates must be > 0.
+NUMBER_RULES = (
+    ("cuda_id", 0, True), ("num_workers", 0, True), ("seed", 0, True), ("*_seed", 0, True),
+    ("epochs", 0, True), ("epochs_*", 0, True), ("*_epochs", 0, True),
+    ("mvd_decisive_*", 0, True), ("mvd_shared", 0, True),
+    ("lr", 0, False), ("*_lr", 0, False), ("*_mb", 0, True), ("w_*", 0, True), ("*_weight", 0, True),
+    ("*temperature", 0, False), ("*_T", 0, False), ("*_t", 0, False),
+)
+#: string flags holding paths: ``~`` is expanded (the shell does not expand it in ``--out_dir=~/x``)
+PATH_FLAG_PATTERNS = ("*_dir", "*_root", "resume", "ckpt_*", "init_from")
+#: flags that take a model checkpoint file (a run directory is a mistake: its best.pth is meant)
+CHECKPOINT_FLAGS = ("ckpt_name", "ckpt_a", "ckpt_b")
+
+
+def flag_name(action) -> str:
+    return next((s for s in action.option_strings if s.startswith("--")), action.dest)
+
+
+def is_path_flag(dest: str) -> bool:
+    return any(fnmatch.fnmatchcase(dest, pattern) for pattern in PATH_FLAG_PATTERNS)
+
+
+def check_number(flag: str, value, dest: str) -> None:
+    """Raise :class:`UserError` when ``value`` is NaN, infinite, or below what ``--flag`` can mean."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    rule = next((r for r in NUMBER_RULES if fnmatch.fnmatchcase(dest, r[0])), None)
+    if rule is None:
+        if isinstance(value, float):
+            return
+        rule = (dest, 1, True)  # a count: batches, samples, heads, workers per step, ...
+    _, low, inclusive = rule
+    if value < low or (value == low and not inclusive):
+        bound = f">= {low}" if inclusive else f"> {low}"
+        hint = "; leave it out for no cap" if dest == "max_steps" else ""
+        raise UserError(f"{flag} must be {bound}, got {value}{hint}")
+
+
+def check_checkpoint_path(namespace, dest: str) -> None:
+    value = getattr(namespace, dest, None)
+    if isinstance(value, str) and os.path.isdir(value):
+        flag = "--" + dest
+        best = os.path.join(value, "best.pth")
+        if os.path.isfile(best):
+            raise UserError(f"{flag} {value} is a run directory; pass the model inside it: {flag} {best}")
+        raise UserError(f"{flag} {value} is a directory; pass a model file (the best.pth of a main-T.py / "
+                        f"main-S.py run)")
 
 
 def build_parser(method_cls) -> argparse.ArgumentParser:
