@@ -1,13 +1,18 @@
 """One directory per run: ``args.json``, ``log.txt``, ``metrics.jsonl``, TensorBoard events, ``checkpoint.pth``,
 ``best.pth`` and ``results.json``. Everything is written atomically (temporary file, then rename), so a run
-killed at any instant leaves either the previous or the new version of each file, never a torn one.
+killed at any instant leaves either the previous or the new version of each file, never a torn one; a write that
+fails (full disk, no permission) removes its temporary file and ends the run with one line. A new run's directory
+is created only once its data and models have loaded (:meth:`RunDir.deferred`), so a run refused before its first
+epoch leaves nothing behind; the lines logged until then open its ``log.txt``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,13 +23,84 @@ from utils.errors import UserError
 
 
 def atomic_write_bytes(path: Path, writer) -> None:
+    """Write through ``writer(handle)`` into a temporary file, then rename it over ``path``. On any failure the
+    temporary file is removed (a full disk must not keep a half-written checkpoint of a gigabyte), and a failed
+    write is one :class:`UserError` line naming the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        writer(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write {path}: {reason}; check the free space and permissions there, or pass "
+                        f"another --out_dir") from None
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why a write failed, for an error the user can fix (no space, no permission, not a directory), else None.
+    ``torch.save`` reports a failed write as a RuntimeError of its stream writer."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, RuntimeError) and "write" in str(error).lower():
+        return str(error).strip().splitlines()[0]
+    return None
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail at once, with one line, when run directories cannot be created under ``folder`` (a regular file in
+    the way, no permission, a read-only file system), rather than after the data has loaded."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:  # mkdir -p writes into the first existing ancestor
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out_dir {folder} cannot be created: {probe} is not a directory; pass another --out_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out_dir {folder} is not writable ({probe}: permission denied or a read-only file "
+                        f"system); pass another --out_dir")
+
+
+def _make_run_path(out_dir, method: str, database: str, tag: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / method / database / f"{tag}_{stamp}"
+    path, suffix = base, 1
+    while path.exists():  # two runs started in the same second
+        suffix += 1
+        path = base.with_name(f"{base.name}-{suffix}")
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run directory {path}: {error.strerror or error}; pass a writable "
+                        f"--out_dir") from None
+    return path
+
+
+class _Console(logging.StreamHandler):
+    """stdout; a closed pipe (``| head``) is no logging error: it ends the script quietly (utils.engine.main)."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            raise  # noqa: PLE0704 - re-raises what emit() just caught
+        super().handleError(record)
+
+
+class _LogFile(logging.FileHandler):
+    """``log.txt``; a failed write (full disk) ends the run with one line instead of a logging traceback."""
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {self.baseFilename}: {error.strerror or error}; check the free space "
+                            f"there, or pass another --out_dir") from None
+        super().handleError(record)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -75,16 +151,55 @@ class RunDir:
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
     def create(cls, out_dir: str, method: str, database: str, tag: str, args_dict: dict, record: bool = True):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(out_dir) / method / database / f"{tag}_{stamp}"
-        path, suffix = base, 1
-        while path.exists():  # two runs started in the same second
-            suffix += 1
-            path = base.with_name(f"{base.name}-{suffix}")
-        path.mkdir(parents=True)
+        check_writable(out_dir)
+        path = _make_run_path(out_dir, method, database, tag)
         run = cls(path, record)
         atomic_write_json(args_dict, path / "args.json")
         return run
+
+    @classmethod
+    def deferred(cls, out_dir: str, method: str, database: str, tag: str, args_dict: dict, record: bool = True):
+        """A new run whose directory :meth:`materialize` creates; until then :meth:`log` prints the lines and
+        keeps them for ``log.txt``. ``--out_dir`` is checked now, so an unwritable one fails before the data
+        loads."""
+        check_writable(out_dir)
+        run = cls.__new__(cls)
+        run.path, run.record, run._writer, run.logger = None, record, None, None
+        run._pending, run._early = (out_dir, method, database, tag, args_dict), []
+        return run
+
+    def materialize(self) -> Path:
+        """Create a deferred run's directory, ``args.json``, and ``log.txt`` opening with the lines logged so far
+        (no-op for a run that exists)."""
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            return self.path
+        out_dir, method, database, tag, args_dict = pending
+        path = _make_run_path(out_dir, method, database, tag)
+        early = "".join(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} {m}\n" for t, m in self._early)
+        atomic_write_bytes(path / "log.txt", lambda handle: handle.write(early.encode()))
+        kept = {k: v for k, v in vars(self).items() if v is not None and k not in ("path", "logger", "_writer")}
+        self.__init__(path, self.record)
+        for key, value in kept.items():  # attributes set while deferred (e.g. by the engine)
+            if getattr(self, key, None) is None:
+                setattr(self, key, value)
+        self._pending, self._early = None, []
+        atomic_write_json(args_dict, path / "args.json")
+        return path
+
+    @property
+    def exists(self) -> bool:
+        return self.path is not None and self.path.is_dir()
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.path is not None and (self.path / "checkpoint.pth").is_file()
+
+    def remove(self) -> None:
+        """Delete the run directory (a new run that failed before it saved a checkpoint)."""
+        self.close()
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     @classmethod
     def reopen(cls, path: Path, record: bool = True, keep_metrics=lambda row: True):
@@ -103,9 +218,13 @@ class RunDir:
         logger.propagate = False
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
-        file_handler = logging.FileHandler(self.path / "log.txt")
+        try:
+            file_handler = _LogFile(self.path / "log.txt")
+        except OSError as error:
+            raise UserError(f"cannot write {self.path / 'log.txt'}: {error.strerror or error}; pass a writable "
+                            f"--out_dir") from None
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        console = logging.StreamHandler(sys.stdout)
+        console = _Console(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(file_handler)
         logger.addHandler(console)
@@ -113,7 +232,19 @@ class RunDir:
 
     # -- logging ------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
+        if self.logger is None:  # deferred run: print now, write into log.txt at materialize()
+            self._early.append((time.time(), message))
+            print(message, flush=True)
+            return
         self.logger.info(message)
+
+    def log_file_only(self, message: str) -> None:
+        """Append ``message`` to ``log.txt`` alone (scripts print errors on stderr themselves); never raises, as
+        it records why a run ended, possibly a full disk."""
+        if not self.exists:
+            return
+        with contextlib.suppress(OSError), open(self.path / "log.txt", "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     @property
     def writer(self):
@@ -125,10 +256,14 @@ class RunDir:
 
     def log_metrics(self, row: dict, step: int) -> None:
         """Append one JSON line to ``metrics.jsonl`` and mirror every number to TensorBoard."""
-        with open(self.path / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(_jsonable(row), allow_nan=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(_jsonable(row), allow_nan=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise UserError(f"cannot write {self.path / 'metrics.jsonl'}: {error.strerror or error}; check the free "
+                            f"space there, or pass another --out_dir") from None
         if self.writer is not None:
             stage = row.get("stage", "train")
             for key, value in row.items():
@@ -151,6 +286,8 @@ class RunDir:
         atomic_write_json(results, self.path / "results.json")
 
     def close(self) -> None:
+        if self.logger is None:  # a deferred run that never materialised holds nothing
+            return
         if self._writer is not None:
             self._writer.close()
             self._writer = None
