@@ -1,0 +1,228 @@
+"""The sweep graph: one node per distinct run, built from the method registry.
+
+Per (database, seed) the multimodal teacher ``main-T.py``; per (database, mode, seed) ``main-S.py --mode m``, which is
+both the no-KD baseline of mode ``m`` and the cross-modal teacher of the other mode; then every compared method
+(``Method.in_comparison``). A method with ``needs_checkpoint`` gets ``--ckpt_name`` = the ``best.pth`` of the teacher
+its ``teacher_kind`` names: the ``main-T.py`` node (``"multimodal"``) or the ``main-S.py`` node of the other mode
+(``"crossmodal"``). ``Method.sweep_flags`` are added to the method's runs. Nothing here names a method, so a newly
+registered method joins the sweep as it is.
+
+A node's identity is its script and the flags that define what it computes (runtime flags such as ``--device`` or
+``--threads`` excluded, the teacher's checkpoint replaced by the teacher node's id); its directory
+``DIR/runs/<id>`` carries a hash of that identity, so a changed command line never reuses a stale run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from utils.errors import UserError
+
+TEACHER, BASELINE = "T", "S"
+MODES = ("m1", "m2")
+ROLES = {TEACHER: "teacher-mm", BASELINE: "no-kd"}
+#: flags the sweep sets itself for every node
+RESERVED = ("--database", "--mode", "--seed", "--ckpt_name", "--out_dir", "--resume")
+
+
+@dataclass
+class Node:
+    id: str
+    method: str
+    script: str
+    database: str
+    mode: str | None
+    seed: int
+    role: str
+    #: flags that define the run (no --ckpt_name, --out_dir or runtime flags)
+    args: list[str]
+    #: runtime flags (device, threads, ...): passed to fresh and resumed runs alike, not part of the identity
+    runtime: list[str] = field(default_factory=list)
+    #: id of the node whose best.pth is this node's --ckpt_name
+    teacher: str | None = None
+    deps: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        mode = f" {self.mode}" if self.mode else ""
+        return f"{self.method}{mode} seed {self.seed} ({self.database})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Node":
+        return cls(**data)
+
+
+def comparison_methods() -> dict[str, type]:
+    """Registered methods of the comparison table, in registry order."""
+    from kd_methods import all_methods
+
+    return {name: cls for name, cls in all_methods().items() if cls.in_comparison}
+
+
+def script_of(method: str) -> str:
+    return f"main-{method}.py"
+
+
+def split_flags(tokens: list[str]) -> list[list[str]]:
+    """``["--epochs", "1", "--amp", "--lr=0.1"]`` -> ``[["--epochs", "1"], ["--amp"], ["--lr=0.1"]]``."""
+    groups: list[list[str]] = []
+    for token in tokens:
+        if token.startswith("--"):
+            groups.append([token])
+        elif groups:
+            groups[-1].append(token)
+        else:
+            raise UserError(f"'{token}' after -- is not a flag; flags for the runs start with -- (e.g. -- --epochs 5)")
+    return groups
+
+
+def flag_name(group: list[str]) -> str:
+    return group[0].split("=", 1)[0]
+
+
+def accepted_flags(method: str) -> set[str]:
+    """Every option string ``main-<method>.py`` accepts (from the script's own parser)."""
+    from kd_methods import get_method
+    from utils.cli import build_parser
+
+    return set(build_parser(get_method(method))._option_string_actions)
+
+
+def runtime_flags() -> set[str]:
+    try:  # where and how a run executes: free to differ between attempts (utils/resume.py)
+        from utils.resume import RUNTIME_OPTIONS
+    except ImportError:
+        from utils.cli import RUNTIME_OPTIONS
+
+    names = {f"--{name}" for name in RUNTIME_OPTIONS if name != "resume"}
+    return names | {f"--no-{name}" for name in RUNTIME_OPTIONS}
+
+
+def parse_sets(items: list[str], names: list[str]) -> dict[str, list[list[str]]]:
+    """``--set KD:--alpha=0.3`` (repeatable) -> ``{"KD": [["--alpha=0.3"]]}``."""
+    out: dict[str, list[list[str]]] = {}
+    for item in items:
+        method, sep, flag = item.partition(":")
+        if not sep or not flag.startswith("--"):
+            raise UserError(f"--set {item}: expected METHOD:--flag=value, e.g. --set KD:--alpha=0.3")
+        if method not in names:
+            raise UserError(f"--set {item}: '{method}' is not a script of this sweep; valid: {', '.join(names)}")
+        name, eq, value = flag.partition("=")
+        out.setdefault(method, []).append([name, value] if eq else [name])
+    return out
+
+
+def _node_id(label: str, script: str, args: list[str], teacher: str | None) -> str:
+    digest = hashlib.sha1(json.dumps([script, args, teacher]).encode()).hexdigest()[:8]
+    return f"{label}-{digest}"
+
+
+def default_threads(jobs: int) -> int:
+    """CPU threads per run so that ``jobs`` parallel runs do not oversubscribe the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, jobs))
+
+
+def build_graph(databases: list[str], modes: list[str], seeds: list[int], methods: list[str] | None,
+                run_flags: list[str] | None = None, sets: list[str] | None = None, jobs: int = 1) -> list[Node]:
+    """The nodes of the sweep in dependency order (teachers, no-KD runs, methods).
+
+    ``run_flags``: the tokens after ``--``, given to every run whose script accepts them (a flag no script of the
+    sweep accepts is an error); ``sets``: ``METHOD:--flag=value`` items for one script only.
+    """
+    from datasets import get_spec
+
+    registry = comparison_methods()
+    specs = [get_spec(name) for name in databases]  # unknown names: one line with the valid list
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}")
+    methods = list(registry) if methods is None else list(dict.fromkeys(methods))
+    for name in methods:
+        if name not in registry:
+            raise UserError(f"unknown method '{name}'; valid methods: {', '.join(registry)}")
+    if not modes or not seeds or not specs:
+        raise UserError("--database, --modes and --seeds need at least one value each")
+    modes = list(dict.fromkeys(modes))
+    seeds = list(dict.fromkeys(seeds))
+    for name in methods:
+        cls = registry[name]
+        if cls.needs_checkpoint and cls.teacher_kind not in ("multimodal", "crossmodal"):
+            raise UserError(f"method {name} needs a checkpoint but declares no teacher_kind; the sweep cannot pick "
+                            f"its teacher (set teacher_kind to 'multimodal' or 'crossmodal')")
+
+    scripts = [TEACHER, BASELINE, *methods]
+    accepted = {name: accepted_flags(name) for name in scripts}
+    runtime = runtime_flags()
+    passthrough = split_flags(list(run_flags or []))
+    for group in passthrough:
+        name = flag_name(group)
+        if name in RESERVED:
+            raise UserError(f"{name} is set by the sweep for every run; use --database / --modes / --seeds")
+        if not any(name in flags for flags in accepted.values()):
+            raise UserError(f"flag {name} is accepted by no script of this sweep ({', '.join(scripts)}); "
+                            f"see python main-<METHOD>.py --help")
+    per_method = parse_sets(list(sets or []), scripts)
+    for method, groups in per_method.items():
+        for group in groups:
+            if flag_name(group) in RESERVED:
+                raise UserError(f"--set {method}:{flag_name(group)}: that flag is set by the sweep")
+            if flag_name(group) not in accepted[method]:
+                raise UserError(f"--set {method}:{flag_name(group)}: {script_of(method)} has no flag "
+                                f"{flag_name(group)} (see python {script_of(method)} --help)")
+    user_threads = any(flag_name(g) == "--threads" for g in passthrough + sum(per_method.values(), []))
+    threads = [] if user_threads else ["--threads", str(default_threads(jobs))]
+
+    def flags_for(method: str, base: list[str]) -> tuple[list[str], list[str]]:
+        from kd_methods import get_method
+
+        args, extra = list(base), list(threads)
+        groups = [[flag] for flag in get_method(method).sweep_flags]
+        groups += [g for g in passthrough if flag_name(g) in accepted[method]] + per_method.get(method, [])
+        for group in groups:
+            (extra if flag_name(group) in runtime else args).extend(group)
+        return args, extra
+
+    nodes: list[Node] = []
+
+    def add(method, spec, mode, seed, teacher=None) -> Node:
+        base = ["--database", spec.name, *(["--mode", mode] if mode else []), "--seed", str(seed)]
+        args, extra = flags_for(method, base)
+        label = "_".join([spec.name, *([mode] if mode else []), f"seed{seed}", method])
+        node = Node(id=_node_id(label, script_of(method), args, teacher.id if teacher else None), method=method,
+                    script=script_of(method), database=spec.name, mode=mode, seed=seed,
+                    role=ROLES.get(method, "method"), args=args, runtime=extra,
+                    teacher=teacher.id if teacher else None, deps=[teacher.id] if teacher else [])
+        nodes.append(node)
+        return node
+
+    for spec in specs:
+        needed_modes = list(modes)
+        for name in methods:  # a cross-modal teacher of a mode outside --modes is still needed
+            cls = registry[name]
+            if cls.needs_checkpoint and cls.teacher_kind == "crossmodal":
+                needed_modes += [spec.other_modality(m) for m in modes]
+        needed_modes = [m for m in MODES if m in needed_modes]
+        for seed in seeds:
+            teacher = add(TEACHER, spec, None, seed)
+            unimodal = {mode: add(BASELINE, spec, mode, seed) for mode in needed_modes}
+            for mode in modes:
+                for name in methods:
+                    cls = registry[name]
+                    dep = None
+                    if cls.needs_checkpoint:
+                        dep = teacher if cls.teacher_kind == "multimodal" else unimodal[spec.other_modality(mode)]
+                    add(name, spec, mode, seed, dep)
+    return nodes
+
+
+def write_graph(nodes: list[Node], path: Path) -> None:
+    from utils.sweep.node import atomic_write_text
+
+    atomic_write_text(path, json.dumps([n.to_dict() for n in nodes], indent=1) + "\n")

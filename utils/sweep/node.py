@@ -1,0 +1,201 @@
+"""Run one sweep node: the real ``main-<METHOD>.py`` in a subprocess, exactly as a user would type it.
+
+``python -m utils.sweep.node NODE_DIR [RUNTIME FLAGS]`` (the local launcher) or :func:`run_node` inside a SLURM job
+(the submitit launcher). The node directory ``DIR/runs/<id>/`` holds ``node.json`` (the node), ``node.log`` (every
+attempt's output), ``status.json`` (state, exit code, error line, attempts) and the run directories the script
+creates under it (``--out_dir`` is the node directory). Under an exclusive lock on ``.lock``:
+
+* a run directory with ``results.json`` -> the node is finished, nothing is started;
+* a run directory with ``checkpoint.pth`` but no ``results.json`` (the run died) -> ``--resume <run dir>``;
+* otherwise a fresh run.
+
+Each attempt records its wall time and its peak memory: the maximum resident set size of the script's process
+(``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
+library, so the wrapper process costs no torch import.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_DIR_PREFIX = "Run directory: "
+#: the script process of the attempt in progress (so a preemption handler can stop it)
+CURRENT: dict[str, subprocess.Popen] = {}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temporary file, fsync, rename (as utils/rundir.py, which imports torch: this module must stay light)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def run_dirs(node_dir: Path, method: str, database: str) -> list[Path]:
+    """Run directories the node's script created (``<out_dir>/<method>/<database>/<tag>/``), oldest first."""
+    root = Path(node_dir) / method / database
+    found = [p.parent for p in root.glob("*/args.json")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def node_state(node_dir: Path, method: str, database: str) -> tuple[str, Path | None]:
+    """``("done", run dir)``, ``("resume", run dir)`` or ``("new", None)`` from the files on disk."""
+    dirs = run_dirs(node_dir, method, database)
+    done = [d for d in dirs if (d / "results.json").is_file()]
+    if done:
+        return "done", done[-1]
+    resumable = [d for d in dirs if (d / "checkpoint.pth").is_file()]
+    if resumable:
+        return "resume", resumable[-1]
+    return "new", None
+
+
+def load_node(node_dir: Path) -> dict:
+    return json.loads((Path(node_dir) / "node.json").read_text())
+
+
+def teacher_checkpoint(sweep_runs: Path, node: dict) -> Path | None:
+    """The ``best.pth`` of the node's teacher (None when the teacher has not finished)."""
+    if not node.get("teacher"):
+        return None
+    teacher_dir = Path(sweep_runs) / node["teacher"]
+    teacher = read_json(teacher_dir / "node.json")
+    if not teacher:
+        return None
+    state, run_dir = node_state(teacher_dir, teacher["method"], teacher["database"])
+    return run_dir / "best.pth" if state == "done" else None
+
+
+def fresh_command(node: dict, node_dir: Path, ckpt: str | None, runtime: list[str], python: str = "python") -> list[str]:
+    cmd = [python, node["script"], *node["args"]]
+    if node.get("teacher"):
+        cmd += ["--ckpt_name", str(ckpt)]
+    return cmd + ["--out_dir", str(node_dir), *runtime]
+
+
+def resume_command(node: dict, run_dir: Path, runtime: list[str], python: str = "python") -> list[str]:
+    return [python, node["script"], "--resume", str(run_dir), *runtime]
+
+
+def _error_line(text: str, rc: int) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1]
+    if rc < 0:
+        return f"killed by signal {signal.Signals(-rc).name}"
+    return lines[-1] if lines else f"exit code {rc}"
+
+
+def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | None = None) -> dict:
+    """Run (or skip, or resume) the node in ``node_dir``; returns and writes its ``status.json``."""
+    node_dir = Path(node_dir).resolve()
+    node = load_node(node_dir)
+    runtime = list(node.get("runtime", [])) + list(extra or [])
+    with open(node_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process per node, even across harness restarts
+        status = read_json(node_dir / "status.json", {}) or {}
+        attempts = list(status.get("attempts", []))
+        state, run_dir = node_state(node_dir, node["method"], node["database"])
+        if state == "done":
+            return _finish(node_dir, node, token, "done", 0, "", run_dir, attempts)
+        if state == "resume":
+            cmd = resume_command(node, run_dir, runtime, sys.executable)
+        else:
+            ckpt = teacher_checkpoint(node_dir.parent, node)
+            if node.get("teacher") and ckpt is None:
+                return _finish(node_dir, node, token, "failed", 1, f"teacher {node['teacher']} has not finished",
+                               None, attempts)
+            cmd = fresh_command(node, node_dir, str(ckpt), runtime, sys.executable)
+        log_path = node_dir / "node.log"
+        with open(log_path, "a") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            log.flush()
+            offset = log.tell()
+            started = time.time()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            CURRENT["proc"] = proc
+            try:
+                _, wait_status, usage = _wait4(proc.pid)
+            finally:
+                CURRENT.pop("proc", None)
+            rc = os.waitstatus_to_exitcode(wait_status)
+            proc.returncode = rc
+        wall = time.time() - started
+        with open(log_path) as handle:
+            handle.seek(offset)
+            output = handle.read()
+        attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                         "resumed": state == "resume", "rc": rc, "wall_s": round(wall, 2),
+                         "peak_mem_mb": round(usage.ru_maxrss / 1024.0, 1), "command": shlex.join(cmd)})
+        state, run_dir = node_state(node_dir, node["method"], node["database"])
+        if rc == 0 and state == "done":
+            return _finish(node_dir, node, token, "done", 0, "", run_dir, attempts)
+        return _finish(node_dir, node, token, "failed", rc or 1, _error_line(output, rc), run_dir, attempts)
+
+
+def _wait4(pid: int):
+    while True:
+        try:
+            return os.wait4(pid, 0)
+        except InterruptedError:  # a signal arrived (e.g. a preemption handler ran): keep waiting
+            continue
+
+
+def _finish(node_dir, node, token, state, rc, error, run_dir, attempts) -> dict:
+    status = {"id": node["id"], "state": state, "rc": rc, "error": error,
+              "run_dir": str(run_dir) if run_dir else None, "token": token, "attempts": attempts}
+    write_json(Path(node_dir) / "status.json", status)
+    if state == "done" and run_dir is not None:
+        # the harness's measurements beside the run's own files (read by the aggregation)
+        mine = [a for a in attempts if a.get("rc") is not None]
+        write_json(Path(run_dir) / "sweep.json", {
+            "node": node["id"], "attempts": attempts,
+            "peak_mem_mb": max((a["peak_mem_mb"] for a in mine), default=None),
+            "killed_attempts_wall_s": round(sum(a["wall_s"] for a in mine if a["rc"] != 0), 2)})
+    return status
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    token = None
+    if len(argv) >= 2 and argv[0] == "--token":
+        token, argv = argv[1], argv[2:]
+    node_dir, extra = argv[0], argv[1:]
+
+    def stop(signum, frame):  # pass a termination on to the script, then leave
+        proc = CURRENT.get("proc")
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    status = run_node(node_dir, extra, token)
+    return 0 if status["state"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""``table.md``, ``table.tex`` (booktabs) and ``table.png`` from the rows of ``table.csv``, in the paper's layout.
+
+One column per (database, student modality); rows grouped as the paper: teachers, no-KD, methods with a multimodal
+teacher, with a cross-modal teacher, teacher-free, MST-Distill. Cells are ``mean ± std`` of the headline metric in
+percent; per column the best student row is bold and the second underlined (teachers are not ranked); ``*`` marks a
+gain over no-KD with paired t-test p < 0.05 (with five seeds the two-sided Wilcoxon test cannot go below 0.0625, so
+the t-test is the marker; both p-values are in the difference table and ``table.csv``). Then the paired differences
+against no-KD, the cost (mean wall time and peak memory per run) and, for segmentation datasets, overall and average
+accuracy (OA, AA). A missing cell (a run that has not finished) is shown as ``–``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from utils.sweep.aggregate import GROUP_ORDER
+from utils.sweep.graph import BASELINE, TEACHER
+from utils.sweep.node import atomic_write_text
+
+GROUP_TITLES = {"teacher": "Teachers", "no-kd": "Without KD", "multimodal-teacher": "Multimodal teacher",
+                "crossmodal-teacher": "Cross-modal teacher", "teacher-free": "Teacher-free",
+                "MST-Distill": "MST-Distill", "other": "Other"}
+METRIC_NAMES = {"accuracy": "test accuracy", "mIoU": "test mIoU"}
+MISSING = "–"
+
+
+def row_key(method: str) -> str:
+    return f"{BASELINE}-other" if method.startswith(f"{BASELINE}-") else method
+
+
+def row_label(key: str) -> str:
+    return {TEACHER: "Teacher, multimodal (T)", f"{BASELINE}-other": "Teacher, cross-modal (S of the other mode)",
+            BASELINE: "w/o KD (S)"}.get(key, key)
+
+
+def _layout(table: list[dict]):
+    columns = list(dict.fromkeys((r["database"], r["mode"]) for r in table))
+    cells = {(row_key(r["method"]), r["database"], r["mode"]): r for r in table}
+    groups: dict[str, list[str]] = {}
+    for r in table:
+        keys = groups.setdefault(r["group"], [])
+        if row_key(r["method"]) not in keys:
+            keys.append(row_key(r["method"]))
+    ordered = [(g, groups[g]) for g in GROUP_ORDER if g in groups] + [(g, k) for g, k in groups.items()
+                                                                       if g not in GROUP_ORDER]
+    return columns, cells, ordered
+
+
+def _ranks(table, columns, cells, groups) -> dict:
+    """(row key, column) -> 1 (best) or 2 (second) among the student rows of each column."""
+    ranks = {}
+    for column in columns:
+        scored = [(cells[(k, *column)]["mean"], k) for g, keys in groups if g != "teacher" for k in keys
+                  if (k, *column) in cells and not math.isnan(cells[(k, *column)]["mean"])]
+        values = sorted({v for v, _ in scored}, reverse=True)
+        for value, key in scored:
+            if values and value == values[0]:
+                ranks[(key, column)] = 1
+            elif len(values) > 1 and value == values[1]:
+                ranks[(key, column)] = 2
+    return ranks
+
+
+def _pm(mean, std, signed=False) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return MISSING
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text + (f" ± {std:.2f}" if std is not None and not math.isnan(std) else "")
+
+
+def _p(value) -> str:
+    return MISSING if value is None or math.isnan(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
+
+
+def _significant(row) -> bool:
+    p = row.get("p_ttest")
+    return p is not None and not math.isnan(p) and p < 0.05 and row.get("delta_mean", 0) > 0
+
+
+def _seed_note(table) -> str:
+    ns = sorted({r["n"] for r in table})
+    if not ns:
+        return "no finished runs"
+    return f"n = {ns[0]} seeds" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds per cell (table.csv)"
+
+
+def _metric_note(table) -> str:
+    metrics = sorted({r.get("metric", "accuracy") for r in table})
+    return " / ".join(METRIC_NAMES.get(m, m) for m in metrics) + " (%)"
+
+
+def tables(table: list[dict]) -> list[dict]:
+    """The report's tables as plain data: title, header, grouped rows of (label, cells, styles)."""
+    columns, cells, groups = _layout(table)
+    header = [f"{d} {m}" for d, m in columns]
+    ranks = _ranks(table, columns, cells, groups)
+    out = []
+
+    def grid(title, cell_of, style=False, skip=()):
+        body = []
+        for group, keys in groups:
+            rows = []
+            for key in keys:
+                if key in skip:
+                    continue
+                row_cells, styles = [], []
+                for column in columns:
+                    r = cells.get((key, *column))
+                    row_cells.append(cell_of(r) if r is not None else MISSING)
+                    styles.append(ranks.get((key, column), 0) if style and r is not None else 0)
+                rows.append((row_label(key), row_cells, styles))
+            if rows:
+                body.append((GROUP_TITLES.get(group, group), rows))
+        out.append({"title": title, "header": header, "groups": body})
+
+    grid(f"Comparison: {_metric_note(table)}, mean ± std over seeds, {_seed_note(table)}; best bold, second "
+         f"underlined; * paired t-test gain over w/o KD, p < 0.05",
+         lambda r: _pm(r["mean"], r["std"]) + (" *" if _significant(r) and r["group"] != "teacher" else ""),
+         style=True)
+    grid("Paired difference against w/o KD (same seed), percentage points: mean ± std, (t-test p; Wilcoxon p; "
+         "wins/losses/ties)",
+         lambda r: (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} ({_p(r['p_ttest'])}; "
+                    f"{_p(r['p_wilcoxon'])}; {r['wins']}/{r['losses']}/{r['ties']})") if r.get("n_paired", 1)
+         else MISSING, skip=(BASELINE,))
+    grid("Cost per run: mean wall time (s) / peak memory of the run's process (MB, host RSS)",
+         lambda r: f"{r['wall_time_s']:.1f} s / " + (MISSING if math.isnan(r["peak_mem_mb"]) else
+                                                      f"{r['peak_mem_mb']:.0f} MB"))
+    for extra, name in (("accuracy", "OA: overall accuracy"), ("average_accuracy", "AA: average accuracy")):
+        if any(r.get("metric") not in (None, "accuracy") for r in table):
+            grid(f"{name} (%), datasets whose headline is mIoU",
+                 lambda r, e=extra: _pm(*r[f"_{e}"]) if r.get("metric") != "accuracy" and f"_{e}" in r else MISSING)
+    return out
+
+
+def to_markdown(report: list[dict]) -> str:
+    parts = []
+    for t in report:
+        lines = [f"**{t['title']}**", "", "| method | " + " | ".join(t["header"]) + " |",
+                 "|---|" + "---|" * len(t["header"])]
+        for group, rows in t["groups"]:
+            lines.append(f"| *{group}* |" + " |" * len(t["header"]))
+            for label, cells, styles in rows:
+                shown = [f"**{c}**" if s == 1 else f"<u>{c}</u>" if s == 2 else c for c, s in zip(cells, styles)]
+                lines.append(f"| {label} | " + " | ".join(shown) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("–", "--"), ("<", r"$<$"), (">", r"$>$")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(report: list[dict]) -> str:
+    parts = ["% booktabs tables written by reproduce.py; \\usepackage{booktabs}"]
+    for t in report:
+        ncol = len(t["header"])
+        lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{_tex_escape(t['title'])}}}",
+                 r"\begin{tabular}{l" + "c" * ncol + "}", r"\toprule",
+                 "Method & " + " & ".join(_tex_escape(h) for h in t["header"]) + r" \\", r"\midrule"]
+        for index, (group, rows) in enumerate(t["groups"]):
+            if index:
+                lines.append(r"\midrule")
+            lines.append(f"\\multicolumn{{{ncol + 1}}}{{l}}{{\\textit{{{_tex_escape(group)}}}}} \\\\")
+            for label, cells, styles in rows:
+                shown = [f"\\textbf{{{_tex_escape(c)}}}" if s == 1 else f"\\underline{{{_tex_escape(c)}}}" if s == 2
+                         else _tex_escape(c) for c, s in zip(cells, styles)]
+                lines.append(f"{_tex_escape(label)} & " + " & ".join(shown) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(table: list[dict], path: Path) -> None:
+    """Per column, every student row as a point with its std as error bar; no-KD's mean as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns, cells, groups = _layout(table)
+    keys = [k for g, ks in groups if g != "teacher" for k in ks]
+    if not columns or not keys:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center")
+        ax.axis("off")
+    else:
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 0.3 * len(keys) + 1.6), sharey=True,
+                                 squeeze=False)
+        for ax, column in zip(axes[0], columns):
+            ys = list(range(len(keys)))[::-1]
+            for y, key in zip(ys, keys):
+                r = cells.get((key, *column))
+                if r is None:
+                    continue
+                std = r["std"] if not math.isnan(r["std"]) else 0.0
+                ax.errorbar(r["mean"], y, xerr=std, fmt="o", color="C3" if key == "MST-Distill" else "C0", capsize=3)
+            base = cells.get((BASELINE, *column))
+            if base is not None:
+                ax.axvline(base["mean"], color="0.4", linestyle="--", linewidth=1, label="w/o KD")
+            ax.set_yticks(ys)
+            ax.set_yticklabels([row_label(k) if k != BASELINE else "w/o KD" for k in keys])
+            ax.set_title(f"{column[0]} {column[1]}")
+            ax.set_xlabel(_metric_note([r for r in table if (r["database"], r["mode"]) == column]))
+            ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_reports(sweep: Path, table: list[dict]) -> None:
+    report = tables(table)
+    atomic_write_text(Path(sweep) / "table.md", to_markdown(report))
+    atomic_write_text(Path(sweep) / "table.tex", to_latex(report))
+    plot(table, Path(sweep) / "table.png")

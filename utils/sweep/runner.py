@@ -1,0 +1,368 @@
+"""``reproduce.py``: parse the sweep's flags, build the graph, run it in dependency order, aggregate.
+
+Execution: at most ``--jobs`` nodes at once, a node starts when its teacher has finished; a failed node's
+dependents are marked skipped with the reason and the rest go on. ``--launcher local`` runs each node as
+``python -m utils.sweep.node`` (its own process, which runs the real script: killing the harness, even with
+SIGKILL, loses nothing, and a re-run waits for a node still running); ``--launcher submitit`` submits each node as
+a job through submitit (SLURM), requeued and resumed from its checkpoint when preempted or timed out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.sweep import node as node_mod
+from utils.sweep.graph import Node, build_graph, comparison_methods, write_graph
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see reproduce.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reproduce.py", description=(
+        "Run the comparison sweep (teachers, no-KD baselines, every method, modes, seeds) as a dependency graph "
+        "and aggregate it into tables with paired statistics. Flags after -- go to every run whose script "
+        "accepts them."))
+    parser.add_argument("--database", nargs="+", default=["Synthetic-MVD"], metavar="NAME",
+                        help="datasets (default: %(default)s)")
+    parser.add_argument("--modes", nargs="+", default=["m1", "m2"], help="student modalities (default: m1 m2)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                        help="methods (default: every method of the comparison table)")
+    parser.add_argument("--jobs", type=int, default=1, help="nodes run at once (default: %(default)s)")
+    parser.add_argument("--out_dir", default=None,
+                        help="sweep directory; runs live under DIR/runs (default: runs/sweeps/<databases>)")
+    parser.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                        help="devices given to the running nodes, one each (e.g. cuda:0 cuda:1; default: the "
+                             "scripts' --device auto)")
+    parser.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                        help="local processes, or SLURM jobs through submitit (default: %(default)s)")
+    parser.add_argument("--dry_run", action="store_true", help="print the graph and the commands, run nothing")
+    parser.add_argument("--aggregate", action="store_true",
+                        help="only rebuild runs.csv, table.* from the run directories under --out_dir")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD:--flag=value", dest="sets",
+                        help="a flag for one method's runs only (repeatable; METHOD may be T or S)")
+    slurm = parser.add_argument_group("submitit launcher")
+    slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    slurm.add_argument("--time", type=int, default=240, help="time limit per job in minutes (default: %(default)s)")
+    slurm.add_argument("--gpus_per_job", type=int, default=0,
+                       help="GPUs per job; runs get --device cuda when > 0 (default: %(default)s)")
+    slurm.add_argument("--cpus_per_job", type=int, default=None,
+                       help="CPUs per job, also the runs' --threads (default: cores / --jobs)")
+    slurm.add_argument("--cluster", choices=["auto", "slurm", "local"], default="auto",
+                       help="submitit executor: auto-detected, SLURM, or local processes (default: %(default)s)")
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        at = argv.index("--")
+        argv, run_flags = argv[:at], argv[at + 1:]
+    else:
+        run_flags = []
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        raise UserError("--jobs must be >= 1")
+    if args.out_dir is None:
+        args.out_dir = os.path.join("runs", "sweeps", "+".join(args.database))
+    args.out_dir = str(Path(args.out_dir).resolve())
+    return args, run_flags
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, run_flags = parse(argv)
+        if args.aggregate:
+            from utils.sweep.aggregate import write_all
+
+            write_all(Path(args.out_dir), log=print)
+            print(f"Sweep directory: {args.out_dir}")
+            return 0
+        return run_sweep(args, run_flags)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+
+
+# -- the sweep --------------------------------------------------------------------------------------------------
+def prepare(args, run_flags) -> tuple[Path, list[Node]]:
+    """Build the graph, write ``graph.json``, ``node.json`` files and ``commands.sh``."""
+    if args.devices and any(f.split("=")[0] in ("--device", "--cuda_id") for f in run_flags):
+        raise UserError("--devices and a --device flag after -- conflict; pass one of them")
+    jobs = args.jobs
+    if args.launcher == "submitit" and args.cpus_per_job:
+        run_flags = [*run_flags, "--threads", str(args.cpus_per_job)] if "--threads" not in run_flags else run_flags
+    if args.launcher == "submitit" and args.gpus_per_job > 0 and "--device" not in run_flags:
+        run_flags = [*run_flags, "--device", "cuda"]
+    nodes = build_graph(args.database, args.modes, args.seeds, args.methods, run_flags, args.sets, jobs)
+    sweep = Path(args.out_dir)
+    return sweep, nodes
+
+
+def write_node_files(sweep: Path, nodes: list[Node]) -> None:
+    runs = sweep / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    write_graph(nodes, sweep / "graph.json")
+    for node in nodes:
+        node_dir = runs / node.id
+        node_dir.mkdir(exist_ok=True)
+        if node_mod.read_json(node_dir / "node.json") != node.to_dict():
+            node_mod.write_json(node_dir / "node.json", node.to_dict())
+    write_commands(sweep, nodes)
+
+
+def display_command(sweep: Path, node: Node, for_shell: bool = True) -> str:
+    """The command a user would type for the node (``--ckpt_name`` resolved when its teacher has finished)."""
+    runs = sweep / "runs"
+    ckpt = node_mod.teacher_checkpoint(runs, node.to_dict()) if node.teacher else None
+    cmd = node_mod.fresh_command(node.to_dict(), runs / node.id, "@CKPT@", node.runtime, "python")
+    text = shlex.join(cmd)
+    if node.teacher:
+        lookup = (shlex.quote(str(ckpt)) if ckpt is not None
+                  else f'"$(best {shlex.quote(str(runs / node.teacher))})"' if for_shell
+                  else f"<best.pth of {node.teacher}>")
+        text = text.replace("@CKPT@", lookup)
+    return text
+
+
+def write_commands(sweep: Path, nodes: list[Node]) -> None:
+    lines = ["#!/usr/bin/env bash",
+             "# The sweep's runs in dependency order, as reproduce.py runs them (from the repository root).",
+             "# A teacher's best.pth is looked up in its node directory where it had not finished when this",
+             "# file was written. reproduce.py also resumes killed runs and skips finished ones; this file does not.",
+             "set -euo pipefail",
+             'best() { ls -t "$1"/*/*/*/results.json | head -n 1 | sed "s/results.json$/best.pth/"; }', ""]
+    for node in nodes:
+        lines.append(f"# {node.id}")
+        lines.append(display_command(sweep, node))
+    node_mod.atomic_write_text(sweep / "commands.sh", "\n".join(lines) + "\n")
+    os.chmod(sweep / "commands.sh", 0o755)
+
+
+def run_sweep(args, run_flags) -> int:
+    sweep, nodes = prepare(args, run_flags)
+    if args.dry_run:
+        by_id = {n.id: n for n in nodes}
+        print(f"{len(nodes)} nodes:")
+        for node in nodes:
+            after = f"  <- {by_id[node.teacher].label}" if node.teacher else ""
+            print(f"  {node.label} [{node.role}]{after}")
+        print("Commands (dependency order):")
+        for node in nodes:
+            print(display_command(sweep, node, for_shell=False))
+        print(f"Sweep directory: {sweep}")
+        return 0
+    write_node_files(sweep, nodes)
+    launcher = (SubmititLauncher(sweep, args) if args.launcher == "submitit" else LocalLauncher(sweep, args.devices))
+    ok = Scheduler(sweep, nodes, launcher, args.jobs).run()
+    write_commands(sweep, nodes)  # now with the teachers' real checkpoint paths
+    from utils.sweep.aggregate import write_all
+
+    write_all(sweep, log=print)
+    print(f"Sweep directory: {sweep}")
+    return 0 if ok else 1
+
+
+class Scheduler:
+    """Dependency-ordered execution with at most ``jobs`` nodes in flight."""
+
+    def __init__(self, sweep: Path, nodes: list[Node], launcher, jobs: int, poll_s: float = 0.2):
+        self.sweep, self.nodes, self.launcher, self.jobs, self.poll_s = sweep, nodes, launcher, jobs, poll_s
+        self.state: dict[str, str] = {}
+        self.reason: dict[str, str] = {}
+        self.children: dict[str, list[str]] = {n.id: [] for n in nodes}
+        for node in nodes:
+            for dep in node.deps:
+                self.children[dep].append(node.id)
+
+    def _skip_dependents(self, node_id: str, why: str, bar) -> None:
+        for child in self.children[node_id]:
+            if self.state.get(child) in (None, "pending"):
+                self.state[child] = "skipped"
+                self.reason[child] = why
+                self._line(bar, "skipped", self._node(child), why)
+                self._skip_dependents(child, why, bar)
+
+    def _node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    @staticmethod
+    def _line(bar, what: str, node: Node, detail: str = "") -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"{what:8s} {node.label}" + (f": {detail}" if detail else ""), file=sys.stdout)
+
+    def run(self) -> bool:
+        from tqdm import tqdm
+
+        runs = self.sweep / "runs"
+        earlier = 0
+        for node in self.nodes:
+            state, _ = node_mod.node_state(runs / node.id, node.method, node.database)
+            self.state[node.id] = "done" if state == "done" else "pending"
+            earlier += state == "done"
+        if earlier:
+            print(f"{earlier} of {len(self.nodes)} nodes finished earlier (skipped)")
+        running: dict[str, object] = {}
+        bar = tqdm(total=len(self.nodes), initial=earlier, desc="sweep", unit="run", dynamic_ncols=True,
+                   file=sys.stderr)
+
+        def counts():
+            values = list(self.state.values())
+            return dict(done=values.count("done"), running=len(running), failed=values.count("failed"),
+                        skipped=values.count("skipped"))
+
+        bar.set_postfix(counts())
+        try:
+            while True:
+                for node in self.nodes:
+                    if len(running) >= self.jobs:
+                        break
+                    if self.state[node.id] != "pending":
+                        continue
+                    if all(self.state[d] == "done" for d in node.deps):
+                        running[node.id] = self.launcher.start(node)
+                        self.state[node.id] = "running"
+                        bar.set_postfix(counts())
+                for node_id, handle in list(running.items()):
+                    status = self.launcher.poll(handle)
+                    if status is None:
+                        continue
+                    del running[node_id]
+                    self.launcher.release(handle)
+                    node = self._node(node_id)
+                    if status.get("state") == "done":
+                        self.state[node_id] = "done"
+                        self._line(bar, "done", node, _summary(status))
+                    else:
+                        self.state[node_id] = "failed"
+                        self.reason[node_id] = status.get("error", "")
+                        self._line(bar, "FAILED", node, f"{status.get('error', '')} (log: "
+                                   f"{runs / node_id / 'node.log'})")
+                        self._skip_dependents(node_id, f"teacher {node.label} failed", bar)
+                    bar.n = sum(1 for v in self.state.values() if v in ("done", "failed", "skipped"))
+                    bar.set_postfix(counts())
+                    bar.refresh()
+                if not running and not any(v == "pending" for v in self.state.values()):
+                    break
+                time.sleep(self.poll_s)
+        finally:
+            bar.close()
+        final = counts()
+        print(f"Nodes: {final['done']} done, {final['failed']} failed, {final['skipped']} skipped "
+              f"(of {len(self.nodes)})")
+        return final["done"] == len(self.nodes)
+
+
+def _summary(status: dict) -> str:
+    attempts = status.get("attempts") or []
+    if not attempts or status.get("rc") is None:
+        return "finished"
+    last = attempts[-1]
+    return f"{last['wall_s']:.1f} s, {last['peak_mem_mb']:.0f} MB" + (" (resumed)" if last.get("resumed") else "")
+
+
+# -- launchers --------------------------------------------------------------------------------------------------
+class LocalLauncher:
+    """Each node in its own ``python -m utils.sweep.node`` process; ``devices`` handed out least-used first."""
+
+    def __init__(self, sweep: Path, devices: list[str] | None):
+        self.sweep = sweep
+        self.devices = {d: 0 for d in (devices or [])}
+
+    def start(self, node: Node):
+        extra, device = [], None
+        if self.devices:
+            device = min(self.devices, key=lambda d: self.devices[d])
+            self.devices[device] += 1
+            extra = ["--device", device]
+        token = uuid.uuid4().hex
+        cmd = [sys.executable, "-m", "utils.sweep.node", "--token", token, str(self.sweep / "runs" / node.id), *extra]
+        proc = subprocess.Popen(cmd, cwd=node_mod.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return {"proc": proc, "node": node, "token": token, "device": device}
+
+    def poll(self, handle) -> dict | None:
+        rc = handle["proc"].poll()
+        if rc is None:
+            return None
+        status = node_mod.read_json(self.sweep / "runs" / handle["node"].id / "status.json", {}) or {}
+        if status.get("token") != handle["token"]:
+            return {"state": "failed", "rc": rc, "error": f"node process ended with code {rc} before recording"}
+        return status
+
+    def release(self, handle) -> None:
+        if handle["device"] is not None:
+            self.devices[handle["device"]] -= 1
+
+
+class NodeJob:
+    """The callable of one submitit job: runs the node (fresh, resumed or skipped) and returns its status.
+
+    On preemption or time-out submitit calls :meth:`checkpoint`: the script is stopped (its last
+    ``checkpoint.pth`` is complete, files are written atomically) and the same job is requeued; the requeued job
+    finds the checkpoint and continues with ``--resume``.
+    """
+
+    def __init__(self, node_dir: str, extra: list[str], token: str):
+        self.node_dir, self.extra, self.token = node_dir, extra, token
+
+    def __call__(self) -> dict:
+        return node_mod.run_node(self.node_dir, self.extra, self.token)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        proc = node_mod.CURRENT.get("proc")
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return submitit.helpers.DelayedSubmission(NodeJob(self.node_dir, self.extra, self.token))
+
+
+class SubmititLauncher:
+    """Every node as one job of a submitit executor (SLURM, or local processes with ``--cluster local``)."""
+
+    def __init__(self, sweep: Path, args):
+        try:
+            import submitit
+        except ImportError:
+            raise UserError("--launcher submitit needs the optional package submitit: pip install submitit") from None
+        cluster = None if args.cluster == "auto" else args.cluster
+        self.executor = submitit.AutoExecutor(folder=str(sweep / "submitit" / "%j"), cluster=cluster)
+        params = {"timeout_min": args.time, "name": "mstd-sweep", "gpus_per_node": args.gpus_per_job or None,
+                  "cpus_per_task": args.cpus_per_job}
+        if args.partition:
+            params["slurm_partition"] = args.partition
+        self.executor.update_parameters(**params)
+        self.sweep = sweep
+
+    def start(self, node: Node):
+        token = uuid.uuid4().hex
+        job = self.executor.submit(NodeJob(str(self.sweep / "runs" / node.id), [], token))
+        return {"job": job, "node": node, "token": token}
+
+    def poll(self, handle) -> dict | None:
+        job = handle["job"]
+        if not job.done():
+            return None
+        try:
+            return job.result()
+        except Exception as error:  # noqa: BLE001 - a job that died is a failed node, reported with its line
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            return {"state": "failed", "rc": 1, "error": f"submitit job {job.job_id}: {lines[-1] if lines else error}"}
+
+    def release(self, handle) -> None:
+        pass
