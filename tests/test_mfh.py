@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from datasets.synthetic import MVDConfig, draw_label_weights, sample_mvd
 from kd_methods import feature_ranking as fr
-from kd_methods import mfh
+from kd_methods import mfh_experiments as experiments
+from kd_methods import mfh_lab as lab
 from models import build_model
 from utils.hooks import active_hook_count
 
@@ -45,13 +46,13 @@ def test_mvd_ratios(dims):
 
 def test_mvd_paper_settings():
     # Fig. 2: gamma = 0, .11, .25, .43, .67, 1 with alpha = beta = (1 - gamma) / 2 (App. B.2)
-    gammas = [MVDConfig(25, 50, 10, 10, s).gamma for s in mfh.GAMMA_OVERLAPS]
+    gammas = [MVDConfig(25, 50, 10, 10, s).gamma for s in lab.GAMMA_OVERLAPS]
     assert np.allclose(gammas, [0, 2 / 18, 4 / 16, 6 / 14, 8 / 12, 1])
-    for s in mfh.GAMMA_OVERLAPS:
+    for s in lab.GAMMA_OVERLAPS:
         c = MVDConfig(25, 50, 10, 10, s)
         assert c.alpha == pytest.approx((1 - c.gamma) / 2) and c.beta == pytest.approx((1 - c.gamma) / 2)
     # Table 2 rows: gamma = xs2 / (xs1 + xs2), beta = 0
-    for gamma, xs1, xs2 in mfh.TABLE2_ROWS:
+    for gamma, xs1, xs2 in lab.TABLE2_ROWS:
         c = MVDConfig(50, 50, xs1 + xs2, xs2, xs2)
         assert c.gamma == pytest.approx(gamma, abs=0.01) and c.beta == 0
 
@@ -84,10 +85,10 @@ def test_mvd_column_placement_and_labels(delta):
 def test_hidden_decisive_features():
     """gamma/alpha with --hidden_decisive: the label depends on decisive features neither modality observes."""
     rng = np.random.RandomState(0)
-    config = mfh._hidden_config(25, 50, 10, 10, 4, 4)
+    config = lab.hidden_config(25, 50, 10, 10, 4, 4)
     assert config.num_decisive == 20  # App. B.2: d = 20 for every overlap
     weights = draw_label_weights(config, np.random.RandomState(1))
-    x_a, x_b, y = mfh.sample_hidden(25, 50, 10, 10, 4, 4, 300, rng, weights)
+    x_a, x_b, y = lab.sample_hidden(25, 50, 10, 10, 4, 4, 300, rng, weights)
     assert x_a.shape == (300, 25) and x_b.shape == (300, 50)
     x_star = _decisive(config, 300, 0)
     np.testing.assert_array_equal(x_a[:, 6:10], x_b[:, :4])  # the 4 shared columns
@@ -103,7 +104,7 @@ def test_hidden_decisive_features():
 def test_table2_layout_puts_shared_first():
     config = MVDConfig(50, 50, 15, 5, 5)
     x_a, x_b, _ = sample_mvd(config, 100, np.random.RandomState(0), draw_label_weights(config, None, "ones"))
-    laid = mfh.table2_layout(config, x_a)
+    laid = lab.table2_layout(config, x_a)
     np.testing.assert_array_equal(laid[:, :5], x_b[:, :5])
     assert sorted(map(tuple, laid.T.tolist())) == sorted(map(tuple, x_a.T.tolist()))  # a permutation of columns
 
@@ -112,7 +113,7 @@ def test_table2_layout_puts_shared_first():
 # batched logistic regressions
 # ---------------------------------------------------------------------------------------------------------------
 def test_init_logreg_matches_nn_linear():
-    weight, bias = mfh.init_logreg(17, [torch.Generator().manual_seed(s) for s in (3, 4)])
+    weight, bias = lab.init_logreg(17, [torch.Generator().manual_seed(s) for s in (3, 4)])
     for run, seed in enumerate((3, 4)):
         torch.manual_seed(seed)
         layer = nn.Linear(17, 2)
@@ -143,8 +144,8 @@ def test_fit_logreg_equals_autograd(kd):
     torch.manual_seed(0)
     x, y = torch.randn(3, 40, 6), torch.randint(0, 2, (3, 40))
     probs = torch.softmax(torch.randn(3, 40, 2), 2) if kd else None
-    params = mfh.init_logreg(6, [torch.Generator().manual_seed(s) for s in range(3)])
-    ours = mfh.fit_logreg(params, x, y, 25, teacher_probs=probs)
+    params = lab.init_logreg(6, [torch.Generator().manual_seed(s) for s in range(3)])
+    ours = lab.fit_logreg(params, x, y, 25, teacher_probs=probs)
     theirs = _autograd_fit(params, x, y, 25, 0.1, probs)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -154,8 +155,8 @@ def test_fit_joint_equals_autograd():
     torch.manual_seed(1)
     xa, xb, y = torch.randn(2, 30, 5), torch.randn(2, 30, 4), torch.randint(0, 2, (2, 30))
     gens = [torch.Generator().manual_seed(s) for s in range(2)]
-    pa, pb = mfh.init_logreg(5, gens), mfh.init_logreg(4, gens)
-    ours = mfh.fit_joint(pa, pb, xa, xb, y, 20)
+    pa, pb = lab.init_logreg(5, gens), lab.init_logreg(4, gens)
+    ours = lab.fit_joint(pa, pb, xa, xb, y, 20)
     params = [p.clone().requires_grad_() for p in (*pa, *pb)]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     for _ in range(20):
@@ -185,8 +186,8 @@ def test_algorithm1_ranks_shared_columns_first():
         x_a, x_b, y = sample_mvd(config, 200, rng, draw_label_weights(config, rng, "ones"))
         xa, xb, yt = (torch.from_numpy(v).unsqueeze(0) for v in (x_a, x_b, y))
         gens = [torch.Generator().manual_seed(seed)]
-        (wa, ba), (wb, bb) = mfh.fit_joint(mfh.init_logreg(50, gens), mfh.init_logreg(50, gens), xa, xb, yt, 1000)
-        salience = fr.channel_salience(mfh._RunLinear(wa[0], ba[0]), mfh._RunLinear(wb[0], bb[0]), xa[0], xb[0],
+        (wa, ba), (wb, bb) = lab.fit_joint(lab.init_logreg(50, gens), lab.init_logreg(50, gens), xa, xb, yt, 1000)
+        salience = fr.channel_salience(lab.RunLinear(wa[0], ba[0]), lab.RunLinear(wb[0], bb[0]), xa[0], xb[0],
                                        None, repeats=30, generator=torch.Generator().manual_seed(seed))
         order = torch.argsort(salience, descending=True).tolist()
         assert shared <= set(order[:8]), (seed, order[:8])  # robust: every shared column near the top
@@ -372,7 +373,7 @@ def test_select_channels():
 # main-MFH.py smoke runs
 # ---------------------------------------------------------------------------------------------------------------
 def _run(argv, tmp_path, capsys) -> Path:
-    mfh.main(argv + ["--out_dir", str(tmp_path), "--device", "cpu"])
+    experiments.main(argv + ["--out_dir", str(tmp_path), "--device", "cpu"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[-1].startswith("Run directory: ")
     path = Path(lines[-1].split(": ", 1)[1])
@@ -389,7 +390,7 @@ def test_smoke_sweeps(exp, tmp_path, capsys):
     for suffix in ("csv", "md", "png"):
         assert (path / f"{exp}.{suffix}").stat().st_size > 0
     rows = (path / f"{exp}.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * (len(mfh.GAMMA_OVERLAPS) if exp == "gamma" else len(mfh.ALPHA_EXCLUSIVE))
+    assert len(rows) == 1 + 2 * (len(lab.GAMMA_OVERLAPS) if exp == "gamma" else len(lab.ALPHA_EXCLUSIVE))
 
 
 def test_smoke_table2(tmp_path, capsys):
@@ -397,8 +398,8 @@ def test_smoke_table2(tmp_path, capsys):
     text = (path / "table2.md").read_text()
     assert "meets target" in text and "89.70" in text and "alg1" in text and "random" in text
     results = json.loads((path / "results.json").read_text())
-    assert len(results["rows"]) == len(mfh.TABLE2_ROWS)
-    assert len((path / "table2.csv").read_text().splitlines()) == 1 + 2 * len(mfh.TABLE2_ROWS)
+    assert len(results["rows"]) == len(lab.TABLE2_ROWS)
+    assert len((path / "table2.csv").read_text().splitlines()) == 1 + 2 * len(lab.TABLE2_ROWS)
 
 
 def test_smoke_rank(tmp_path, capsys):
@@ -441,8 +442,8 @@ def test_smoke_rank_from_checkpoints(tmp_path, capsys):
     assert results["model_a"] == "MVD-MLP-m1" and results["model_b"] == "MVD-MLP-m2" and results["layer"] == "fc2"
     assert torch.load(path / "salience.pt", weights_only=True)["salience"].shape == (32,)
     with pytest.raises(SystemExit) as exit_info:  # a checkpoint that does not fit the named model
-        mfh.main(["--exp", "rank", "--ckpt_a", str(ckpts[0]), "--ckpt_b", str(ckpts[1]), "--model_a", "MVD-LR-m1",
-                  "--mvd_samples", "300", "--out_dir", str(tmp_path)])
+        experiments.main(["--exp", "rank", "--ckpt_a", str(ckpts[0]), "--ckpt_b", str(ckpts[1]),
+                          "--model_a", "MVD-LR-m1", "--mvd_samples", "300", "--out_dir", str(tmp_path)])
     assert exit_info.value.code == 2
 
 
@@ -451,7 +452,7 @@ def test_smoke_rank_from_checkpoints(tmp_path, capsys):
                                   ["--exp", "table2", "--runs", "0"]])
 def test_bad_input_exits_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        mfh.main(argv + ["--out_dir", str(tmp_path)])
+        experiments.main(argv + ["--out_dir", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
@@ -459,5 +460,6 @@ def test_bad_input_exits_2(argv, tmp_path, capsys):
 
 
 def test_paper_table_constants():
-    assert set(mfh.PAPER_TABLE2) == {g for g, _, _ in mfh.TABLE2_ROWS}
-    assert all(math.isclose(mfh.PAPER_TABLE2[0.50][i], v) for i, v in enumerate((89.62, 73.41, 67.64, 67.86, 70.25)))
+    assert set(experiments.PAPER_TABLE2) == {g for g, _, _ in lab.TABLE2_ROWS}
+    assert all(math.isclose(experiments.PAPER_TABLE2[0.50][i], v)
+               for i, v in enumerate((89.62, 73.41, 67.64, 67.86, 70.25)))

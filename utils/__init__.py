@@ -11,6 +11,13 @@ def main(method_name: str, argv=None):
     return _main(method_name, argv)
 
 
+def mfh_main(argv=None):
+    """Entry point of ``main-MFH.py``: the MFH experiments (:mod:`kd_methods.mfh_experiments`)."""
+    from kd_methods.mfh_experiments import main as _main
+
+    return _main(argv)
+
+
 def indices_main(argv=None):
     """Entry point of ``indices_gen.py``."""
     from utils.engine import indices_main as _indices_main
