@@ -1,11 +1,14 @@
-"""NYU-Depth-V2 segmentation models of the FuseNet family (models-and-data.md §3.5): the RGB-D teacher
+"""NYU-Depth-V2 segmentation models of the FuseNet family (Hazirbas et al., ACCV 2016): the RGB-D teacher
 ``FuseNet-I`` and the single-stream students ``FuseNet-RGBbranch`` / ``FuseNet-Dbranch``.
 
 All three are VGG-16-shaped SegNet-style encoder-decoders with max-unpooling. Submodule names, registration
 order and the unused modules of the reference (``pool3_d``, ``pool5_d``, ``penultimate_identity``...) are kept
 so reference checkpoints load with ``strict=True`` and hook paths stay valid. No pretrained weights are used:
-the reference overwrote its VGG-16 weights with a small Xavier init (§3.5.4), which :func:`init_fusenet_`
-reproduces.
+the reference copied torchvision's ImageNet VGG-16 convs into its encoders, then overwrote every conv and batch
+norm with a small Xavier init, which :func:`init_fusenet_` reproduces. Its construction still consumed random
+numbers (torchvision builds VGG-16 with default-initialised layers before loading the weights); the builders
+replay those draws (:func:`replay_vgg16_construction_draws`), so that for the same ``--seed`` the networks, and
+everything built after them (MaskNets, GateNet), start from the reference's values.
 """
 from __future__ import annotations
 
@@ -40,20 +43,70 @@ DECODER_STAGES = (
 )
 
 
-def conv_bn_relu(channels, inplace: bool = True) -> nn.Sequential:
-    """[Conv3x3, BN, ReLU] per (in, out) pair, flat, so conv ``i`` sits at Sequential index ``3 * i``."""
+#: torchvision VGG-16's classifier, (in, out) per linear layer (1000 ImageNet classes)
+VGG16_CLASSIFIER = ((512 * 7 * 7, 4096), (4096, 4096), (4096, 1000))
+_DRAW_CHUNK = 1 << 20
+
+
+def vgg16_construction_draws() -> int:
+    """32-bit random draws consumed by ``torchvision.models.vgg16(weights=VGG16_Weights.DEFAULT)``.
+
+    With weights, torchvision skips its own init (``init_weights=False``), so the draws are those of each layer's
+    default reset: a Kaiming-uniform weight and a uniform bias, one 32-bit draw per element (138 357 544 in all).
+    """
+    convs = sum(c_in * c_out * 9 + c_out for stage in VGG16_STAGES for c_in, c_out in stage)
+    return convs + sum(c_in * c_out + c_out for c_in, c_out in VGG16_CLASSIFIER)
+
+
+def replay_draws(count: int) -> None:
+    """Advance torch's default CPU generator by ``count`` 32-bit draws, as ``count`` float32 ``uniform_`` draws do.
+
+    Full-range int64 ``random_`` takes two 32-bit draws per element, which halves the cost (about 0.35 s per
+    VGG-16 on one core against 1.7 s for building the network); ``tests/test_fusenet_init.py`` checks the state
+    against a real torchvision construction.
+    """
+    pairs, odd = divmod(count, 2)
+    buffer = torch.empty(min(pairs, _DRAW_CHUNK), dtype=torch.int64, device="cpu")
+    while pairs:
+        step = min(pairs, _DRAW_CHUNK)
+        buffer[:step].random_()
+        pairs -= step
+    if odd:
+        torch.empty(1, device="cpu").uniform_()
+
+
+def replay_vgg16_construction_draws() -> None:
+    """The random numbers the reference consumed building one torchvision VGG-16 (its weights were then loaded and,
+    in the end, overwritten): replayed so that what is built afterwards gets the reference's values."""
+    replay_draws(vgg16_construction_draws())
+
+
+def conv_bn_relu(channels, inplace: bool = True, fresh=None) -> nn.Sequential:
+    """[Conv3x3, BN, ReLU] per (in, out) pair, flat, so conv ``i`` sits at Sequential index ``3 * i``.
+
+    ``fresh[i]`` False builds conv ``i`` without drawing its default init (the reference deep-copied it from a
+    VGG-16 instead of creating it); :func:`init_fusenet_` sets every conv afterwards either way.
+    """
     layers = []
-    for c_in, c_out in channels:
-        layers += [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.BatchNorm2d(c_out, momentum=BN_MOMENTUM),
-                   nn.ReLU(inplace=inplace)]
+    for i, (c_in, c_out) in enumerate(channels):
+        if fresh is None or fresh[i]:
+            conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
+        else:
+            conv = torch.nn.utils.skip_init(nn.Conv2d, c_in, c_out, kernel_size=3, padding=1)
+        layers += [conv, nn.BatchNorm2d(c_out, momentum=BN_MOMENTUM), nn.ReLU(inplace=inplace)]
     return nn.Sequential(*layers)
 
 
 def encoder_block(stage: int, depth: bool = False) -> nn.Sequential:
+    """One encoder stage. Its convs are copies of VGG-16's in the reference (no draws), except the depth stream's
+    first conv (1 input channel), which the reference created after building a second VGG-16 for it."""
     channels = list(VGG16_STAGES[stage - 1])
+    fresh = [False] * len(channels)
     if depth and stage == 1:
         channels[0] = (1, channels[0][1])
-    return conv_bn_relu(channels)
+        replay_vgg16_construction_draws()
+        fresh[0] = True
+    return conv_bn_relu(channels, fresh=fresh)
 
 
 def decoder_block(stage: int, num_labels: int) -> nn.Sequential:
@@ -118,8 +171,10 @@ DEPTH_DECODER = _decoder_names("D", "_d")
 
 
 def init_fusenet_(model: nn.Module, gain: float = INIT_GAIN) -> None:
-    """The reference's effective init (§3.5.4): Xavier-normal convs (gain 0.02, zero bias) and BN weights
-    ~ N(1, gain) with zero bias, applied child by child in registration order (which fixes the RNG order)."""
+    """The reference's effective init: Xavier-normal convs (gain 0.02, zero bias) and BN weights ~ N(1, gain) with
+    zero bias, applied child by child in registration order (which fixes the RNG order). The reference meant to
+    keep the VGG-16 encoder weights and initialise only the decoder, but its marker list lived on the network, not
+    on the children it inspected, so every child got this init."""
 
     def init_module(module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
@@ -200,6 +255,7 @@ class FuseNet(FuseNetBase):
 
     def __init__(self, num_labels: int = NUM_LABELS):
         super().__init__()
+        replay_vgg16_construction_draws()  # the reference's VGG-16 whose convs its encoders copied
         self._register(("after_fusion_identity",) + RGB_ENCODER.order + DEPTH_ENCODER.order + RGBD_DECODER.order,
                        num_labels)
         init_fusenet_(self)
@@ -215,6 +271,7 @@ class FuseNetBranch(FuseNetBase):
 
     def __init__(self, encoder: EncoderNames, decoder: DecoderNames, num_labels: int = NUM_LABELS):
         super().__init__()
+        replay_vgg16_construction_draws()  # the reference's VGG-16 whose convs its encoder copied
         self._encoder_names = encoder
         self._decoder_names = decoder
         self._register(("penultimate_identity",) + encoder.order + decoder.order, num_labels)
