@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.checks import integer_labels
 from datasets.minmax import normalise_per_sample
 from utils.errors import UserError
 
@@ -64,7 +65,8 @@ def load(args: argparse.Namespace) -> TensorSource:
         normalise_per_sample(image, m1.numpy()[start:stop], what=f"{NAME} images")
         normalise_per_sample(audio, m2.numpy()[start:stop], what=f"{NAME} audio")
         start = stop
-    y = torch.from_numpy(np.concatenate([np.asarray(y) for y in labels]).astype(np.int64))
+    parts = [integer_labels(y, files["label"]) for y, files in zip(labels, paths(args.data_root).values())]
+    y = torch.from_numpy(np.concatenate(parts))
     return TensorSource(m1, m2, y)
 
 

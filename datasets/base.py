@@ -4,6 +4,9 @@ A source holds all ``N`` samples in the reference's sample order (the order the 
 serves them a batch at a time: ``get_batch(indices)`` is one indexing call per batch, never one Python
 call per sample, for in-memory data. Sources whose data does not fit in memory (memory maps, per-sample
 files) implement the same call and may be read in DataLoader worker processes.
+
+Before training, :func:`datasets.checks.check_source` checks what a source holds in memory (labels in range,
+finite values); what is read from files per batch is checked by :class:`BatchLoader` as it is read.
 """
 from __future__ import annotations
 
@@ -61,6 +64,24 @@ class DataSource:
         """Class id per sample (used by CRD's negative sampling); segmentation sources may not provide it."""
         raise NotImplementedError
 
+    def memory_arrays(self) -> dict:
+        """What the source holds in memory, by name (``m1``, ``m2``, ``y``): scanned once before training for
+        NaN and labels out of range. Parts read from files per batch are left out; see :attr:`per_batch_checked`."""
+        return {}
+
+    @property
+    def per_batch_checked(self) -> tuple[str, ...]:
+        """Modalities read from files and checked for NaN per batch as they are read (a scan at start-up would
+        read the whole dataset). A source whose file-backed values are known to be finite (e.g. uint8 video with
+        checked statistics) returns fewer."""
+        if self.in_memory:
+            return ()
+        return tuple(m for m in ("m1", "m2") if m not in self.memory_arrays())
+
+    def describe(self, index: int) -> str:
+        """How messages name sample ``index`` (file-backed sources: its file)."""
+        return f"sample {index}"
+
     def to(self, device) -> "DataSource":
         return self
 
@@ -88,6 +109,9 @@ class TensorSource(DataSource):
         if self.y.ndim != 1:
             raise UserError("class labels per sample are only defined for classification datasets")
         return self.y.cpu().numpy()
+
+    def memory_arrays(self) -> dict:
+        return {"m1": self.m1, "m2": self.m2, "y": self.y}
 
     def to(self, device) -> "TensorSource":
         return TensorSource(self.m1.to(device), self.m2.to(device), self.y.to(device))
@@ -182,7 +206,12 @@ class BatchLoader:
 
     The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees exactly the batches
     an uninterrupted one would. In-memory sources are indexed directly in the main process; file-backed
-    sources are read by ``num_workers`` DataLoader workers, one ``get_batch`` call per batch.
+    sources are read by ``num_workers`` DataLoader workers, one ``get_batch`` call per batch, and their
+    file-backed modalities are checked for NaN as each batch arrives.
+
+    ``min_batch`` (the engine sets 2 for stages that train BatchNorm layers, which fail on one sample): a last
+    batch smaller than that is merged into the one before it, so such a network never sees a training batch of
+    one sample. Splits without such a remainder get exactly the batches they had.
     """
 
     def __init__(self, source: DataSource, indices: np.ndarray, batch_size: int, shuffle: bool = False,
@@ -193,6 +222,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.num_workers = num_workers if not source.in_memory else 0
         self.max_steps = max_steps
+        self.min_batch = 1
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,6 +230,8 @@ class BatchLoader:
 
     def __len__(self) -> int:
         steps = math.ceil(len(self.indices) / self.batch_size)
+        if steps > 1 and 0 < len(self.indices) % self.batch_size < self.min_batch:
+            steps -= 1  # the short last batch joins the one before it
         return min(steps, self.max_steps) if self.max_steps else steps
 
     def _order(self) -> np.ndarray:
@@ -210,7 +242,10 @@ class BatchLoader:
 
     def batch_positions(self) -> list[np.ndarray]:
         order = self._order()
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)][: len(self)]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < self.min_batch:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches[: len(self)]
 
     def __iter__(self) -> Iterator[Batch]:
         positions = self.batch_positions()
@@ -219,13 +254,27 @@ class BatchLoader:
             reader = torch.utils.data.DataLoader(
                 _BatchReader(self.source, self.indices), sampler=positions, batch_size=None,
                 num_workers=self.num_workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
-            for m1, m2, y, index in reader:
+            for item in reader:
+                if isinstance(item, str):  # a UserError in the worker, passed on as its one line
+                    raise UserError(item)
+                m1, m2, y, index = item
+                self._check(m1, m2, index)
                 yield Batch(m1, m2, y, index).to(self.device, non_blocking)
             return
         for pos in positions:
             m1, m2, y = self.source.get_batch(self.indices[pos])
+            self._check(m1, m2, pos)
             batch = Batch(m1, m2, y, torch.as_tensor(pos, dtype=torch.long))
             yield batch.to(self.device, non_blocking)
+
+    def _check(self, m1: torch.Tensor, m2: torch.Tensor, positions) -> None:
+        checked = self.source.per_batch_checked
+        if checked:
+            from datasets.checks import check_batch_finite
+
+            positions = np.asarray(positions)
+            tensors = {m: t for m, t in (("m1", m1), ("m2", m2)) if m in checked}
+            check_batch_finite(tensors, lambda row: self.source.describe(int(self.indices[positions[row]])))
 
 
 class _BatchReader(torch.utils.data.Dataset):
@@ -236,5 +285,8 @@ class _BatchReader(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, positions):
-        m1, m2, y = self.source.get_batch(self.indices[positions])
+        try:
+            m1, m2, y = self.source.get_batch(self.indices[positions])
+        except UserError as error:  # raised in a worker it would come back wrapped in a traceback's text
+            return str(error)
         return m1, m2, y, torch.as_tensor(positions, dtype=torch.long)

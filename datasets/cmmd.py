@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.checks import integer_labels
 from utils.errors import UserError
 
 NAME = "CMMD-V2"
@@ -68,6 +69,7 @@ def load(args: argparse.Namespace) -> TensorSource:
     check_shape(image.shape, (n, 2048), f"{file_path}[0] (image features)", NAME)
     check_shape(text.shape, (n, 768), f"{file_path}[1] (text features)", NAME)
     check_shape(label.shape, (n,), f"{file_path}[2] (labels)", NAME)
+    label = integer_labels(label, f"{file_path}[2]")
     if n and (label.min() < 0 or label.max() >= len(CLASS_NAMES)):
         raise UserError(f"{file_path}[2] has labels outside 0..{len(CLASS_NAMES) - 1} for {NAME}")
     return TensorSource(torch.from_numpy(image.astype(np.float32)), torch.from_numpy(text.astype(np.float32)),

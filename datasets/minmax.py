@@ -13,13 +13,17 @@ The helpers below reproduce those values exactly while never holding more than o
 * for uint8 input a per-channel 256-entry lookup table holds the float64 quotient for every possible value,
   so a batch is normalised by one gather per channel with bit-identical results.
 
-A constant slice (``max == min``) yields NaN exactly as in the reference; a warning says so.
+A constant slice (``max == min``) yields NaN exactly as in the reference; a warning says so (and the run is then
+refused before training by :mod:`datasets.checks`). Input that already holds NaN or infinite values is refused
+here, naming the first such sample or channel: that is a broken file, not a constant slice.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+
+from utils.errors import UserError
 
 
 def working_dtype(dtype) -> np.dtype:
@@ -28,7 +32,12 @@ def working_dtype(dtype) -> np.dtype:
     return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
 
 
-def _warn_constant(mins: np.ndarray, maxs: np.ndarray, what: str) -> None:
+def _warn_constant(mins: np.ndarray, maxs: np.ndarray, what: str, unit: str = "slice", offset: int = 0) -> None:
+    finite = np.isfinite(mins) & np.isfinite(maxs)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1))
+        raise UserError(f"{what}: {bad.size} {unit}(s) hold NaN or infinite values (the first is {unit} "
+                        f"{offset + int(bad[0])}); fix or drop them, min-max normalisation cannot rescale them")
     constant = int(np.count_nonzero(~(maxs > mins)))
     if constant:
         warnings.warn(f"{what}: {constant} constant slice(s) (max == min) become NaN, as in the reference "
@@ -49,7 +58,7 @@ def normalise_per_sample(x, out: np.ndarray, chunk: int = 1024, what: str = "arr
         block = block.reshape(len(block), -1).astype(working_dtype(block.dtype), copy=False)
         mins = block.min(axis=1, keepdims=True)
         maxs = block.max(axis=1, keepdims=True)
-        _warn_constant(mins, maxs, what)
+        _warn_constant(mins, maxs, what, "sample", start)
         with np.errstate(invalid="ignore", divide="ignore"):
             flat_out[start:start + len(block)] = (block - mins) / (maxs - mins)
     return out
@@ -103,4 +112,4 @@ def normalise_per_channel(x: np.ndarray, channel_axis: int, mins: np.ndarray, ma
 
 def warn_constant_channels(mins, maxs, what: str) -> None:
     """Public wrapper of the NaN warning for callers that compute the statistics themselves."""
-    _warn_constant(np.asarray(mins), np.asarray(maxs), what)
+    _warn_constant(np.asarray(mins), np.asarray(maxs), what, "channel")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.checks import integer_labels
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
 from utils.errors import UserError
@@ -66,7 +67,8 @@ def load(args: argparse.Namespace) -> TensorSource:
             rgb.numpy()[start:stop] = block.transpose(0, 1, 3, 2)
             normalise_per_sample(depths[start:stop], scratch[: stop - start], what=f"{NAME} depths")
             depth.numpy()[start:stop, 0] = scratch[: stop - start].transpose(0, 2, 1)
-            target.numpy()[start:stop] = np.asarray(labels[start:stop]).astype(np.int32).transpose(0, 2, 1)
+            block = integer_labels(np.asarray(labels[start:stop]), f"{file_path}:labels40")
+            target.numpy()[start:stop] = block.astype(np.int32).transpose(0, 2, 1)
     return TensorSource(rgb, depth, target)
 
 

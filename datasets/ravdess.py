@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from datasets.base import DataSource, DatasetSpec, check_shape, require_file
+from datasets.checks import integer_labels
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
 from utils.errors import UserError
@@ -92,8 +93,11 @@ def _write_cache(path: Path, entry: dict) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(entry, indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(entry, indent=1))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # gone after a successful replace; a failed write leaves no debris
         return True
     except OSError:
         return False
@@ -159,6 +163,18 @@ class RavdessSource(DataSource):
     def labels(self) -> np.ndarray:
         return self.y.copy()
 
+    def memory_arrays(self) -> dict:
+        return {"m2": self.audio, "y": self.y}
+
+    @property
+    def per_batch_checked(self) -> tuple[str, ...]:
+        # finite per-channel statistics with max > min make every normalised pixel finite, so the video needs no
+        # per-batch scan (non-finite statistics were refused at load, constant channels were warned about)
+        return () if bool(np.all(self.maxs > self.mins)) else ("m1",)
+
+    def describe(self, index: int) -> str:
+        return f"{NAME} clip {index} of {self.video_path}"
+
 
 def load(args: argparse.Namespace) -> RavdessSource:
     files = paths(args.data_root)
@@ -172,7 +188,7 @@ def load(args: argparse.Namespace) -> RavdessSource:
     mins, maxs = video_stats(files["video"], video)
     warn_constant_channels(mins, maxs, f"{NAME} video")
     mfcc = normalise_per_sample(audio, np.empty(audio.shape, dtype=np.float32), what=f"{NAME} audio")
-    y = np.asarray(label).astype(np.int64)
+    y = integer_labels(label, files["label"])
     if n and (y.min() < 0 or y.max() > 7):
         raise UserError(f"{files['label']} has labels outside 0..7 for {NAME}")
     return RavdessSource(files["video"], mins, maxs, mfcc, y)

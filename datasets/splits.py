@@ -6,7 +6,9 @@ column ``group_s`` and cuts it 60/20/20 by position (``int(0.6 N)``, ``int(0.8 N
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +31,40 @@ def indices_path(database: str, metadata_dir: str | Path = "metadata") -> Path:
 
 def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
     """Header ``group_0,...,group_19``, one row per position, no index column; written atomically."""
+    from utils.rundir import write_failure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     header = ",".join(f"group_{g}" for g in range(len(permutations)))
-    np.savetxt(tmp, permutations.T, fmt="%d", delimiter=",", header=header, comments="")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(tmp, permutations.T, fmt="%d", delimiter=",", header=header, comments="")
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write the split file {path}: {reason}; pass a writable --metadata_dir") from None
     return path
 
 
-def read_group(path: str | Path, seed: int) -> np.ndarray:
+def read_group(path: str | Path, seed: int, regenerate: str = "") -> np.ndarray:
+    """Column ``group_<seed>`` of a split file; ``regenerate`` is the command that rewrites it, for messages."""
     path = Path(path)
     with open(path) as handle:
-        header = handle.readline().strip().split(",")
+        header = [name.strip() for name in handle.readline().strip().split(",")]
     column = f"group_{seed}"
     if column not in header:
-        raise UserError(f"{path} has no column {column}; valid --seed values are 0..{len(header) - 1}")
-    values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=header.index(column), dtype=np.int64, ndmin=1)
+        found = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "") if any(header) else "none"
+        raise UserError(f"{path} has no column {column} (columns found: {found}); a split file has the columns "
+                        f"group_0..group_{NUM_GROUPS - 1}{regenerate}")
+    try:
+        values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=header.index(column), dtype=np.int64, ndmin=1)
+    except ValueError as error:
+        raise UserError(f"{path}, column {column}: {str(error).strip().splitlines()[-1]}; sample indices must be "
+                        f"integers{regenerate}") from None
     return values
 
 
@@ -60,12 +79,24 @@ def check_seed(seed: int) -> None:
         raise UserError(f"--seed {seed} has no split column; valid seeds are 0..{NUM_GROUPS - 1}")
 
 
+def regenerate_command(database: str, metadata_dir: str | Path = "metadata", data_root: str | None = None) -> str:
+    """The ``indices_gen.py`` command that rewrites the split file, exactly as it must be typed."""
+    parts = ["python indices_gen.py", "--database", database, "--overwrite"]
+    if str(metadata_dir) != "metadata":
+        parts += ["--metadata_dir", str(metadata_dir)]
+    if data_root is not None:
+        parts += ["--data_root", str(data_root)]
+    return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts))
+
+
 def resolve_split(database: str, n: int, seed: int, from_file: bool = True,
-                  metadata_dir: str | Path = "metadata", log=print) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  metadata_dir: str | Path = "metadata", log=print,
+                  data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (train, val, test) sample indices of ``database`` for ``--seed``.
 
     With ``from_file`` the reference's CSV is read, and written first when missing. Otherwise (embedded
-    synthetic data) the same permutation is computed in memory.
+    synthetic data) the same permutation is computed in memory. A file that is not a permutation of ``0..N-1``
+    (another N, repeated or missing indices) is refused with the command that rewrites it.
     """
     check_seed(seed)
     if not from_file:
@@ -74,10 +105,19 @@ def resolve_split(database: str, n: int, seed: int, from_file: bool = True,
     if not path.is_file():
         write_indices_csv(path, generate_permutations(n))
         log(f"Split file {path} was missing: generated it for N={n} (seed {INDEX_SEED}, as indices_gen.py).")
-    permutation = read_group(path, seed)
-    if len(permutation) != n or not np.array_equal(np.sort(permutation), np.arange(n)):
-        raise UserError(
-            f"{path} is a split for N={len(permutation)} samples but {database} has N={n}; "
-            f"delete it or run: python indices_gen.py --database {database}"
-        )
+    command = regenerate_command(database, metadata_dir, data_root)
+    fix = f"; rewrite it (this changes the splits of every run on it): {command}"
+    permutation = read_group(path, seed, fix)
+    if len(permutation) != n:
+        raise UserError(f"{path} is a split for N={len(permutation)} samples but {database} has N={n}{fix}")
+    counts = np.bincount(permutation[(permutation >= 0) & (permutation < n)], minlength=n)
+    outside = permutation[(permutation < 0) | (permutation >= n)]
+    if outside.size:
+        raise UserError(f"{path}, column group_{seed}: index {int(outside[0])} is outside 0..{n - 1} "
+                        f"({database} has N={n}){fix}")
+    if counts.max(initial=0) > 1:
+        repeated = np.flatnonzero(counts > 1)
+        raise UserError(f"{path}, column group_{seed} repeats {repeated.size} sample index(es) (e.g. "
+                        f"{int(repeated[0])} appears {int(counts[repeated[0]])} times) and misses as many; a split "
+                        f"column must be a permutation of 0..{n - 1}{fix}")
     return cut(permutation)

@@ -112,6 +112,13 @@ class VGGSoundSource(DataSource):
     def labels(self) -> np.ndarray:
         return self.classes.copy()
 
+    def memory_arrays(self) -> dict:
+        return {"y": self.classes}  # the features stay in their files and are checked per batch as read
+
+    def describe(self, index: int) -> str:
+        name = self.names[index]
+        return f"{NAME} sample {index} ({visual_path(self.base, name)}, {audio_path(self.base, name)})"
+
 
 def load(args: argparse.Namespace) -> VGGSoundSource:
     base = root(args.data_root)

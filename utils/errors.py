@@ -8,6 +8,12 @@ class UserError(Exception):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training or validation loss became NaN or infinite; the last good checkpoint, if any, is kept."""
 
     exit_code = 3
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C: the run ends with one line saying whether and how it can be resumed."""
+
+    exit_code = 130

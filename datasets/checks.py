@@ -1,0 +1,132 @@
+"""Checks of a loaded dataset before the first epoch, the same for every source (README, "Inputs that are refused").
+
+A wrong label or a NaN feature does not crash training: the reference trains on, and the damage shows up as an
+``IndexError`` at the final test, a truncated class id, or a NaN validation loss that silently switches model
+selection off. So every run checks, once its data are loaded and split:
+
+* the dataset and each of the train/val/test splits hold samples;
+* the labels are whole numbers in ``0..K-1`` (``K`` the dataset's class count; segmentation maps included);
+* what a source holds in memory (:meth:`DataSource.memory_arrays`) is finite, by one chunked pass.
+
+File-backed parts that are too large to scan at start-up (per-sample feature files) are checked per batch as
+they are read (:func:`check_batch_finite`, called by :class:`datasets.base.BatchLoader`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+#: elements per chunk of the finiteness pass, so it never allocates more than a few tens of MB of temporaries
+SCAN_ELEMENTS = 1 << 24
+
+
+def integer_labels(values, where: str) -> np.ndarray:
+    """``values`` as int64, refusing labels that are not whole numbers (a float label 2.7 was silently truncated
+    to class 2). Integral floats (MATLAB stores labels as double) are accepted as they convert exactly."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64)
+    if array.dtype.kind != "f":
+        raise UserError(f"{where} has labels of type {array.dtype}; class ids must be integers")
+    flat = array.reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))
+    if bad.size:
+        raise UserError(f"{where} has {bad.size} label(s) that are not whole numbers (e.g. {flat[bad[0]]!r} at "
+                        f"position {int(bad[0])}); class ids must be integers 0..K-1")
+    return array.astype(np.int64)
+
+
+def split_of(index: int, splits: dict) -> str:
+    for name, indices in splits.items():
+        if np.any(np.asarray(indices) == index):
+            return name
+    return "no"
+
+
+def check_splits(database: str, n: int, splits: dict) -> None:
+    if n == 0:
+        raise UserError(f"{database} has no samples; check --data_root and the data files (README, section "
+                        f"'Data: {database}')")
+    sizes = {name: len(indices) for name, indices in splits.items()}
+    empty = [name for name, size in sizes.items() if size == 0]
+    if empty:
+        shown = "/".join(str(s) for s in sizes.values())
+        raise UserError(f"the {' and '.join(empty)} split of {database} is empty: N={n} samples cut 60/20/20 give "
+                        f"{'/'.join(sizes)} {shown}; at least 5 samples are needed")
+
+
+def check_labels(y, database: str, num_classes: int, splits: dict) -> None:
+    """Whole numbers in ``0..num_classes-1`` (``y`` of any shape: per sample, or per pixel for segmentation)."""
+    if y is None:
+        return
+    tensor = torch.as_tensor(y)
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise UserError(f"{database} labels are {tensor.dtype} values; class ids must be integers 0..{num_classes - 1}")
+    if tensor.numel() == 0:
+        return
+    low, high = int(tensor.min()), int(tensor.max())
+    if low >= 0 and high < num_classes:
+        return
+    value = low if low < 0 else high
+    rows = (tensor.reshape(len(tensor), -1) == value).any(dim=1).nonzero()
+    sample = int(rows[0]) if len(rows) else -1
+    raise UserError(f"{database} has label {value} (sample {sample}, {split_of(sample, splits)} split), outside "
+                    f"0..{num_classes - 1} ({num_classes} classes); fix the label file, or use the class count the "
+                    f"labels need")
+
+
+def count_nonfinite_rows(array) -> tuple[int, int]:
+    """(number of rows holding NaN or +-inf, first such row; -1 if none), read in bounded chunks."""
+    tensor = torch.as_tensor(array)
+    if not tensor.is_floating_point() or len(tensor) == 0:
+        return 0, -1
+    per_row = max(1, tensor[0].numel())
+    chunk = max(1, SCAN_ELEMENTS // per_row)
+    count, first = 0, -1
+    for start in range(0, len(tensor), chunk):
+        block = tensor[start:start + chunk]
+        if bool(torch.isfinite(block).all()):
+            continue
+        bad = (~torch.isfinite(block)).reshape(len(block), -1).any(dim=1).nonzero().flatten()
+        count += len(bad)
+        if first < 0:
+            first = start + int(bad[0])
+    return count, first
+
+
+def check_finite(array, database: str, modality: str, description: str, splits: dict) -> None:
+    count, first = count_nonfinite_rows(array)
+    if count:
+        raise UserError(f"{database} {modality} ({description}) holds NaN or infinite values in {count} sample(s), "
+                        f"the first is sample {first} ({split_of(first, splits)} split); fix or drop them (a sample "
+                        f"that is constant becomes NaN under the reference's min-max normalisation: see the warning "
+                        f"above, if any)")
+
+
+def check_source(source, spec, splits: dict) -> None:
+    """Every check of this module on a loaded source and its splits; one :class:`UserError` line on the first
+    problem."""
+    check_splits(spec.name, len(source), splits)
+    arrays = source.memory_arrays()
+    labels = arrays.get("y")
+    if labels is None:
+        try:
+            labels = source.labels()
+        except (NotImplementedError, UserError):
+            labels = None
+    check_labels(labels, spec.name, spec.num_classes, splits)
+    for modality in ("m1", "m2"):
+        if modality in arrays:
+            check_finite(arrays[modality], spec.name, modality, spec.modalities.get(modality, modality), splits)
+
+
+def check_batch_finite(batch_m: dict, describe) -> None:
+    """Per-batch check of file-backed modalities: ``batch_m`` maps modality -> tensor; ``describe(k)`` names the
+    k-th sample of the batch (with its file), for the message."""
+    for modality, tensor in batch_m.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            row = int((~torch.isfinite(tensor)).reshape(len(tensor), -1).any(dim=1).nonzero()[0])
+            raise UserError(f"{modality} of {describe(row)} holds NaN or infinite values (found when its batch was "
+                            f"read); fix or drop that sample")
