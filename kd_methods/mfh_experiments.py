@@ -115,9 +115,9 @@ def plot_sweep(results: list[dict], xlabel: str, title: str, path: Path) -> None
     top.grid(alpha=0.3)
     diff = np.array([_mean_std(np.asarray(r["kd"]) - np.asarray(r["no_kd"])) for r in results])
     bottom.axhline(0.0, linestyle="--", color="tab:blue", linewidth=1.0)
-    bottom.fill_between(xs, diff[:, 0] - diff[:, 1], diff[:, 0] + diff[:, 1], color="tab:red", alpha=0.2,
+    bottom.fill_between(xs, diff[:, 0] - diff[:, 1], diff[:, 0] + diff[:, 1], color="tab:purple", alpha=0.2,
                         label="± std of KD - no-KD over runs")
-    bottom.plot(xs, diff[:, 0], marker="o", color="tab:red", label="KD - no-KD, mean of the paired runs")
+    bottom.plot(xs, diff[:, 0], marker="D", color="tab:purple", label="KD - no-KD, mean over runs (paired)")
     bottom.set_ylabel("KD - no-KD (points)")
     bottom.set_xlabel(xlabel)
     bottom.grid(alpha=0.3)

@@ -172,6 +172,103 @@ def test_fit_joint_equals_autograd():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Fig. 2 / Fig. 3: the authors' protocol (student's data fixed) and the earlier one (--sweep_fixed teacher)
+# ---------------------------------------------------------------------------------------------------------------
+def _authors_point(exp: str, vary: int, run_seed: int, epochs: int):
+    """One run of one Fig. 2 / Fig. 3 point as the authors' ``gauss/main.py`` does it, written independently:
+    NumPy draws in their order, ``nn.Linear`` models built after a global ``torch.manual_seed(run_seed + 1)``,
+    trained with ``torch.optim.SGD`` and autograd. Returns the data, the three trained models and accuracies."""
+    def draw(rng, n):
+        if exp == "gamma":  # 20 decisive features; the student sees 0..9, the teacher 10-o..19-o at those columns
+            x_star = rng.randn(n, 20)
+            x_b = rng.randn(n, 50)
+            x_b[:, :10] = x_star[:, :10]
+            x_a = rng.randn(n, 25)
+            x_a[:, 10 - vary:20 - vary] = x_star[:, 10 - vary:20 - vary]
+        else:  # 50 decisive features; the student sees 0..9, the teacher 0..9+e
+            x_star = rng.randn(n, 50)
+            x_b = rng.randn(n, 50)
+            x_b[:, :10] = x_star[:, :10]
+            x_a = rng.randn(n, 50)
+            x_a[:, :10 + vary] = x_star[:, :10 + vary]
+        y = x_star @ delta[:x_star.shape[1]] > 0
+        return torch.tensor(x_a, dtype=torch.float32), torch.tensor(x_b, dtype=torch.float32), torch.tensor(y).long()
+
+    rng = np.random.RandomState(run_seed)
+    delta = rng.randn(500)
+    train = draw(rng, 200)
+    test = draw(np.random.RandomState(run_seed + 1), 1000)
+    torch.manual_seed(run_seed + 1)
+    models = {"teacher": nn.Linear(train[0].shape[1], 2), "kd": nn.Linear(50, 2), "no_kd": nn.Linear(50, 2)}
+    probs = None
+    for role in ("teacher", "kd", "no_kd"):
+        model = models[role]
+        x = train[0] if role == "teacher" else train[1]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(epochs):
+            logits = model(x)
+            loss = F.cross_entropy(logits, train[2])
+            if role == "kd":  # KLDivLoss(reduction="mean") written out (torch warns on it)
+                loss = loss + (torch.xlogy(probs, probs) - probs * F.log_softmax(logits, 1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if role == "teacher":
+            with torch.no_grad():
+                probs = torch.softmax(model(train[0]), 1)
+    return train, test, models
+
+
+@pytest.mark.parametrize("exp, index", [("gamma", 1), ("gamma", 5), ("alpha", 2)])
+def test_sweep_equals_the_authors_protocol(exp, index):
+    """Default protocol: the data are the authors' bit for bit; the trained models agree up to float rounding, so
+    the accuracies differ at most by the test samples lying within that rounding of the decision boundary."""
+    settings = lab.gamma_settings(True) if exp == "gamma" else lab.alpha_settings(True)
+    setting = settings[index]
+    vary = setting["overlap"] if exp == "gamma" else setting["exclusive"]
+    seed, runs, epochs = 3, 2, 30
+    data = lab.sweep_data(setting, runs, seed, "cpu")
+    ours = lab.sweep_models(data, seed, epochs)
+    for run in range(runs):
+        train, test, models = _authors_point(exp, vary, seed + run, epochs)
+        for name, theirs in (("train", train), ("test", test)):
+            for mine, reference in zip(data[name], theirs):
+                assert torch.equal(mine[run], reference)
+        for role, model in models.items():
+            weight, bias = ours[role][0][run], ours[role][1][run, 0]
+            torch.testing.assert_close(weight, model.weight.detach().t(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(bias, model.bias.detach(), rtol=1e-5, atol=1e-6)
+            x = test[0] if role == "teacher" else test[1]
+            logits = x @ weight + bias
+            with torch.no_grad():
+                reference = model(x)
+            margin = (logits[:, 1] - logits[:, 0]).abs()
+            close = margin <= 1e-4 * logits.abs().max()  # far beyond the weights' rounding differences
+            differ = logits.argmax(1) != reference.argmax(1)
+            assert not (differ & ~close).any()
+
+
+def test_sweep_protocols_hold_the_named_modality_fixed():
+    """Default: the student's data, labels and initial weights are the same at every gamma, so no-KD is one
+    constant per run; --sweep_fixed teacher keeps the teacher's data fixed and lets the student's change."""
+    settings = lab.gamma_settings(True)
+    student = [lab.sweep_data(s, 2, 0, "cpu", fixed="student") for s in settings]
+    teacher = [lab.sweep_data(s, 2, 0, "cpu", fixed="teacher") for s in settings]
+    for split in ("train", "test"):
+        assert all(torch.equal(d[split][1], student[0][split][1]) for d in student)  # x_b
+        assert all(torch.equal(d[split][2], student[0][split][2]) for d in student)  # y
+        assert not torch.equal(student[1][split][0], student[0][split][0])  # x_a changes
+        assert all(torch.equal(d[split][0], teacher[0][split][0]) for d in teacher)
+        assert not torch.equal(teacher[1][split][1], teacher[0][split][1])
+    no_kd = [lab.sweep_setting(s, 2, 0, 20, "cpu")["no_kd"] for s in settings]
+    assert all(torch.equal(v, no_kd[0]) for v in no_kd)
+    old = [lab.sweep_setting(s, 2, 0, 20, "cpu", fixed="teacher")["no_kd"] for s in settings]
+    assert not all(torch.equal(v, old[0]) for v in old)
+    with pytest.raises(ValueError):
+        lab.sweep_data(settings[0], 1, 0, "cpu", fixed="both")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Algorithm 1
 # ---------------------------------------------------------------------------------------------------------------
 def test_algorithm1_ranks_shared_columns_first():
@@ -385,12 +482,18 @@ def _run(argv, tmp_path, capsys) -> Path:
 
 
 @pytest.mark.parametrize("exp", ["gamma", "alpha"])
-def test_smoke_sweeps(exp, tmp_path, capsys):
-    path = _run(["--exp", exp, "--runs", "2", "--epochs", "20"], tmp_path, capsys)
+@pytest.mark.parametrize("fixed", ["student", "teacher"])
+def test_smoke_sweeps(exp, fixed, tmp_path, capsys):
+    path = _run(["--exp", exp, "--runs", "2", "--epochs", "20", "--sweep_fixed", fixed], tmp_path, capsys)
     for suffix in ("csv", "md", "png"):
         assert (path / f"{exp}.{suffix}").stat().st_size > 0
     rows = (path / f"{exp}.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * (len(lab.GAMMA_OVERLAPS) if exp == "gamma" else len(lab.ALPHA_EXCLUSIVE))
+    no_kd = {tuple(row.split(",")[3] for row in rows[1:][run::2]) for run in range(2)}
+    results = json.loads((path / "results.json").read_text())
+    assert results["fixed"] == fixed
+    constant = all(len(set(values)) == 1 for values in no_kd)  # no-KD accuracy of each run across the sweep
+    assert constant == (fixed == "student")
 
 
 def test_smoke_table2(tmp_path, capsys):
