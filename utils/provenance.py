@@ -1,0 +1,204 @@
+"""Where a checkpoint came from, and the checks that use it.
+
+Every ``best.pth``, ``checkpoint.pth`` and stage file of a run carries a ``provenance`` record: the method, the
+database and every option of its dataset (all flags the dataset's ``add_arguments`` defines, e.g. Synthetic-MVD's
+``--mvd_*``), ``--mode``, the model names, ``--seed`` and the SHA-256 of the train/val/test index arrays.
+``best.pth`` adds the name of the saved model and the modalities it takes. Loading a model checkpoint
+(``--ckpt_name``) compares that record with the current run, so a teacher that saw this run's test samples, or a
+model of another name whose tensor shapes happen to fit, is refused instead of silently used (README, section
+"Checkpoints and resuming").
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import numpy as np
+
+from utils.errors import UserError
+
+RECORD_VERSION = 1
+MODEL_FLAGS = ("Tmodel", "Smodel", "AUXmodel")
+
+
+def dataset_options(database: str, args) -> dict:
+    """Every option the dataset of ``database`` adds to the command line, with its value in ``args``.
+
+    Found by letting the dataset add its flags to an empty parser, so a new dataset needs nothing here.
+    """
+    from datasets import get_spec
+
+    spec = get_spec(database)
+    if spec.add_arguments is None:
+        return {}
+    parser = argparse.ArgumentParser(add_help=False)
+    spec.add_arguments(parser)
+    values = args if isinstance(args, dict) else vars(args)
+    return {action.dest: values.get(action.dest) for action in parser._actions}
+
+
+def split_digest(splits: dict) -> str:
+    """SHA-256 of the train, val and test index arrays (as int64, in order, with their lengths)."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        indices = np.ascontiguousarray(np.asarray(splits[name]).astype(np.int64, copy=False))
+        digest.update(f"{name}:{len(indices)}:".encode())
+        digest.update(indices.tobytes())
+    return digest.hexdigest()
+
+
+def run_record(method: str | None, args, spec_name: str, splits: dict) -> dict:
+    """The record of a run: what every checkpoint it writes was trained on."""
+    return {
+        "version": RECORD_VERSION, "method": method, "database": spec_name, "mode": getattr(args, "mode", None),
+        "models": {flag: getattr(args, flag) for flag in MODEL_FLAGS if getattr(args, flag, None)},
+        "dataset_options": dataset_options(spec_name, args), "seed": getattr(args, "seed", None),
+        "split_sha256": split_digest(splits), "split_sizes": {k: int(len(splits[k])) for k in ("train", "val", "test")},
+    }
+
+
+def context_record(ctx) -> dict:
+    """The record of the run behind ``ctx`` (computed once; the engine stores it with the method name)."""
+    if "provenance" not in ctx.extra:
+        ctx.extra["provenance"] = run_record(None, ctx.args, ctx.spec.name, ctx.splits)
+    return ctx.extra["provenance"]
+
+
+def record_of(saved) -> dict | None:
+    """The record of a loaded checkpoint; for files written before records existed, what their ``args`` tell
+    (no split digest); ``None`` for a bare state dict."""
+    if not isinstance(saved, dict):
+        return None
+    record = saved.get("provenance")
+    if isinstance(record, dict):
+        return record
+    args = saved.get("args")
+    if not isinstance(args, dict) or "database" not in args:
+        return None
+    from datasets import get_spec
+
+    try:
+        options = dataset_options(get_spec(args["database"]).name, args)
+    except UserError:
+        options = {}
+    return {"version": 0, "method": None, "database": args["database"], "mode": args.get("mode"),
+            "models": {flag: args[flag] for flag in MODEL_FLAGS if args.get(flag)}, "dataset_options": options,
+            "seed": args.get("seed"), "split_sha256": None, "model_name": saved.get("model_name")}
+
+
+def describe(record: dict, keys) -> str:
+    parts = []
+    for key in keys:
+        if key == "database":
+            parts.append(str(record.get("database")))
+        elif key == "model":
+            parts.append(f"model {record.get('model_name')}")
+        elif key == "split":
+            digest = record.get("split_sha256") or "?"
+            parts.append(f"the --seed {record.get('seed')} split (sha256 {digest[:12]})")
+        else:
+            parts.append(f"--{key} {record.get('dataset_options', {}).get(key)}")
+    return ", ".join(parts)
+
+
+def differences(saved: dict, current: dict, model_name: str | None) -> list[str]:
+    """What differs between a checkpoint's record and the current run: keys for :func:`describe`."""
+    if saved.get("database") != current["database"]:
+        keys = ["database"]
+    else:
+        mine, theirs = current.get("dataset_options", {}), saved.get("dataset_options", {})
+        keys = [k for k in mine if k in theirs and theirs[k] != mine[k]]
+        if saved.get("split_sha256") and saved["split_sha256"] != current["split_sha256"]:
+            keys.append("split")
+        elif not saved.get("split_sha256") and saved.get("seed") is not None and saved["seed"] != current["seed"]:
+            keys.append("split")
+    if model_name is not None and saved.get("model_name") and saved["model_name"] != model_name:
+        keys.append("model")
+    return keys
+
+
+def check_model_checkpoint(saved, path, ctx, model_name: str, role: str = "teacher") -> None:
+    """Refuse (one line) a model checkpoint trained on other data, another split or as another model.
+
+    ``--allow_teacher_mismatch`` turns the refusal into a warning in the run's log; a checkpoint without a record
+    (a reference-style bare state dict) loads with a warning.
+    """
+    record = record_of(saved)
+    log = ctx.log
+    if record is None:
+        log(f"warning: {path} is a bare state dict without a record of its training data, split or model: "
+            f"it cannot be checked against this run (a best.pth of this framework can)")
+        return
+    current = {**context_record(ctx), "model_name": model_name}
+    keys = differences(record, current, model_name)
+    if not keys:
+        if record.get("split_sha256") is None:
+            log(f"warning: {path} records no split digest (an older checkpoint); only its database, seed and model "
+                f"were checked")
+        return
+    message = (f"{role} checkpoint {path} was trained on {describe(record, keys)}, but this run uses "
+               f"{describe(current, keys)}")
+    if getattr(ctx.args, "allow_teacher_mismatch", False):
+        log(f"warning: {message}; used anyway (--allow_teacher_mismatch)")
+        return
+    raise UserError(f"{message}; pass a checkpoint trained on this run's data, split and model, or "
+                    f"--allow_teacher_mismatch to use it anyway")
+
+
+def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
+    """test-T / test-S: take the database, ``--mode``, dataset options, ``--seed`` and model name of the checkpoint
+    being tested unless given; a given value that contradicts the checkpoint is refused (one line), since testing
+    on another split would count samples the model was trained on (``--allow_teacher_mismatch`` overrides)."""
+    from pathlib import Path
+
+    from datasets import get_spec
+    from utils.rundir import load_checkpoint
+
+    path = getattr(args, "ckpt_name", None)
+    if not path or not Path(path).is_file():
+        return  # a missing file is reported when the model is loaded
+    record = record_of(load_checkpoint(path))
+    if record is None:
+        return
+    allow = getattr(args, "allow_teacher_mismatch", False)
+    flag = {"student": "Smodel", "teacher": "Tmodel"}.get(method_cls.roles[0])
+    conflicts = []
+
+    def adopt(key, value, same=lambda a, b: a == b):
+        if value is None:
+            return True
+        if key in given:
+            if not same(getattr(args, key), value):
+                conflicts.append(f"--{key} {getattr(args, key)} (checkpoint: {value})")
+                return False
+            return True
+        setattr(args, key, value)
+        return True
+
+    try:
+        same_database = adopt("database", record.get("database"), lambda a, b: get_spec(a).name == get_spec(b).name)
+    except UserError:
+        same_database = False
+    for key in ("mode", "seed"):
+        adopt(key, record.get(key))
+    if same_database:
+        for key, value in (record.get("dataset_options") or {}).items():
+            adopt(key, value)
+    name = record.get("model_name") or record.get("models", {}).get(flag)
+    if flag is not None and name and _fits_role(name, method_cls.roles[0]):  # else the load names the misfit
+        adopt(flag, name)
+    if conflicts and not allow:
+        one = len(conflicts) == 1
+        raise UserError(f"{', '.join(conflicts)} contradict{'s' if one else ''} the checkpoint {path}: a test on other "
+                        f"data, another split (it holds samples the model was trained on) or another model gives wrong "
+                        f"numbers; leave {'it' if one else 'them'} out to use the checkpoint's own, or pass "
+                        f"--allow_teacher_mismatch")
+
+
+def _fits_role(model_name: str, role: str) -> bool:
+    """Whether a model of that name can be tested as ``role`` (student: one modality; teacher: both)."""
+    from models import MODELS, get_entry
+
+    if model_name not in MODELS:
+        return False
+    return len(get_entry(model_name).inputs) == (1 if role == "student" else 2)
