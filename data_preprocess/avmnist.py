@@ -13,20 +13,20 @@ Where the procedure comes from. AV-MNIST was introduced with CentralNet (Vielzeu
 Multilayer Approach for Multimodal Fusion", ECCV Workshops 2018) and used again in MFAS (Perez-Rua et al., CVPR
 2019): MNIST digits with 75 % of their energy removed by PCA, each paired with a spoken digit of the same class
 given as a 112x112 spectrogram, the audio mixed with ESC-50 noise. The papers say no more. The copy MultiBench
-distributes (Liang et al., NeurIPS 2021 Datasets and Benchmarks; its loader reads a folder ``_MFAS/avmnist``) has
-the layout written by ``datasets/avmnist_gen.py`` of the public MFAS fork github.com/slyviacassell/_MFAS (final
-version), and MultiBench divides both modalities by 255, as that generator's uint8 output needs. This script
-follows that generator wherever it is explicit ("exact" below) and says where it had to choose ("our reading"),
-each choice a flag. The output layout and dtypes are those ``datasets/avmnist.py`` reads.
+distributes (Liang et al., NeurIPS 2021 Datasets and Benchmarks) comes, by all signs, from
+``datasets/avmnist_gen.py`` of the public MFAS fork github.com/slyviacassell/_MFAS (final version): MultiBench's
+loader reads a folder ``_MFAS/avmnist`` with that generator's layout and divides both modalities by 255, the scale
+of its uint8 output. This script follows that generator wherever it is explicit ("exact" below) and says where it
+had to choose ("our reading"), each choice a flag. The output layout and dtypes are those ``datasets/avmnist.py`` reads.
 
 Steps, per MNIST file (train, test):
 
 1. Image, exact: PCA over all 784 pixels, fitted on the images of that file alone (``--pca_fit split``; ``train``
    fits once on the training images); the leading ``k`` components are kept, ``k`` the position of the first
    component at which the cumulative explained-variance ratio exceeds ``--pca_keep`` (0.25): the kept part explains
-   just under 25 % of the variance, so at least 75 % of the energy is removed (3 components on real MNIST). The
-   image is the reconstruction from those components **without** the mean image (as the generator, which
-   multiplied the projection by the components; ``--pca_add_mean`` adds it back). Stored float32 ``[n, 784]``
+   just under 25 % of the variance, so at least 75 % of the energy is removed (``build_info.json`` records
+   ``k``). The image is the reconstruction from those components **without** the mean image (as the generator,
+   which multiplied the projection by the components; ``--pca_add_mean`` adds it back). Stored float32 ``[n, 784]``
    (the generator stored float64; the loader normalises per sample either way).
 2. Pairing, exact: FSDD recordings with index 40..49 form the test pool, the others the train pool
    (``--audio_test_indices 40-49``; FSDD's own documented test split is ``0-4``; ``--audio_test_speaker`` splits
