@@ -168,9 +168,26 @@ class DatasetSpec:
     method_defaults: dict[str, dict] = field(default_factory=dict)
     #: for databases whose facts depend on options (Synthetic-MVD's class count): ``args -> DatasetSpec``
     configure: Callable[[argparse.Namespace], "DatasetSpec"] | None = None
+    #: statistics learnt once the split is known: ``(source, splits, args) -> source`` sees ``splits["train"]``
+    #: (e.g. per-column standardisation with training statistics); the engine calls it before reading a batch
+    fit: Callable[[DataSource, dict, argparse.Namespace], DataSource] | None = None
+    #: a split of the database's own (e.g. a file in its data folder): ``(args, n, log) -> (train, val, test)``
+    resolve_split: Callable | None = None
+    #: the dataset options that change the data, for the run directory name: ``args -> str`` (e.g. ``"fou-pix"``)
+    run_tag: Callable[[argparse.Namespace], str] | None = None
+    #: per-sample input shapes for offline contexts and tests; ``None``: the default teacher's ``example_inputs``
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
     def configured(self, args: argparse.Namespace) -> "DatasetSpec":
         return self.configure(args) if self.configure is not None else self
+
+    def example_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample input shapes of this database (full size), without loading it."""
+        if self.input_shapes is not None:
+            return dict(self.input_shapes)
+        from models import get_entry
+
+        return dict(get_entry(self.teacher).example_inputs)
 
     @property
     def is_segmentation(self) -> bool:

@@ -171,16 +171,29 @@ class Method(nn.Module):
 
     # -- building blocks ---------------------------------------------------------------------------------
     def build(self, name: str, expected_inputs: tuple[str, ...] | None = None, role: str = "model") -> nn.Module:
+        """Build a registered model for this run's data. Any model whose inputs fit is accepted: the models of the
+        database and the generic ones (sized from the data) directly, a model of another database if one forward of
+        a sample runs (e.g. CMMD-V2's MLP-Vb on other 2048-d features)."""
         entry = get_entry(name)
-        if entry.database != self.spec.name:
-            raise UserError(f"{role} model '{name}' is built for {entry.database}, not {self.spec.name}; "
-                            f"models for {self.spec.name}: {', '.join(_models_of(self.spec.name))}")
         if expected_inputs is not None and tuple(entry.inputs) != tuple(expected_inputs):
             raise UserError(f"{role} model '{name}' takes {'+'.join(entry.inputs)} but this run feeds it "
                             f"{'+'.join(expected_inputs)}; pick a model of that modality "
                             f"(--mode {self.mode}: student {self.spec.students[self.mode]}, "
                             f"cross-modal {self.spec.students[self.other]}, multimodal {self.spec.teacher})")
-        return build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
+        if entry.database in (None, self.spec.name):
+            return build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
+        shapes = {m: self.ctx.input_shapes[m] for m in entry.inputs}
+        try:
+            model = build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
+            _check_fit(model, shapes)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure of the probe means the inputs do not fit
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{role} model '{name}' is built for {entry.database}, not {self.spec.name}: its inputs "
+                            f"{entry.example_inputs} do not fit {shapes} ({detail}); models for {self.spec.name}: "
+                            f"{', '.join(_models_of(self.spec.name))}") from None
+        return model
 
     def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The dataset's criterion: cross-entropy (NYU: ``ignore_index=0``, mean over labelled pixels)."""
@@ -262,6 +275,17 @@ class Method(nn.Module):
             return torch.optim.Adam([p for p in params if p.requires_grad], lr=lr if lr is not None else self.args.lr)
 
         return make
+
+
+@torch.no_grad()
+def _check_fit(model: nn.Module, shapes: dict) -> None:
+    """One forward of a zero sample in eval mode (no RNG drawn, no BatchNorm statistic moved); raises if it fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(*(torch.zeros((1, *shape)) for shape in shapes.values()))
+    finally:
+        model.train(was_training)
 
 
 def _models_of(database: str) -> list[str]:

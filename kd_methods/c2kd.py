@@ -36,25 +36,13 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
-from kd_methods.features import feature_shapes, lookup_pair, require_unimodal_teacher, sample_inputs
+from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from kd_methods.kd import TEACHER_HELP
 from utils.hooks import capture_features
 
-#: model -> the feature its proxy head reads (methods.md §9.2; the layer depends only on the model)
-C2KD_LAYERS = {
-    "LeNet5": "fc1",
-    "ThreeLayerCNN-A": "conv3_maxpool",
-    "FuseNet-RGBbranch": "CBR2_RGB_DEC",
-    "FuseNet-Dbranch": "CBR2_D_DEC",
-    "VisualBranchNet": "fc1",
-    "AudioBranchNet": "fc1",
-    "VisualBranchNet-VGGS": "fc1",
-    "AudioBranchNet-VGGS": "fc1",
-    "MLP-Vb": "fc2",
-    "MLP-Tb": "fc2",
-    "MVD-MLP-m1": "fc2",  # our synthetic MLPs, as the CMMD-V2 MLPs
-    "MVD-MLP-m2": "fc2",
-}
+#: the feature a model's proxy head reads: its last declared tap (``models.taps``, slot ``c2kd``; the reference's other
+#: choices, e.g. ThreeLayerCNN-A's pooled conv3 or the branch nets' fc1, are in its table there)
+C2KD_SLOT = "c2kd"
 
 #: the reference's floor of the (optional) poly learning-rate decay
 POLY_MIN_LR = 1e-4
@@ -226,14 +214,15 @@ class C2KD(Method):
     def check_args(cls, args, spec) -> None:
         require_unimodal_teacher(cls.name, args, spec)
         for model in (args.Tmodel, args.Smodel):
-            lookup_pair(C2KD_LAYERS, model, spec.name, cls.name, "proxy-layer")
+            tap_layers(C2KD_SLOT, model, spec.name, cls.name, "proxy-layer")
 
     def __init__(self, ctx):
         super().__init__(ctx)
         # the reference's build order: teacher, student, teacher proxy, student proxy; then the teacher's weights
         self.teacher = self.build(self.args.Tmodel, (self.other,), "teacher")
         self.student = self.build(self.args.Smodel, (self.mode,), "student")
-        self.t_layer, self.s_layer = C2KD_LAYERS[self.args.Tmodel], C2KD_LAYERS[self.args.Smodel]
+        self.t_layer, self.s_layer = (tap_layers(C2KD_SLOT, name, self.spec.name, self.name, "proxy-layer")[0]
+                                      for name in (self.args.Tmodel, self.args.Smodel))
         t_shape = feature_shapes(self.teacher, [self.t_layer], sample_inputs(ctx, (self.other,)))[self.t_layer]
         s_shape = feature_shapes(self.student, [self.s_layer], sample_inputs(ctx, (self.mode,)))[self.s_layer]
         self.proxy_t = self.make_proxy(t_shape)

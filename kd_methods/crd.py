@@ -174,7 +174,7 @@ class CRD(FeatureDistiller):
     """Contrastive representation distillation from a multimodal teacher (Tian et al., "Contrastive
     Representation Distillation", ICLR 2020), as the MST-Distill reference implements it (methods.md §6).
 
-    Features of :data:`~kd_methods.rkd.FEATURE_LAYERS` are embedded (Linear to 128, L2 normalisation; both
+    Features of :func:`~kd_methods.rkd.feature_layer` are embedded (Linear to 128, L2 normalisation; both
     embedders learn). Each training sample is contrasted with ``--nce_k`` negatives: positions in the train split
     of samples of other classes, distinct when enough exist, drawn on the device for the whole batch (the
     reference drew them per sample with NumPy inside the dataset). Scores against the momentum memories

@@ -1,25 +1,35 @@
-"""Helpers for methods that tap features: table look-ups with one-line errors, and feature shapes probed from
-one forward (so heads and regressors fit any input size, e.g. the small NYU fixtures or Synthetic-MVD widths)."""
+"""Helpers for methods that tap features: the layers a method reads (from the taps the models declare,
+:mod:`models.taps`) with one-line errors, and feature shapes probed from one forward (so heads and regressors fit
+any input size, e.g. the small NYU fixtures or Synthetic-MVD widths)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from models import MODELS, get_entry
+from models import taps as model_taps
 from utils.errors import UserError
 from utils.hooks import capture_features
 
 
-def lookup_pair(table: dict, key, database: str, method: str, what: str = "teacher/student pair"):
-    """The table row for ``key`` or one :class:`UserError` naming the rows available for ``database``."""
-    if key in table:
-        return table[key]
-    names = key if isinstance(key, tuple) else (key,)
-    known = [k for k in table
-             if all(n in MODELS and MODELS[n].database == database for n in (k if isinstance(k, tuple) else (k,)))]
-    shown = ", ".join(" -> ".join(k) if isinstance(k, tuple) else k for k in known) or "none"
-    raise UserError(f"{method} has no {what} entry for {' -> '.join(names)} on {database}; "
-                    f"supported: {shown}")
+def usable_models(slot: str, database: str, inputs: tuple[str, ...] | None = None) -> list[str]:
+    """Models of ``database`` (then the generic ones) that declare enough taps for ``slot``, optionally only those
+    taking ``inputs``."""
+    from models import models_for
+
+    return [n for n in models_for(database) if model_taps.layers(slot, n) is not None
+            and (inputs is None or MODELS[n].inputs == tuple(inputs))]
+
+
+def tap_layers(slot: str, model: str, database: str, method: str, what: str) -> tuple[str, ...]:
+    """The layers ``method`` reads in ``model`` (:func:`models.taps.layers`) or one :class:`UserError` naming the
+    models that declare the taps it needs."""
+    layers = model_taps.layers(slot, model)
+    if layers is not None:
+        return layers
+    shown = ", ".join(usable_models(slot, database, get_entry(model).inputs)) or "none"
+    raise UserError(f"{method} has no {what} for model '{model}' (it declares too few feature taps); "
+                    f"models with one on {database}: {shown}")
 
 
 def sample_inputs(ctx, modalities: tuple[str, ...]) -> tuple[torch.Tensor, ...]:

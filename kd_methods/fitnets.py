@@ -12,7 +12,8 @@ Reference quirks kept by default, each with a switch:
 * the R1D regressor resizes with the legacy ``nearest`` mode of ``interpolate`` (kept, no switch: it is the
   architecture of the regressor, not a bug).
 
-The reference crashes on teacher/student pairs without a hint table; here they are refused up front.
+The reference crashes on teacher/student pairs without a hint table; here the layers come from the models' declared
+taps (``models.taps``), and a pair without them is refused up front.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.base import Stage
-from kd_methods.features import feature_shapes, lookup_pair, modules_up_to, sample_inputs
+from kd_methods.features import feature_shapes, modules_up_to, sample_inputs
 from kd_methods.kd import KD, TEACHER_HELP
+from models import MODELS
+from models import taps as model_taps
 from utils.errors import UserError
 from utils.hooks import capture_features
 
@@ -108,43 +111,43 @@ class Fixed(nn.Module):
 
 REGRESSORS = {cls.kind: cls for cls in (R1D, R2Dto1D, Down, Up, Fixed)}
 
-# -- hint pairs (methods.md §4.3): (Tmodel, Smodel) -> ((teacher layer, student layer, regressor), ...) --------
+# -- hint pairs: (teacher layer, student layer, regressor) ------------------------------------------------------
+# Each model's last two declared taps, zipped, with the regressor its shapes call for (``models.taps``, slots
+# ``hints`` and ``hints-uu``); the reference's other rows (AV-MNIST and NYU-Depth-V2 cross-modal pairs) are in the
+# table there.
 
-_R1D_FC = (("fc1", "fc1", "R1D"), ("fc2", "fc2", "R1D"))
+def _same_database_pairs(slot: str) -> dict[tuple[str, str], tuple]:
+    """The rows of every teacher/student pair of one paper or synthetic database that the slot supports, as the
+    reference's tables listed them: multimodal teacher (``hints``) or unimodal teacher of the other modality
+    (``hints-uu``), unimodal student. Generic models (any database) are left out: their rows depend on the data."""
+    pairs = {}
+    for teacher, t_entry in MODELS.items():
+        for student, s_entry in MODELS.items():
+            if t_entry.database is None or t_entry.database != s_entry.database or s_entry.is_multimodal:
+                continue
+            if t_entry.is_multimodal != (slot == "hints") or (slot == "hints-uu" and t_entry.inputs == s_entry.inputs):
+                continue
+            rows = model_taps.hint_rows(slot, teacher, student)
+            if rows is not None and all(kind is not None for _, _, kind in rows):
+                pairs[(teacher, student)] = rows
+    return pairs
 
-HINT_PAIRS = {
-    ("CNN-I", "LeNet5"): (("concat_identity", "conv3", "R2D->1D"), ("fc1", "fc1", "R1D")),
-    ("CNN-I", "ThreeLayerCNN-A"): (("concat_identity", "conv2", "R2D->1D"), ("fc1", "conv3", "R2D->1D")),
-    ("FuseNet-I", "FuseNet-RGBbranch"): (("after_fusion_identity", "CBR5_RGB_ENC", "Down"),
-                                         ("CBR5_RGBD_DEC", "CBR5_RGB_DEC", "Fixed")),
-    ("FuseNet-I", "FuseNet-Dbranch"): (("after_fusion_identity", "CBR5_DEPTH_ENC", "Down"),
-                                       ("CBR5_RGBD_DEC", "CBR5_D_DEC", "Fixed")),
-    ("DSCNN-I", "AudioBranchNet"): _R1D_FC,
-    ("DSCNN-I", "VisualBranchNet"): _R1D_FC,
-    ("DSCNN-VGGS-I", "VisualBranchNet-VGGS"): _R1D_FC,
-    ("DSCNN-VGGS-I", "AudioBranchNet-VGGS"): _R1D_FC,
-    ("MLP-I", "MLP-Vb"): _R1D_FC,
-    ("MLP-I", "MLP-Tb"): _R1D_FC,
-    ("MVD-MLP-I", "MVD-MLP-m1"): _R1D_FC,  # our synthetic models: same pattern as the MLP rows
-    ("MVD-MLP-I", "MVD-MLP-m2"): _R1D_FC,
-}
 
-HINT_PAIRS_UU = {
-    ("LeNet5", "ThreeLayerCNN-A"): (("conv1", "conv2", "Down"), ("flatten_identity", "conv3_maxpool_flatten", "R1D")),
-    ("ThreeLayerCNN-A", "LeNet5"): (("conv2", "conv1", "Up"), ("conv3_maxpool_flatten", "flatten_identity", "R1D")),
-    ("FuseNet-RGBbranch", "FuseNet-Dbranch"): (("CBR4_RGB_ENC", "CBR4_DEPTH_ENC", "Fixed"),
-                                               ("CBR4_RGB_DEC", "CBR4_D_DEC", "Fixed")),
-    ("FuseNet-Dbranch", "FuseNet-RGBbranch"): (("CBR4_DEPTH_ENC", "CBR4_RGB_ENC", "Fixed"),
-                                               ("CBR4_D_DEC", "CBR4_RGB_DEC", "Fixed")),
-    ("VisualBranchNet", "AudioBranchNet"): _R1D_FC,
-    ("AudioBranchNet", "VisualBranchNet"): _R1D_FC,
-    ("VisualBranchNet-VGGS", "AudioBranchNet-VGGS"): _R1D_FC,
-    ("AudioBranchNet-VGGS", "VisualBranchNet-VGGS"): _R1D_FC,
-    ("MLP-Vb", "MLP-Tb"): _R1D_FC,
-    ("MLP-Tb", "MLP-Vb"): _R1D_FC,
-    ("MVD-MLP-m1", "MVD-MLP-m2"): _R1D_FC,
-    ("MVD-MLP-m2", "MVD-MLP-m1"): _R1D_FC,
-}
+#: (Tmodel, Smodel) -> hint rows, for every pair of one database's own models (documentation and tests)
+HINT_PAIRS = _same_database_pairs("hints")
+HINT_PAIRS_UU = _same_database_pairs("hints-uu")
+
+
+def hint_rows(slot: str, teacher: str, student: str, database: str, method: str) -> tuple:
+    """The pair's rows (regressors possibly still unknown: ``None``) or one :class:`UserError` listing the pairs of
+    ``database``."""
+    rows = model_taps.hint_rows(slot, teacher, student)
+    if rows is not None:
+        return rows
+    known = [f"{t} -> {s}" for t, s in (HINT_PAIRS if slot == "hints" else HINT_PAIRS_UU)
+             if MODELS[t].database == database]
+    raise UserError(f"{method} has no hint-pair entry for {teacher} -> {student} on {database} (each model needs two "
+                    f"declared feature taps); supported: {', '.join(known) or 'any two models with two taps each'}")
 
 
 @register_method
@@ -160,7 +163,7 @@ class FitNets(KD):
 
     name = "FitNets"
     summary = "FitNets: hint training (regressed intermediate features), then KD from a multimodal teacher."
-    pairs = HINT_PAIRS
+    slot = "hints"
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,7 +183,7 @@ class FitNets(KD):
     @classmethod
     def check_args(cls, args, spec) -> None:
         super().check_args(args, spec)
-        lookup_pair(cls.pairs, (args.Tmodel, args.Smodel), spec.name, cls.name, "hint-pair")
+        hint_rows(cls.slot, args.Tmodel, args.Smodel, spec.name, cls.name)
         if args.hint_epochs is None:
             args.hint_epochs = args.epochs
         if args.hint_epochs < 0 or args.hint_lr <= 0:
@@ -188,11 +191,18 @@ class FitNets(KD):
 
     def __init__(self, ctx):
         super().__init__(ctx)  # teacher, then student, then the regressors: the reference's build order
-        self.hint_pairs = self.pairs[(self.args.Tmodel, self.args.Smodel)]
+        rows = hint_rows(self.slot, self.args.Tmodel, self.args.Smodel, self.spec.name, self.name)
         t_inputs = sample_inputs(ctx, self.teacher_modalities())
         s_inputs = sample_inputs(ctx, (self.mode,))
-        t_shapes = feature_shapes(self.teacher, [t for t, _, _ in self.hint_pairs], t_inputs)
-        s_shapes = feature_shapes(self.student, [s for _, s, _ in self.hint_pairs], s_inputs)
+        t_shapes = feature_shapes(self.teacher, [t for t, _, _ in rows], t_inputs)
+        s_shapes = feature_shapes(self.student, [s for _, s, _ in rows], s_inputs)
+        self.hint_pairs = tuple((t, s, kind or model_taps.regressor_kind(s_shapes[s], t_shapes[t]))
+                                for t, s, kind in rows)
+        for t, s, kind in self.hint_pairs:
+            if kind is None:
+                raise UserError(f"{self.name}: no hint regressor maps student {self.args.Smodel}.{s} "
+                                f"{list(s_shapes[s])} to teacher {self.args.Tmodel}.{t} {list(t_shapes[t])} "
+                                f"(flat to flat, map to flat, or maps of equal, double or half size)")
         self.regressors = nn.ModuleList(REGRESSORS[kind](s_shapes[s], t_shapes[t]) for t, s, kind in self.hint_pairs)
         guided = [s for _, s, _ in self.hint_pairs]
         if self.args.hint_full_student:  # every module whose forward ends before the last guided layer's does
@@ -251,4 +261,4 @@ class FitNetsUU(FitNets):
     summary = "FitNets: hint training, then KD from a cross-modal unimodal teacher."
     teacher_kind = "crossmodal"
     checkpoint_help = TEACHER_HELP["crossmodal"]
-    pairs = HINT_PAIRS_UU
+    slot = "hints-uu"

@@ -36,24 +36,12 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.base import Method, Stage, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
-from kd_methods.features import feature_shapes, lookup_pair, require_unimodal_teacher, sample_inputs
+from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from utils.errors import UserError
 
-#: teacher model -> the layer whose channels are ranked (methods.md §10.2)
-MGDFR_LAYERS = {
-    "LeNet5": "fc1",
-    "ThreeLayerCNN-A": "conv3",
-    "FuseNet-RGBbranch": "CBR5_RGB_ENC",
-    "FuseNet-Dbranch": "CBR5_DEPTH_ENC",
-    "VisualBranchNet": "fc2",
-    "AudioBranchNet": "fc2",
-    "VisualBranchNet-VGGS": "fc2",
-    "AudioBranchNet-VGGS": "fc2",
-    "MLP-Vb": "fc2",
-    "MLP-Tb": "fc2",
-    "MVD-MLP-m1": "fc2",  # our synthetic MLPs, as the CMMD-V2 MLPs
-    "MVD-MLP-m2": "fc2",
-}
+#: the teacher layer whose channels are ranked: the teacher's last declared tap (``models.taps``, slot ``mgdfr``;
+#: the reference's FuseNet choice, the last encoder stage, is in its table there)
+MGDFR_SLOT = "mgdfr"
 
 #: phase B reads the train split in batches this many times --batch_size, as the reference
 SALIENCE_BATCH_FACTOR = 6
@@ -102,7 +90,7 @@ class MGDFR(Method):
     @classmethod
     def check_args(cls, args, spec) -> None:
         require_unimodal_teacher(cls.name, args, spec)
-        lookup_pair(MGDFR_LAYERS, args.Tmodel, spec.name, cls.name, "teacher-layer")
+        tap_layers(MGDFR_SLOT, args.Tmodel, spec.name, cls.name, "teacher layer")
         if args.co_epochs is None:
             args.co_epochs = args.epochs
         if args.co_epochs < 0 or args.co_lr <= 0 or args.repeat_permute < 1 or not 0.0 <= args.ratio <= 1.0:
@@ -117,7 +105,7 @@ class MGDFR(Method):
         self.co_student = self.build(self.args.Smodel, (self.mode,), "student")
         with torch.random.fork_rng(devices=[]):  # a placeholder: re-initialised when phase C starts
             self.student = self.build(self.args.Smodel, (self.mode,), "student")
-        self.layer = MGDFR_LAYERS[self.args.Tmodel]
+        self.layer = tap_layers(MGDFR_SLOT, self.args.Tmodel, self.spec.name, self.name, "teacher layer")[0]
         shape = feature_shapes(self.teacher, [self.layer], sample_inputs(ctx, (self.other,)))[self.layer]
         self.register_buffer("salience", torch.zeros(shape[0]))
         self._removed: torch.Tensor | None = None

@@ -97,42 +97,37 @@ from utils.hooks import replace_outputs
 
 TEMPERATURE = 4.0
 
-# Hooked layers (methods.md §1.3), output of the named sub-module. Teacher table keyed on --Tmodel.
-TEACHER_LAYERS: dict[str, dict[str, tuple[str, str]]] = {
-    "AV-MNIST": {"CNN-I": ("concat_identity", "fc1")},
-    "NYU-Depth-V2": {"FuseNet-I": ("after_fusion_identity", "CBR5_RGBD_DEC")},
-    "RAVDESS": {"DSCNN-I": ("fc1", "fc2")},
-    "VGGSound-50k": {"DSCNN-VGGS-I": ("fc1", "fc2")},
-    "CMMD-V2": {"MLP-I": ("fc1", "fc2")},
-    "Synthetic-MVD": {"MVD-MLP-I": ("fc1", "fc2")},
-}
-# Auxiliary table keyed on --AUXmodel (the reference keyed it on --Smodel and required the complementary AUXmodel).
-AUX_LAYERS: dict[str, dict[str, tuple[str, str]]] = {
-    "AV-MNIST": {"ThreeLayerCNN-A": ("conv2", "conv3"), "LeNet5": ("conv3", "fc1")},
-    "NYU-Depth-V2": {"FuseNet-Dbranch": ("CBR5_DEPTH_ENC", "CBR5_D_DEC"),
-                     "FuseNet-RGBbranch": ("CBR5_RGB_ENC", "CBR5_RGB_DEC")},
-    "RAVDESS": {"VisualBranchNet": ("fc1", "fc2"), "AudioBranchNet": ("fc1", "fc2")},
-    "VGGSound-50k": {"VisualBranchNet-VGGS": ("fc1", "fc2"), "AudioBranchNet-VGGS": ("fc1", "fc2")},
-    "CMMD-V2": {"MLP-Vb": ("fc1", "fc2"), "MLP-Tb": ("fc1", "fc2")},
-    "Synthetic-MVD": {"MVD-MLP-m1": ("fc1", "fc2"), "MVD-MLP-m2": ("fc1", "fc2")},
-}
+# Hooked layers: the last two taps each model declares (``models.taps``, slot ``mst``: the reference's layers for the
+# paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
+LAYER_SLOT = "mst"
 
-# Defaults of the stage-1/2 options: the reference's first release (100/100 epochs, 1e-4) for the paper datasets,
-# small values for the embedded Synthetic-MVD so that `python main-MST-Distill.py` finishes in seconds. A dataset
-# spec's method_defaults["MST-Distill"] (utils/cli.py) takes precedence over this table.
-PAPER_DEFAULTS = {"epochs_s1": 100, "epochs_s2": 100, "s1_lr": 1e-4, "s2_lr": 1e-4, "compare_baseline": False}
-DATABASE_DEFAULTS = {
-    "Synthetic-MVD": {"epochs_s1": 5, "epochs_s2": 5, "s1_lr": 1e-3, "s2_lr": 1e-3, "compare_baseline": True},
-}
 
-# Per-sample input shapes of the paper datasets (models-and-data.md §1.9), for offline_context().
-INPUT_SHAPES = {
-    "AV-MNIST": {"m1": (1, 28, 28), "m2": (1, 112, 112)},
-    "RAVDESS": {"m1": (15, 3, 224, 224), "m2": (15, 156)},
-    "VGGSound-50k": {"m1": (10, 7, 7, 512), "m2": (10, 128)},
-    "CMMD-V2": {"m1": (2048,), "m2": (768,)},
-    "NYU-Depth-V2": {"m1": (3, 480, 640), "m2": (1, 480, 640)},
-}
+def _layer_tables(multimodal: bool) -> dict[str, dict[str, tuple[str, ...]]]:
+    """database -> {model: hooked layers} for the models of each database (generic ones excluded), as the
+    reference's tables listed them: for the documentation, the tests and the error messages."""
+    from models import MODELS
+    from models.taps import layers
+
+    tables: dict[str, dict[str, tuple[str, ...]]] = {}
+    for name, entry in MODELS.items():
+        if entry.database is not None and entry.is_multimodal == multimodal and layers(LAYER_SLOT, name) is not None:
+            tables.setdefault(entry.database, {})[name] = layers(LAYER_SLOT, name)
+    return tables
+
+
+TEACHER_LAYERS = _layer_tables(multimodal=True)
+# Auxiliary layers keyed on --AUXmodel (the reference keyed them on --Smodel and required the complementary AUXmodel).
+AUX_LAYERS = _layer_tables(multimodal=False)
+
+
+def stage_defaults(spec: DatasetSpec) -> dict:
+    """Defaults of the stage-1/2 options: the dataset's own (``spec.method_defaults["MST-Distill"]``, the one place
+    a dataset states them), else generic ones: the reference's stage learning rates (1e-4) and one ``--epochs``
+    budget of the dataset per stage (100/100 on the paper datasets: the reference's first release), no baseline."""
+    generic = {"epochs_s1": spec.epochs, "epochs_s2": spec.epochs, "s1_lr": 1e-4, "s2_lr": 1e-4,
+               "compare_baseline": False}
+    return {**generic, **spec.method_defaults.get("MST-Distill", {})}
+
 
 STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
 
@@ -465,9 +460,8 @@ class MSTDistill(Method):
 
     @staticmethod
     def resolve_defaults(args: argparse.Namespace, spec: DatasetSpec) -> None:
-        """Fill the options left at None from :data:`DATABASE_DEFAULTS` / :data:`PAPER_DEFAULTS`."""
-        table = {**PAPER_DEFAULTS, **DATABASE_DEFAULTS.get(spec.name, {})}
-        for key, value in table.items():
+        """Fill the options left at None from :func:`stage_defaults`."""
+        for key, value in stage_defaults(spec).items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
 
@@ -493,23 +487,23 @@ class MSTDistill(Method):
             raise UserError("--s1_lr and --s2_lr must be > 0")
         if min(args.w_task, args.w_kl, args.w_lb) < 0:
             raise UserError("--w_task, --w_kl and --w_lb must be >= 0")
-        teachers = TEACHER_LAYERS.get(spec.name)
-        if teachers is None:
-            raise UserError(f"MST-Distill has no hooked-layer tables for {spec.name}; supported databases: "
-                            f"{', '.join(TEACHER_LAYERS)}")
+        from kd_methods.features import usable_models
+        from models.taps import layers
+
+        teachers = usable_models(LAYER_SLOT, spec.name, ("m1", "m2"))
         if args.Tmodel not in teachers:
-            raise UserError(f"MST-Distill on {spec.name} supports --Tmodel {', '.join(teachers)} (hooked-layer table), "
-                            f"not '{args.Tmodel}'")
-        auxes = AUX_LAYERS[spec.name]
-        if args.AUXmodel not in auxes:
-            raise UserError(f"MST-Distill on {spec.name} supports --AUXmodel {', '.join(auxes)} (hooked-layer table), "
-                            f"not '{args.AUXmodel}'")
+            raise UserError(f"MST-Distill on {spec.name} supports --Tmodel {', '.join(teachers)} (fusion models "
+                            f"declaring two feature taps), not '{args.Tmodel}'")
+        auxes = [n for n in usable_models(LAYER_SLOT, spec.name) if not get_entry(n).is_multimodal]
+        if layers(LAYER_SLOT, args.AUXmodel) is None or get_entry(args.AUXmodel).is_multimodal:
+            raise UserError(f"MST-Distill on {spec.name} supports --AUXmodel {', '.join(auxes)} (unimodal models "
+                            f"declaring two feature taps), not '{args.AUXmodel}'")
         other = spec.other_modality(args.mode)
         for flag, name, wanted in (("--Tmodel", args.Tmodel, ("m1", "m2")), ("--AUXmodel", args.AUXmodel, (other,)),
                                    ("--Smodel", args.Smodel, (args.mode,))):
             entry = get_entry(name)
-            if entry.database != spec.name or tuple(entry.inputs) != wanted:
-                raise UserError(f"{flag} {name} takes {'+'.join(entry.inputs)} of {entry.database}, but MST-Distill "
+            if tuple(entry.inputs) != wanted:  # whether its input shapes fit is checked when it is built
+                raise UserError(f"{flag} {name} takes {'+'.join(entry.inputs)}, but MST-Distill "
                                 f"with --mode {args.mode} needs a {spec.name} model on {'+'.join(wanted)} "
                                 f"(default {cls.default_models(spec, args.mode)[_ROLE_OF[flag]]})")
         if args.start_stage > 1 and not args.init_from:
@@ -526,7 +520,9 @@ class MSTDistill(Method):
         args, spec = self.args, self.spec
         self.resolve_defaults(args, spec)  # contexts built without the CLI
         n = args.mask_layer_num
-        t_layers, a_layers = TEACHER_LAYERS[spec.name][args.Tmodel], AUX_LAYERS[spec.name][args.AUXmodel]
+        from models.taps import layers
+
+        t_layers, a_layers = layers(LAYER_SLOT, args.Tmodel), layers(LAYER_SLOT, args.AUXmodel)
         # Build order = the reference's RNG order: T, A, S, MaskNets (every listed layer of T then of A, truncated
         # afterwards), GateNet.
         self.teacher = self.build(args.Tmodel, ("m1", "m2"), "teacher")
@@ -1025,7 +1021,8 @@ def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None
     """A :class:`RunContext` for MST-Distill over ``samples`` random samples (train = val = test = all of them).
 
     ``argv`` are command-line options (``--database`` etc.); ``input_shapes`` overrides the per-sample shapes of
-    :data:`INPUT_SHAPES` (e.g. a small NYU size). Synthetic-MVD uses its own generator.
+    the spec (:meth:`~datasets.base.DatasetSpec.example_input_shapes`; e.g. a small NYU size). Synthetic-MVD uses its
+    own generator.
     """
     from datasets import BatchLoader, TensorSource, get_spec
     from utils import cli
@@ -1036,7 +1033,7 @@ def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None
     if spec.name == "Synthetic-MVD" and input_shapes is None:
         source = spec.load(args)
     else:
-        shapes = input_shapes or INPUT_SHAPES[spec.name]
+        shapes = input_shapes or spec.example_input_shapes()
         generator = torch.Generator().manual_seed(data_seed)
         m1 = torch.randn((samples, *shapes["m1"]), generator=generator)
         m2 = torch.randn((samples, *shapes["m2"]), generator=generator)

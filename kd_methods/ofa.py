@@ -22,24 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.features import feature_shapes, lookup_pair, sample_inputs
+from kd_methods.features import feature_shapes, sample_inputs, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from utils.hooks import capture_features
 
-#: student model -> the hooked stages that get a projector (methods.md §7.2; the teacher side is its logits).
+#: the student stages that get a projector (the teacher side is its logits): every tap the student declares
+#: (``models.taps``, slot ``ofa``; the reference's choice for LeNet5, conv1/conv2/fc1, is in its table there).
 #: 4-d features get the 2-d projector, flat ones the 1-d projector.
-OFA_STAGES = {
-    "LeNet5": ("conv1", "conv2", "fc1"),
-    "ThreeLayerCNN-A": ("conv1", "conv2", "conv3"),
-    "AudioBranchNet": ("audio_branch", "fc1", "fc2"),
-    "VisualBranchNet": ("visual_branch", "fc1", "fc2"),
-    "VisualBranchNet-VGGS": ("visual_branch", "fc1", "fc2"),
-    "AudioBranchNet-VGGS": ("audio_branch", "fc1", "fc2"),
-    "MLP-Vb": ("fc1", "fc2"),
-    "MLP-Tb": ("fc1", "fc2"),
-    "MVD-MLP-m1": ("fc1", "fc2"),  # our synthetic models, as the MLP rows
-    "MVD-MLP-m2": ("fc1", "fc2"),
-}
+OFA_SLOT = "ofa"
 
 
 class SepConv(nn.Module):
@@ -161,11 +151,11 @@ class OFA(SingleTeacherDistiller):
     @classmethod
     def check_args(cls, args, spec) -> None:
         super().check_args(args, spec)
-        lookup_pair(OFA_STAGES, args.Smodel, spec.name, cls.name, "student-stage")
+        tap_layers(OFA_SLOT, args.Smodel, spec.name, cls.name, "student stage")
 
     def __init__(self, ctx):
         super().__init__(ctx)  # teacher, then student: the reference's build order
-        self.layers = OFA_STAGES[self.args.Smodel]
+        self.layers = tap_layers(OFA_SLOT, self.args.Smodel, self.spec.name, self.name, "student stage")
         shapes = feature_shapes(self.student, self.layers, sample_inputs(ctx, (self.mode,)))
         self.projectors = build_projectors(shapes, self.layers, self.spec.num_classes)
 

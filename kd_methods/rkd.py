@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.features import probe_features
+from kd_methods.features import probe_features, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from utils.errors import UserError
 from utils.hooks import capture_features
@@ -18,38 +18,18 @@ from utils.hooks import capture_features
 #: the embedding width of RKD's and CRD's embedders (hard-coded in the reference)
 EMBED_DIM = 128
 
-#: (database, model) -> the submodule whose output is the distilled feature (methods.md §5.1, shared by CRD).
-#: The reference keys its table by (teacher, student) pair, but every model uses the same layer in every pair,
-#: so a per-model table accepts exactly the reference's pairs (the builders refuse the wrong modalities).
-FEATURE_LAYERS: dict[tuple[str, str], str] = {
-    ("AV-MNIST", "CNN-I"): "fc1",                     # 298, pre-activation (CNN-I has none between fc1 and fc2)
-    ("AV-MNIST", "LeNet5"): "fc1",                    # 84, pre-ReLU
-    ("AV-MNIST", "ThreeLayerCNN-A"): "conv3",         # [128, 28, 28] pre-ReLU -> max-pool -> 25088
-    ("RAVDESS", "DSCNN-I"): "fc2",                    # 160 everywhere below
-    ("RAVDESS", "VisualBranchNet"): "fc2",
-    ("RAVDESS", "AudioBranchNet"): "fc2",
-    ("VGGSound-50k", "DSCNN-VGGS-I"): "fc2",
-    ("VGGSound-50k", "VisualBranchNet-VGGS"): "fc2",
-    ("VGGSound-50k", "AudioBranchNet-VGGS"): "fc2",
-    ("CMMD-V2", "MLP-I"): "fc2",                      # 256
-    ("CMMD-V2", "MLP-Vb"): "fc2",                     # 512
-    ("CMMD-V2", "MLP-Tb"): "fc2",                     # 512
-    ("Synthetic-MVD", "MVD-MLP-I"): "fc2",            # 32, as the RAVDESS/VGGSound rows
-    ("Synthetic-MVD", "MVD-MLP-m1"): "fc2",
-    ("Synthetic-MVD", "MVD-MLP-m2"): "fc2",
-}
+#: the feature RKD and CRD distil is each model's last declared tap (``models.taps``, slot ``feature``): the reference's
+#: per-pair table used the same layer for a model in every pair (AV-MNIST: CNN-I fc1, LeNet5 fc1, ThreeLayerCNN-A
+#: conv3; RAVDESS/VGGSound: fc2; CMMD-V2: fc2), which is what the taps declare
+FEATURE_SLOT = "feature"
 
 #: databases whose 4-d features are max-pooled 2x2 before flattening (the reference's AV-MNIST rule)
 POOL_4D_DATABASES = ("AV-MNIST",)
 
 
 def feature_layer(database: str, model: str, method: str) -> str:
-    try:
-        return FEATURE_LAYERS[(database, model)]
-    except KeyError:
-        known = sorted(m for d, m in FEATURE_LAYERS if d == database)
-        raise UserError(f"{method} has no feature layer for model '{model}' on {database}; supported models: "
-                        f"{', '.join(known) or 'none'}") from None
+    """The submodule whose output ``method`` distils for ``model``; one-line error for a model without taps."""
+    return tap_layers(FEATURE_SLOT, model, database, method, "feature layer")[0]
 
 
 def flatten_feature(feature: torch.Tensor, database: str) -> torch.Tensor:
@@ -158,7 +138,7 @@ class RKD(FeatureDistiller):
     """Relational knowledge distillation from a multimodal teacher (Park et al., "Relational Knowledge
     Distillation", CVPR 2019), as the MST-Distill reference implements it (methods.md §5).
 
-    The student and teacher features of :data:`FEATURE_LAYERS` are embedded by ``E_s``/``E_t`` (Linear to 128
+    The student and teacher features (each model's last declared tap) are embedded by ``E_s``/``E_t`` (Linear to 128
     and L2 normalisation); ``L_rkd = 1 * distance + 2 * angle`` on the embeddings; total
     ``(1 - alpha) * CE + alpha * L_rkd``, alpha halved after every 30 epochs; one Adam over student, E_s, E_t;
     selection on the student's validation CE.

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from models.registry import register_model
 
 NUM_CLASSES = 10
+#: per-sample inputs: 28x28 image digits (m1), 112x112 audio spectrograms (m2)
+AVMNIST_INPUTS = {"m1": (1, 28, 28), "m2": (1, 112, 112)}
 
 
 class LeNet5(nn.Module):
@@ -122,16 +124,21 @@ class CNNIntermediateFusion(nn.Module):
         return self.fc2(self.fc1(fused))
 
 
-@register_model("LeNet5", "AV-MNIST", ("m1",), "LeNet-5 image student (28x28 digits)")
+@register_model("LeNet5", "AV-MNIST", ("m1",), "LeNet-5 image student (28x28 digits)",
+                taps={"conv1": (6, 28, 28), "conv2": (16, 10, 10), "conv3": (120, 1, 1), "fc1": (84,)},
+                example_inputs=AVMNIST_INPUTS)
 def lenet5(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return LeNet5(num_classes)
 
 
-@register_model("ThreeLayerCNN-A", "AV-MNIST", ("m2",), "three-conv audio student (112x112 spectrograms)")
+@register_model("ThreeLayerCNN-A", "AV-MNIST", ("m2",), "three-conv audio student (112x112 spectrograms)",
+                taps={"conv1": (32, 112, 112), "conv2": (64, 56, 56), "conv3": (128, 28, 28)},
+                example_inputs=AVMNIST_INPUTS)
 def three_layer_cnn_audio(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return ThreeLayerCNNAudio(num_classes)
 
 
-@register_model("CNN-I", "AV-MNIST", ("m1", "m2"), "intermediate-fusion CNN teacher (LeNet-5 image + 5-conv audio)")
+@register_model("CNN-I", "AV-MNIST", ("m1", "m2"), "intermediate-fusion CNN teacher (LeNet-5 image + 5-conv audio)",
+                taps={"concat_identity": (596,), "fc1": (298,)}, example_inputs=AVMNIST_INPUTS)
 def cnn_intermediate_fusion(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return CNNIntermediateFusion(num_classes)

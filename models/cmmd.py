@@ -13,6 +13,8 @@ from models.registry import register_model
 NUM_CLASSES = 8
 IMAGE_DIM = 2048
 TEXT_DIM = 768
+#: per-sample inputs: ResNet-50 image features (m1), BERTweet text features (m2)
+CMMD_INPUTS = {"m1": (IMAGE_DIM,), "m2": (TEXT_DIM,)}
 
 
 class FeatureMLP(nn.Module):
@@ -60,16 +62,19 @@ class FusionMLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-@register_model("MLP-I", "CMMD-V2", ("m1", "m2"), "intermediate-fusion MLP teacher (image + text features)")
+@register_model("MLP-I", "CMMD-V2", ("m1", "m2"), "intermediate-fusion MLP teacher (image + text features)",
+                taps={"fc1": (512,), "fc2": (256,)}, example_inputs=CMMD_INPUTS)
 def mlp_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return FusionMLP(num_classes)
 
 
-@register_model("MLP-Vb", "CMMD-V2", ("m1",), "MLP on 2048-d image features")
+@register_model("MLP-Vb", "CMMD-V2", ("m1",), "MLP on 2048-d image features",
+                taps={"fc1": (1024,), "fc2": (512,)}, example_inputs=CMMD_INPUTS)
 def mlp_visual(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return UnimodalMLP(IMAGE_DIM, num_classes)
 
 
-@register_model("MLP-Tb", "CMMD-V2", ("m2",), "MLP on 768-d text features")
+@register_model("MLP-Tb", "CMMD-V2", ("m2",), "MLP on 768-d text features",
+                taps={"fc1": (1024,), "fc2": (512,)}, example_inputs=CMMD_INPUTS)
 def mlp_text(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return UnimodalMLP(TEXT_DIM, num_classes)

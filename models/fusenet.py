@@ -300,16 +300,24 @@ class FuseNetDepth(FuseNetBranch):
         super().__init__(DEPTH_ENCODER, DEPTH_DECODER, num_labels)
 
 
-@register_model("FuseNet-I", "NYU-Depth-V2", ("m1", "m2"), "FuseNet RGB-D segmentation teacher (fusion every stage)")
+#: per-sample inputs of NYU-Depth-V2 (any H, W work; the tap shapes below are for this size)
+NYU_INPUTS = {"m1": (3, 480, 640), "m2": (1, 480, 640)}
+
+
+@register_model("FuseNet-I", "NYU-Depth-V2", ("m1", "m2"), "FuseNet RGB-D segmentation teacher (fusion every stage)",
+                taps={"after_fusion_identity": (512, 15, 20), "CBR5_RGBD_DEC": (512, 30, 40)},
+                example_inputs=NYU_INPUTS)
 def fusenet_intermediate(num_classes=NUM_LABELS, input_shapes=None, **_):
     return FuseNet(num_classes)
 
 
-@register_model("FuseNet-RGBbranch", "NYU-Depth-V2", ("m1",), "single-stream FuseNet on RGB")
+@register_model("FuseNet-RGBbranch", "NYU-Depth-V2", ("m1",), "single-stream FuseNet on RGB",
+                taps={"CBR5_RGB_ENC": (512, 30, 40), "CBR5_RGB_DEC": (512, 30, 40)}, example_inputs=NYU_INPUTS)
 def fusenet_rgb(num_classes=NUM_LABELS, input_shapes=None, **_):
     return FuseNetRGB(num_classes)
 
 
-@register_model("FuseNet-Dbranch", "NYU-Depth-V2", ("m2",), "single-stream FuseNet on depth")
+@register_model("FuseNet-Dbranch", "NYU-Depth-V2", ("m2",), "single-stream FuseNet on depth",
+                taps={"CBR5_DEPTH_ENC": (512, 30, 40), "CBR5_D_DEC": (512, 30, 40)}, example_inputs=NYU_INPUTS)
 def fusenet_depth(num_classes=NUM_LABELS, input_shapes=None, **_):
     return FuseNetDepth(num_classes)

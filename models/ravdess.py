@@ -16,6 +16,9 @@ from models.registry import register_model
 NUM_CLASSES = 8
 AUDIO_FEATURES = 256 * 5  # 156 MFCC frames pooled by 3 three times -> 5
 VISUAL_FEATURES = 24 * 1 * 28 * 28  # 15 frames x 224^2 halved three times -> 1 x 28^2
+#: per-sample inputs: 15 face frames (m1), 15 MFCC x 156 frames (m2)
+RAVDESS_INPUTS = {"m1": (15, 3, 224, 224), "m2": (15, 156)}
+HEAD_TAPS = {"fc1": (320,), "fc2": (160,)}
 
 
 def video_to_channels_first(video: torch.Tensor) -> torch.Tensor:
@@ -123,7 +126,8 @@ def keep_layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@register_model("DSCNN-I", "RAVDESS", ("m1", "m2"), "dual-stream CNN teacher (Conv3d video + Conv1d MFCC)")
+@register_model("DSCNN-I", "RAVDESS", ("m1", "m2"), "dual-stream CNN teacher (Conv3d video + Conv1d MFCC)",
+                taps=HEAD_TAPS, example_inputs=RAVDESS_INPUTS)
 def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
     taps = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3", "audio_branch",
             "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3", "fc1", "fc2", "fc3"]
@@ -131,11 +135,13 @@ def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
                          num_classes, taps)
 
 
-@register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student")
+@register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student",
+                taps={"visual_branch": (VISUAL_FEATURES,), **HEAD_TAPS}, example_inputs=RAVDESS_INPUTS)
 def visual_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("visual_branch", visual_branch(), video_to_channels_first, VISUAL_FEATURES, num_classes)
 
 
-@register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student")
+@register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student",
+                taps={"audio_branch": (AUDIO_FEATURES,), **HEAD_TAPS}, example_inputs=RAVDESS_INPUTS)
 def audio_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("audio_branch", audio_branch(), keep_layout, AUDIO_FEATURES, num_classes)

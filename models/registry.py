@@ -20,14 +20,22 @@ class ModelEntry:
 
     ``inputs`` is the tuple of modalities the forward takes, in order: ``("m1", "m2")`` for a fusion
     model, ``("m1",)`` or ``("m2",)`` for a unimodal one. ``database`` is the dataset family the
-    architecture was designed for (several databases may share it, e.g. all Synthetic-MVD variants).
+    architecture was designed for (several databases may share it, e.g. all Synthetic-MVD variants), or
+    ``None`` for a generic model sized from the inputs it gets (any dataset whose inputs fit).
+
+    ``taps`` declares the model's feature taps (:mod:`models.taps`): submodule paths in forward order, the
+    logits excluded, each with its per-sample output shape for ``example_inputs`` (``None`` where a dimension
+    follows the input size). ``example_inputs`` are per-sample input shapes the model is built for (the paper
+    shapes for the paper models; any fitting shapes for generic ones).
     """
 
     name: str
-    database: str
+    database: str | None
     inputs: tuple[str, ...]
     builder: Callable[..., nn.Module] = field(repr=False)
     description: str = ""
+    taps: tuple = ()
+    example_inputs: dict = field(default_factory=dict)
 
     @property
     def is_multimodal(self) -> bool:
@@ -37,13 +45,22 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, database: str, inputs: tuple[str, ...], description: str = ""):
-    """Class or function decorator that registers a builder under its CLI name."""
+def register_model(name: str, database: str | None, inputs: tuple[str, ...], description: str = "",
+                   taps: dict[str, tuple] | None = None, example_inputs: dict[str, tuple] | None = None):
+    """Class or function decorator that registers a builder under its CLI name.
+
+    ``taps`` maps each tap (submodule path, forward order, logits excluded) to its per-sample output shape for
+    ``example_inputs``; see :class:`ModelEntry` and :mod:`models.taps`.
+    """
 
     def decorator(builder):
         if name in MODELS:
             raise ValueError(f"model name registered twice: {name}")
-        MODELS[name] = ModelEntry(name, database, tuple(inputs), builder, description)
+        from models.taps import Tap
+
+        declared = tuple(Tap(tap, tuple(shape)) for tap, shape in (taps or {}).items())
+        MODELS[name] = ModelEntry(name, database, tuple(inputs), builder, description, declared,
+                                  dict(example_inputs or {}))
         return builder
 
     return decorator
@@ -60,10 +77,14 @@ def get_entry(name: str) -> ModelEntry:
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model. ``kwargs`` are passed to its builder (e.g. ``num_classes``)."""
-    model = get_entry(name).builder(**kwargs)
+    entry = get_entry(name)
+    model = entry.builder(**kwargs)
     model.model_name = name
+    model.taps = tuple(tap.name for tap in entry.taps)
     return model
 
 
 def models_for(database: str) -> list[str]:
-    return sorted(n for n, e in MODELS.items() if e.database == database)
+    """The models designed for ``database``, then the generic ones (``database=None``) that any dataset may use."""
+    return (sorted(n for n, e in MODELS.items() if e.database == database)
+            + sorted(n for n, e in MODELS.items() if e.database is None))

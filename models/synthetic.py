@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from models.registry import register_model
 
 HIDDEN = (64, 32)
+#: the default Synthetic-MVD widths (50 + 50 columns; the builders follow --mvd_dim_a/--mvd_dim_b)
+MVD_INPUTS = {"m1": (50,), "m2": (50,)}
+MLP_TAPS = {"fc1": (HIDDEN[0],), "fc2": (HIDDEN[1],)}
 
 
 class MLPHead(nn.Module):
@@ -62,26 +65,31 @@ def _dim(input_shapes, modality):
     return int(input_shapes[modality][0])
 
 
-@register_model("MVD-MLP-I", "Synthetic-MVD", ("m1", "m2"), "fusion MLP teacher (64-32 hidden)")
+@register_model("MVD-MLP-I", "Synthetic-MVD", ("m1", "m2"), "fusion MLP teacher (64-32 hidden)",
+                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
 def mvd_mlp_fusion(num_classes=2, input_shapes=None, **_):
     return MVDFusionMLP(_dim(input_shapes, "m1"), _dim(input_shapes, "m2"), num_classes)
 
 
-@register_model("MVD-MLP-m1", "Synthetic-MVD", ("m1",), "MLP on modality a (m1)")
+@register_model("MVD-MLP-m1", "Synthetic-MVD", ("m1",), "MLP on modality a (m1)",
+                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
 def mvd_mlp_m1(num_classes=2, input_shapes=None, **_):
     return MVDUnimodalMLP(_dim(input_shapes, "m1"), num_classes)
 
 
-@register_model("MVD-MLP-m2", "Synthetic-MVD", ("m2",), "MLP on modality b (m2)")
+@register_model("MVD-MLP-m2", "Synthetic-MVD", ("m2",), "MLP on modality b (m2)",
+                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
 def mvd_mlp_m2(num_classes=2, input_shapes=None, **_):
     return MVDUnimodalMLP(_dim(input_shapes, "m2"), num_classes)
 
 
-@register_model("MVD-LR-m1", "Synthetic-MVD", ("m1",), "logistic regression on modality a (MFH)")
+@register_model("MVD-LR-m1", "Synthetic-MVD", ("m1",), "logistic regression on modality a (MFH)",
+                example_inputs=MVD_INPUTS)
 def mvd_lr_m1(num_classes=2, input_shapes=None, **_):
     return LogisticRegression(_dim(input_shapes, "m1"), num_classes)
 
 
-@register_model("MVD-LR-m2", "Synthetic-MVD", ("m2",), "logistic regression on modality b (MFH)")
+@register_model("MVD-LR-m2", "Synthetic-MVD", ("m2",), "logistic regression on modality b (MFH)",
+                example_inputs=MVD_INPUTS)
 def mvd_lr_m2(num_classes=2, input_shapes=None, **_):
     return LogisticRegression(_dim(input_shapes, "m2"), num_classes)

@@ -52,6 +52,7 @@ OUTPUT_SHAPES = {
     "CMMD-V2": (B, 8),
     "NYU-Depth-V2": (B, 41, NYU_H, NYU_W),
     "Synthetic-MVD": (B, 2),
+    None: (B, 2),  # generic models, built with 2 classes above
 }
 
 _HEAD = {"fc1": (B, 320), "fc2": (B, 160)}
@@ -119,6 +120,8 @@ ALL_MODELS = sorted(MODELS)
 
 
 def _kwargs(name: str) -> dict:
+    if MODELS[name].database is None:  # generic models are sized from the data: their declared example inputs
+        return {"input_shapes": MODELS[name].example_inputs, "num_classes": 2}
     return {"input_shapes": SYNTHETIC_INPUT_SHAPES} if MODELS[name].database == "Synthetic-MVD" else {}
 
 
@@ -132,7 +135,7 @@ def _model(name: str):
 def _inputs(name: str) -> tuple[torch.Tensor, ...]:
     entry = MODELS[name]
     generator = torch.Generator().manual_seed(1)
-    shapes = INPUT_SHAPES[entry.database]
+    shapes = INPUT_SHAPES[entry.database] if entry.database is not None else entry.example_inputs
     return tuple(torch.randn(B, *shapes[m], generator=generator) for m in entry.inputs)
 
 
