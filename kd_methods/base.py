@@ -120,6 +120,11 @@ class Method(nn.Module):
     checkpoint_help: str = "pre-trained teacher: a best.pth of ours or a reference-style bare state dict"
     #: per-dataset defaults that differ from the dataset spec, e.g. {"batch_size": 32}
     defaults: dict = {}
+    #: the script evaluates the model of ``--ckpt_name`` (test-T/test-S): its database, mode, dataset options, seed
+    #: and model name default to the checkpoint's (utils.cli), so the test split is the one it was trained beside
+    evaluates_checkpoint: bool = False
+    #: help of ``--epochs`` (a method whose stages have their own epoch flags says which stages it sets)
+    epochs_help: str = "epochs (default: per dataset)"
     #: a row of the comparison table of ``reproduce.py`` (utils/sweep); False for the teachers and tools
     in_comparison: bool = True
     #: row group of that table; None derives it from ``teacher_kind`` / ``needs_checkpoint`` (comparison_group)
@@ -157,6 +162,11 @@ class Method(nn.Module):
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
         """Raise :class:`UserError` for impossible option combinations, before any data is loaded."""
+
+    @classmethod
+    def epoch_plan(cls, args: argparse.Namespace) -> str:
+        """How long the run trains, for the first line of its log."""
+        return f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}"
 
     @classmethod
     def comparison_group(cls) -> str:
@@ -208,12 +218,22 @@ class Method(nn.Module):
         return model(*batch.inputs(modalities))
 
     def load_teacher(self, model: nn.Module, path: str, role: str = "teacher") -> nn.Module:
-        """Load a teacher from our ``best.pth`` or a reference-style bare state dict (strict)."""
+        """Load a teacher from our ``best.pth`` or a reference-style bare state dict (strict).
+
+        Once the tensors fit, a ``best.pth`` trained on other data, another split or as another model (of the same
+        shapes) is refused (:func:`utils.provenance.check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
+        a warning); a checkpoint.pth or stage file is not a model.
+        """
+        from utils.provenance import check_model_checkpoint
         from utils.rundir import load_checkpoint
 
         state = load_checkpoint(path)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
+        if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage"):
+            raise UserError(f"{path} is a {'per-epoch checkpoint' if state['kind'] == 'checkpoint' else 'stage file'} "
+                            f"of a whole run, not a model; pass the best.pth of that run directory")
+        saved = state if isinstance(state, dict) and isinstance(state.get("model"), dict) else None
+        if saved is not None:
+            state = saved["model"]
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError:
@@ -221,9 +241,12 @@ class Method(nn.Module):
             theirs = set(state) if isinstance(state, dict) else set()
             detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
                       if ours != theirs else "tensor shapes differ")
-            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}); "
+            held = f" (it holds {saved['model_name']})" if saved is not None and saved.get("model_name") else ""
+            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}; "
                             f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was "
                             f"trained with") from None
+        # the tensors fit; refuse one trained on other data, another split or as another model of the same shapes
+        check_model_checkpoint(saved, path, self.ctx, model.model_name, role)
         return model
 
     #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference

@@ -386,6 +386,17 @@ class MSTDistill(Method):
     needs_checkpoint = False
     table_group = "MST-Distill"
     sweep_flags = ("--no-compare_baseline",)  # in a sweep the no-KD node is the baseline
+    epochs_help = ("stage-3 (distillation) epochs, and the comparison baseline's; it does not shorten stages 1-2, "
+                   "which run --epochs_s1 and --epochs_s2 epochs (default: per dataset)")
+
+    @classmethod
+    def epoch_plan(cls, args: argparse.Namespace) -> str:
+        """First log line: --epochs alone does not shorten stages 1-2."""
+        skip = getattr(args, "start_stage", 1) - 1
+        s1, s2 = (0 if skip >= 1 else args.epochs_s1), (0 if skip >= 2 else args.epochs_s2)
+        baseline = f" + {args.epochs} baseline" if getattr(args, "compare_baseline", False) else ""
+        return (f"{s1} co-training (--epochs_s1) + {s2} masknets (--epochs_s2) + {args.epochs} distillation "
+                f"(--epochs){baseline} epochs; --epochs sets stage 3 only")
 
     # -- CLI ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -579,10 +590,13 @@ class MSTDistill(Method):
             log("warning: --epochs_s2 0: stage 3 uses untrained MaskNets (the reference crashes here)")
 
     def _load_init(self, path: str) -> None:
-        from utils.rundir import load_checkpoint
+        from utils.rundir import full_method_state, load_checkpoint
 
         saved = load_checkpoint(path)
-        state = saved.get("method") if isinstance(saved, dict) else None
+        state = full_method_state(saved, path) if isinstance(saved, dict) else None
+        if isinstance(saved, dict) and saved.get("partial") and state is None:
+            raise UserError(f"--init_from {path}: a checkpoint taken during stage 1 holds only what that stage trains; "
+                            f"pass a stage file (stage1-co-training.pth or later) of that run")
         if not isinstance(state, dict):
             raise UserError(f"--init_from {path}: not a checkpoint of this framework (no method state)")
         saved_args = saved.get("args") or {}

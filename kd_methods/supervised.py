@@ -61,7 +61,10 @@ class UnimodalModel(Method):
 
 class _TestMixin:
     needs_checkpoint = True
-    checkpoint_help = "the model to test: a best.pth of ours or a reference-style bare state dict"
+    evaluates_checkpoint = True
+    checkpoint_help = ("the model to test: a best.pth of ours (its database, --mode, dataset options, --seed and model "
+                       "name are the defaults, so the test split is the one it was trained beside) or a "
+                       "reference-style bare state dict")
 
     def stages(self):
         return []

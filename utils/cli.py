@@ -116,6 +116,9 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
                             help=f"{what} model (default: from the dataset and --mode); one of {', '.join(names)}")
     if method_cls.needs_checkpoint:
         models.add_argument("--ckpt_name", default=None, help=method_cls.checkpoint_help + " (required)")
+        models.add_argument("--allow_teacher_mismatch", action=argparse.BooleanOptionalAction, default=False,
+                            help="use a --ckpt_name trained on other data, another split or as another model anyway, "
+                                 "with a warning in the log (default: off: refused)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--seed", type=int, default=0,
@@ -123,7 +126,7 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=int, default=None, help="batch size (default: per dataset, README table)")
     train.add_argument("--lr", type=float, default=None,
                        help="learning rate (default: the method's, else per dataset, README table)")
-    train.add_argument("--epochs", type=int, default=None, help="epochs (default: per dataset)")
+    train.add_argument("--epochs", type=int, default=None, help=method_cls.epochs_help)
     train.add_argument("--max_steps", type=int, default=None,
                        help="cap on batches per epoch, for smoke runs (default: none)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -138,7 +141,8 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     output = parser.add_argument_group("output")
     output.add_argument("--out_dir", default="./runs", help="root of run directories (default: %(default)s)")
     output.add_argument("--resume", default=None, metavar="PATH",
-                        help="continue a killed run from its directory or checkpoint.pth")
+                        help="continue a killed run from its directory or checkpoint.pth, with its own arguments (only "
+                             "--epochs, raised, and runtime options such as --device may be given; README)")
     output.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="write TensorBoard events (default: on)")
 
@@ -150,31 +154,32 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     return parser
 
 
-#: options that may differ when a run is resumed (where and how it runs, not what it computes)
-RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device", "threads")
+def given_flags(method_cls, argv=None) -> dict:
+    """The options present on the command line (not defaulted), by destination."""
+    parser = build_parser(method_cls)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
 def parse_args(method_cls, argv=None) -> argparse.Namespace:
     parser = build_parser(method_cls)
     args = parser.parse_args(argv)
-    if args.resume:
-        from utils.rundir import load_checkpoint
+    if args.resume:  # continue that run with its own arguments (utils/resume.py)
+        from utils.resume import resume_args
 
-        saved = load_checkpoint(args.resume).get("args")
-        if not isinstance(saved, dict):
-            raise UserError(f"{args.resume} is not a run checkpoint of this framework (no saved arguments)")
-        given = {k: getattr(args, k) for k in RUNTIME_OPTIONS}
-        args = argparse.Namespace(**saved)
-        for key, value in given.items():
-            if value is not None or key == "resume":
-                setattr(args, key, value)
-        return args
+        return resume_args(method_cls, parser, args, given_flags(method_cls, argv))
+    if method_cls.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
+        from utils.provenance import adopt_checkpoint_settings
+
+        adopt_checkpoint_settings(method_cls, args, given_flags(method_cls, argv))
     return finalize_args(method_cls, args)
 
 
 def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
-    """Fill defaults that depend on the dataset and the mode, then let the method check its options."""
-    spec = get_spec(args.database)
+    """Fill defaults that depend on the dataset (as configured by its options, e.g. Paired's data shapes) and the
+    mode, then let the method check its options."""
+    spec = get_spec(args.database).configured(args)
     args.database = spec.name
     if args.cuda_id is not None and args.device == "auto":
         args.device = f"cuda:{args.cuda_id}"

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
+import traceback
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from datasets import BatchLoader, get_spec
+from datasets.checks import check_source
 from datasets.splits import resolve_split
 from kd_methods.base import Method, RunContext, Stage
 from utils import cli
-from utils.errors import NonFiniteLossError, UserError
+from utils.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.metrics import ConfusionMatrix
-from utils.rundir import RunDir, load_checkpoint
-from utils.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from utils import provenance
+from utils.resume import FinishedRun
+from utils.rundir import RunDir, full_method_state, load_checkpoint
+from utils.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 
 LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
 
@@ -42,16 +48,52 @@ def main(method_name: str, argv=None) -> dict | None:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(NonFiniteLossError.exit_code)
+    except FinishedRun as finished:  # --resume of a finished run: one line, nothing changed, exit 0
+        print(finished)
+        return finished.results
+    except RunInterrupted as error:
+        print(error, file=sys.stderr)
+        sys.exit(RunInterrupted.exit_code)
+    except KeyboardInterrupt:  # before the run had a directory
+        print("interrupted; nothing was written", file=sys.stderr)
+        sys.exit(RunInterrupted.exit_code)
+    except BrokenPipeError:  # stdout piped into a reader that has stopped (| head): end quietly
+        _silence_stdout()
+        sys.exit(1)
+    except SystemExit:  # --help | head: flush now, or the interpreter reports the broken pipe at exit
+        _flush_stdout()
+        raise
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of a broken pipe does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        pass
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def build_context(args, device, log=print) -> RunContext:
     spec = get_spec(args.database).configured(args)
     source = spec.load(args)
+    if spec.resolve_split is not None:  # a split of the database's own (Paired: DIR/splits.csv)
+        train, val, test = spec.resolve_split(args, len(source), log)
+    else:
+        train, val, test = resolve_split(spec.name, len(source), args.seed, from_file=spec.split == "index_file",
+                                         metadata_dir=args.metadata_dir, log=log, data_root=args.data_root)
+    splits = {"train": train, "val": val, "test": test}
+    if spec.fit is not None:  # statistics of the training split only (e.g. UCI-MFeat's standardisation)
+        source = spec.fit(source, splits, args)
+    check_source(source, spec, splits)  # before the first epoch: empty splits, labels, NaN (datasets/checks.py)
     if args.data_on_device and source.in_memory:
         source = source.to(device)
-    train, val, test = resolve_split(spec.name, len(source), args.seed, from_file=spec.split == "index_file",
-                                     metadata_dir=args.metadata_dir, log=log)
-    splits = {"train": train, "val": val, "test": test}
 
     def make_loader(split: str, shuffle: bool | None = None, batch_size: int | None = None,
                     max_steps: int | None = -1) -> BatchLoader:
@@ -66,15 +108,17 @@ def build_context(args, device, log=print) -> RunContext:
 
 def run_tag(args, method_cls) -> str:
     names = [getattr(args, flag) for flag in ("Tmodel", "Smodel") if getattr(args, flag, None)]
-    return f"{'--'.join(names)}_{args.mode}_seed{args.seed}"
+    spec = get_spec(args.database)
+    options = f"_{spec.run_tag(args)}" if spec.run_tag is not None else ""  # e.g. UCI-MFeat's view pair
+    return f"{'--'.join(names)}{options}_{args.mode}_seed{args.seed}"
 
 
 def run(method_cls: type[Method], args) -> dict:
     started = time.time()
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    threads = configure_threads(getattr(args, "threads", None))
     seed_everything(args.seed)
     device = resolve_device(args.device)
+    changes = vars(args).pop("resume_changes", [])  # flags applied over the resumed run's own (cli.parse_args)
     resume = load_checkpoint(args.resume) if args.resume else None
 
     if resume is not None:
@@ -82,25 +126,71 @@ def run(method_cls: type[Method], args) -> dict:
         position = (resume["stage"], resume["epoch"])
         run_dir = RunDir.reopen(path, args.record, keep_metrics=lambda row: (row["stage_index"], row["epoch"] + 1)
                                 <= position)
-        run_dir.log(f"Resuming {path} at stage {position[0]}, epoch {position[1]}")
+        run_dir.log(f"Resuming {path} at stage {position[0]}, epoch {position[1]}: {method_cls.epoch_plan(args)}"
+                    + (f"; changed: {', '.join(changes)}" if changes else ""))
     else:
-        run_dir = RunDir.create(args.out_dir, method_cls.name, args.database, run_tag(args, method_cls), vars(args),
-                                args.record)
+        # created once the data and models have loaded: a run refused before its first epoch leaves nothing
+        run_dir = RunDir.deferred(args.out_dir, method_cls.name, args.database, run_tag(args, method_cls),
+                                  vars(args), args.record)
+        run_dir.log(f"{method_cls.name} on {args.database}: {method_cls.epoch_plan(args)}")
+    if run_dir.lock.took_over:
+        run_dir.log(f"Took over the lock of {run_dir.lock.took_over}, which has ended")
     try:
         ctx = build_context(args, device, log=run_dir.log)
         ctx.run_path = run_dir.path
+        ctx.extra["provenance"] = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec.name,
+                                                                             ctx.splits)
         method = method_cls(ctx).to(device)
         stages = method.stages()
         if resume is not None:
-            method.load_state_dict(resume["method"])
+            _load_resumed_state(method, resume, run_dir.path / "checkpoint.pth")
             set_rng_state(resume["rng"])
+        ctx.run_path = run_dir.materialize()
         run_dir.log(f"{method_cls.name} on {args.database} ({device}); run directory {run_dir.path}")
+        run_dir.log(threads)
         best_epoch = fit(method, stages, ctx, run_dir, resume)
         results = finish(method, ctx, run_dir, best_epoch, time.time() - started, device)
+    except BaseException as error:
+        resumable = run_dir.has_checkpoint
+        _record_failure(run_dir, error, new_run=resume is None)
+        if isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted(f"interrupted; resume with --resume {run_dir.path}" if resumable
+                                 else "interrupted before the first checkpoint; nothing was kept") from None
+        raise
     finally:
         run_dir.close()
-    print(f"Run directory: {run_dir.path}")
+    print(f"Run directory: {run_dir.path}", flush=True)
     return results
+
+
+def _record_failure(run_dir: RunDir, error: BaseException, new_run: bool) -> None:
+    """Every error that ends a run also goes into its ``log.txt``; a new run that has not saved a checkpoint is
+    removed (nothing in it can be resumed), except after a NaN loss, whose log says how the run diverged."""
+    if isinstance(error, KeyboardInterrupt):
+        line = "interrupted (Ctrl-C)"
+    elif isinstance(error, BrokenPipeError):
+        line = "stopped: the output pipe was closed"
+    elif isinstance(error, (UserError, NonFiniteLossError)):
+        line = f"error: {error}"
+    else:
+        line = "error: " + "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+    run_dir.log_file_only(line)
+    if new_run and run_dir.exists and not run_dir.has_checkpoint and not isinstance(error, NonFiniteLossError):
+        run_dir.remove()
+
+
+def _load_resumed_state(method: Method, resume: dict, path) -> None:
+    """Full checkpoints (older runs) load strictly; a per-epoch one is its stage file plus its own part."""
+    if resume.get("base") is None and not resume.get("partial"):
+        method.load_state_dict(resume["method"])
+        return
+    full = full_method_state(resume, path)
+    if full is None:  # first stage: what is not stored is the freshly built (seeded) initial state
+        full = resume["method"]
+    missing, unexpected = method.load_state_dict(full, strict=False)
+    if unexpected or (missing and resume.get("base") is not None):
+        raise UserError(f"{path} does not fit this {method.name} configuration ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors)")
 
 
 def _run_path(resume_arg):
@@ -128,8 +218,10 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
     args = ctx.args
     start_stage = resume["stage"] if resume else 0
     best_epoch = resume.get("best_epoch_last") if resume else None
+    base = resume.get("base") if resume else None  # the stage file the per-epoch checkpoints build on
     epoch_offset = sum(s.epochs for s in stages[:start_stage])
     train_loader = ctx.make_loader("train")
+    check_batch_sizes(stages[start_stage:], train_loader, ctx)
     val_loader = ctx.make_loader("val", max_steps=args.max_steps)
     test_loader = ctx.make_loader("test") if args.test_phase else None
 
@@ -137,6 +229,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         stage = stages[stage_index]
         loader = (ctx.make_loader("train", batch_size=stage.loader_batch_size) if stage.loader_batch_size
                   else train_loader)
+        loader.min_batch = 2 if _trains_batchnorm(stage) else 1
         optimizer = stage.make_optimizer()
         best = {"value": math.inf, "epoch": None, "state": None}
         start_epoch = 0
@@ -144,6 +237,9 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
             if resume.get("optimizer") is not None:
                 optimizer.load_state_dict(resume["optimizer"])
             best = resume["best"]
+            if best.get("state_is_current"):  # saved at the epoch that set it: the loaded state is the snapshot
+                best = {"value": best["value"], "epoch": best["epoch"],
+                        "state": copy.deepcopy(stage.selected.state_dict())}
             start_epoch = resume["epoch"]
             resume = None
         if stage.epochs and start_epoch == 0:
@@ -161,6 +257,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                 row.update(stage.epoch_logs())
             if stage.val_step is not None:
                 val_means = validate(method, stage, stage.val_step, val_loader, ctx, epoch)
+                _check_finite_validation(val_means, stage, epoch, run_dir.path)
                 row.update({f"val/{k}": v for k, v in val_means.items()})
                 value = val_means.get(stage.select_key) if stage.select_key else None
                 if value is not None and value < best["value"]:
@@ -176,7 +273,8 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
             row["time_s"] = round(time.time() - t0, 3)
             run_dir.log(_format_row(row))
             run_dir.log_metrics(row, step=epoch_offset + epoch)
-            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, best, best_epoch))
+            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, best, best_epoch,
+                                                base))
 
         if stage.selected is not None and best["state"] is not None:
             stage.selected.load_state_dict(best["state"])
@@ -190,17 +288,29 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         if stage.on_stage_end is not None:
             stage.on_stage_end()
         epoch_offset += stage.epochs
-        boundary = _checkpoint(method, args, stage_index + 1, 0, None,
-                               {"value": math.inf, "epoch": None, "state": None}, best_epoch)
-        run_dir.save_file(f"stage{stage_index + 1}-{stage.name}.pth",
-                          {"args": vars(args), "method": boundary["method"]})
-        run_dir.save_checkpoint(boundary)
+        base = f"stage{stage_index + 1}-{stage.name}.pth"
+        run_dir.save_file(base, {"args": vars(args), "method": method.state_dict()})
+        run_dir.save_checkpoint(_checkpoint(method, args, stage_index + 1, 0, None,
+                                            {"value": math.inf, "epoch": None, "state": None}, best_epoch, base))
     return best_epoch
 
 
-def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_last) -> dict:
-    return {"args": vars(args), "stage": stage_index, "epoch": epoch, "method": method.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None, "best": best,
+def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_last, base) -> dict:
+    """What resuming needs and no more. At a stage boundary (``optimizer`` None) the method state is the stage file
+    ``base`` itself; after an epoch it is the part the stage can change (the parameters ``optimizer`` updates and
+    every buffer), laid over ``base`` (or, in the first stage, over the seeded initial state) when resumed. The best
+    snapshot is not stored twice when it is the current state (the epoch that set it)."""
+    if optimizer is None:
+        state = None
+    else:
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        keep = {name for name, p in method.named_parameters(remove_duplicate=False) if id(p) in trained}
+        keep.update(name for name, _ in method.named_buffers(remove_duplicate=False))
+        state = {name: value for name, value in method.state_dict().items() if name in keep}
+    if best.get("state") is not None and best.get("epoch") == epoch - 1:
+        best = {"value": best["value"], "epoch": best["epoch"], "state": None, "state_is_current": True}
+    return {"args": vars(args), "stage": stage_index, "epoch": epoch, "method": state, "partial": state is not None,
+            "base": base, "optimizer": optimizer.state_dict() if optimizer is not None else None, "best": best,
             "best_epoch_last": best_epoch_last, "rng": rng_state()}
 
 
@@ -232,7 +342,42 @@ def _check_finite(loss_sum, stage, epoch, step, where):
     if not torch.isfinite(loss_sum).item():
         raise NonFiniteLossError(
             f"the training loss became {loss_sum.item()} in stage '{stage.name}', epoch {epoch}, by step {step}; "
-            f"stopped. The last good checkpoint is kept in {where} (lower --lr, or check the data)")
+            f"stopped. {_kept(where)} (lower --lr, or check the data)")
+
+
+def _check_finite_validation(means: dict, stage, epoch: int, where) -> None:
+    """A NaN validation loss would never count as an improvement, silently switching model selection off."""
+    bad = [(key, value) for key, value in means.items() if not math.isfinite(value)]
+    if bad:
+        key, value = bad[0]
+        raise NonFiniteLossError(f"the validation {key} became {value} in stage '{stage.name}', epoch {epoch}; "
+                                 f"stopped, as model selection cannot use it. {_kept(where)} (lower --lr, or check "
+                                 f"the data)")
+
+
+def _kept(where) -> str:
+    if where is not None and (Path(where) / "checkpoint.pth").is_file():
+        return f"The last good checkpoint is kept in {where}"
+    return "No checkpoint was written yet"
+
+
+def _trains_batchnorm(stage: Stage) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for module in stage.train_modules
+               for m in module.modules())
+
+
+def check_batch_sizes(stages: list[Stage], loader, ctx: RunContext) -> None:
+    """Before the first epoch: BatchNorm layers in training mode cannot normalise one sample (the reference
+    crashed on such a last batch, e.g. C2KD on CMMD-V2 at --batch_size 13). The loader merges a last batch of
+    one into the batch before it; what no merging can fix is refused here."""
+    for stage in stages:
+        if not stage.epochs or not _trains_batchnorm(stage):
+            continue
+        size = stage.loader_batch_size or loader.batch_size
+        if size < 2 or len(loader.indices) < 2:
+            raise UserError(f"stage '{stage.name}' trains BatchNorm layers, which need at least 2 samples per batch; "
+                            f"the train split of {ctx.spec.name} has {len(loader.indices)} and the batch size is "
+                            f"{size}: use --batch_size 2 or more, or more data")
 
 
 @torch.no_grad()
@@ -279,7 +424,7 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
         loss, figures = evaluate(method, model, modalities, ctx.make_loader(split, max_steps=None), ctx)
         metrics[split] = {"loss": loss, **figures}
     run_dir.save_best({"args": vars(args), "model": model.state_dict(), "model_name": model.model_name,
-                       "epoch": best_epoch, "metrics": metrics})
+                       "inputs": list(modalities), "epoch": best_epoch, "metrics": metrics})
     results = {
         "method": method.name, "database": args.database, "mode": args.mode, "models": method.model_names(),
         "seed": args.seed, "epochs": args.epochs, "best_epoch": best_epoch, "device": str(device),

@@ -4,6 +4,13 @@ killed at any instant leaves either the previous or the new version of each file
 fails (full disk, no permission) removes its temporary file and ends the run with one line. A new run's directory
 is created only once its data and models have loaded (:meth:`RunDir.deferred`), so a run refused before its first
 epoch leaves nothing behind; the lines logged until then open its ``log.txt``.
+
+Checkpoint files (README, section "Checkpoints and resuming"): each one says what it is (``kind``: ``checkpoint``,
+``best`` or ``stage``) and carries the run's provenance record (:mod:`utils.provenance`). A stage file
+``stageN-<name>.pth`` holds the whole method state at the end of stage N; the per-epoch ``checkpoint.pth`` holds
+only what the current stage changes (the parameters its optimiser updates and every buffer) and names the stage
+file it builds on (``base``), so frozen networks are written once per stage, not after every epoch. While a
+process works in a run directory it holds ``run.lock`` there (its pid); a lock whose process is gone is taken over.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -83,6 +91,15 @@ def _make_run_path(out_dir, method: str, database: str, tag: str) -> Path:
     return path
 
 
+class _NotLocked:
+    """The lock of a deferred run: nothing is held until its directory exists (:meth:`RunDir.materialize`)."""
+
+    held, took_over = False, None
+
+    def release(self) -> None:
+        pass
+
+
 class _Console(logging.StreamHandler):
     """stdout; a closed pipe (``| head``) is no logging error: it ends the script quietly (utils.engine.main)."""
 
@@ -139,13 +156,110 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
 
 
+def full_method_state(saved: dict, path: str | Path) -> dict | None:
+    """The complete method state of a loaded checkpoint: a stage file's or old checkpoint's ``method``, or a
+    per-epoch ``checkpoint.pth``'s part laid over the stage file it names. ``None`` for a per-epoch checkpoint of
+    the first stage, whose untrained networks are not stored (they are the run's initial state)."""
+    state = saved.get("method")
+    base = saved.get("base")
+    if base is None:
+        return None if saved.get("partial") else state
+    base_path = Path(path).parent / base if not Path(path).is_dir() else Path(path) / base
+    if not base_path.is_file():
+        raise UserError(f"{path} builds on the stage file {base_path}, which is missing; restore it from the run "
+                        f"directory (checkpoint.pth stores only what the current stage trains)")
+    full = dict(load_checkpoint(base_path).get("method") or {})
+    full.update(state or {})
+    return full
+
+
+LOCK_NAME = "run.lock"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``), so a reused pid is not mistaken for the holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+class RunLock:
+    """``run.lock`` in a run directory: ``pid host start-time`` of the process working there."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK_NAME
+        self.held = False
+        self.took_over: str | None = None
+
+    def acquire(self) -> "RunLock":
+        me = f"{os.getpid()} {socket.gethostname()} {_process_start(os.getpid()) or '-'}\n"
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise UserError(holder) from None
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(me)
+            self.held = True
+            return self
+        raise UserError(f"cannot take the lock {self.path}; another process keeps creating it")
+
+    def _holder(self) -> str | None:
+        """A message naming the live holder; ``None`` after removing a stale lock (dead process)."""
+        try:
+            fields = self.path.read_text().split()
+        except FileNotFoundError:
+            return None
+        pid = int(fields[0]) if fields and fields[0].isdigit() else None
+        host = fields[1] if len(fields) > 1 else None
+        started = fields[2] if len(fields) > 2 and fields[2] != "-" else None
+        if pid is not None and host not in (None, socket.gethostname()):
+            return (f"{self.path.parent} is in use by process {pid} on {host} (lock file {self.path}); "
+                    f"delete the lock only if that run has ended")
+        if pid is not None and _alive(pid, started):
+            return (f"{self.path.parent} is in use by the running process {pid} (lock file {self.path}); wait for "
+                    f"it to end, or stop it, before resuming")
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        self.took_over = f"process {pid}" if pid is not None else "an unreadable lock"
+        return None
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+
 class RunDir:
     """Owns the files of one run. Create with :meth:`create` (new run) or :meth:`reopen` (``--resume``)."""
 
-    def __init__(self, path: Path, record: bool = True):
+    def __init__(self, path: Path, record: bool = True, lock: RunLock | None = None):
         self.path = Path(path)
         self.record = record
         self._writer = None
+        self.lock = lock if lock is not None else RunLock(self.path).acquire()
+        #: the run's provenance record, stamped into every checkpoint file (set by the engine)
+        self.provenance: dict | None = None
         self.logger = self._make_logger()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -164,7 +278,7 @@ class RunDir:
         loads."""
         check_writable(out_dir)
         run = cls.__new__(cls)
-        run.path, run.record, run._writer, run.logger = None, record, None, None
+        run.path, run.record, run._writer, run.logger, run.lock = None, record, None, None, _NotLocked()
         run._pending, run._early = (out_dir, method, database, tag, args_dict), []
         return run
 
@@ -203,8 +317,10 @@ class RunDir:
 
     @classmethod
     def reopen(cls, path: Path, record: bool = True, keep_metrics=lambda row: True):
-        """Reopen a run directory, dropping ``metrics.jsonl`` rows newer than the checkpoint being resumed."""
-        run = cls(path, record)
+        """Reopen a run directory, dropping ``metrics.jsonl`` rows newer than the checkpoint being resumed.
+
+        Refused (one line) while another live process holds the run's lock."""
+        run = cls(path, record, RunLock(path).acquire())
         metrics = path / "metrics.jsonl"
         if metrics.is_file():
             rows = [line for line in metrics.read_text().splitlines() if line.strip()]
@@ -272,14 +388,19 @@ class RunDir:
             self.writer.flush()
 
     # -- files --------------------------------------------------------------------------------------------
+    def _stamped(self, state: dict, kind: str, **extra) -> dict:
+        record = {**self.provenance, **extra} if self.provenance is not None else None
+        return {**state, "kind": kind, "provenance": record}
+
     def save_checkpoint(self, state: dict) -> None:
-        atomic_save(state, self.path / "checkpoint.pth")
+        atomic_save(self._stamped(state, "checkpoint"), self.path / "checkpoint.pth")
 
     def save_best(self, state: dict) -> None:
-        atomic_save(state, self.path / "best.pth")
+        extra = {"model_name": state.get("model_name"), "inputs": state.get("inputs")}
+        atomic_save(self._stamped(state, "best", **extra), self.path / "best.pth")
 
     def save_file(self, name: str, state: dict) -> Path:
-        atomic_save(state, self.path / name)
+        atomic_save(self._stamped(state, "stage"), self.path / name)
         return self.path / name
 
     def write_results(self, results: dict) -> None:
@@ -294,3 +415,4 @@ class RunDir:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+        self.lock.release()
