@@ -86,6 +86,7 @@ RECORDING = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
 GREYS_RED = np.array([1.0, 0.9411764705882353, 0.8509803921568627, 0.7411764705882353, 0.5882352941176471,
                       0.45098039215686275, 0.3215686274509804, 0.1450980392156863, 0.0])
 LUT_SIZE = 256
+SPECTRUM_CACHE = 20_000  # spectrograms kept for repeated (recording, noise) pairs
 
 
 class RawDataError(ValueError):
@@ -420,6 +421,8 @@ class _AudioCache:
     def spectrum(self, recording: Path, noise: Path | None) -> np.ndarray:
         key = (recording, noise)
         if key not in self.spectra:
+            if len(self.spectra) >= SPECTRUM_CACHE:  # bound the memory: with noise few pairs repeat
+                self.spectra.clear()
             rate, speech = self.wave(recording)
             if noise is not None:
                 rate = min(rate, self.wave(noise)[0])
@@ -429,8 +432,6 @@ class _AudioCache:
                 speech = speech[:length] + self.noise_weight * clip[:length]
             db = spectrogram_db(speech, rate)
             self.spectra[key] = render(db) if self.values == "rendered" else db.astype(np.float32)
-            if len(self.spectra) > 20_000:  # bound the memory: with noise few pairs repeat
-                self.spectra.clear()
         return self.spectra[key]
 
 
