@@ -69,6 +69,10 @@ class _TestMixin:
     def stages(self):
         return []
 
+    @classmethod
+    def epoch_plan(cls, args):
+        return f"no training; testing {args.ckpt_name}"
+
 
 @register_method
 class TestMultimodal(_TestMixin, MultimodalTeacher):
