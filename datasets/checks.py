@@ -33,7 +33,7 @@ def integer_labels(values, where: str) -> np.ndarray:
     flat = array.reshape(-1)
     bad = np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))
     if bad.size:
-        raise UserError(f"{where} has {bad.size} label(s) that are not whole numbers (e.g. {flat[bad[0]]!r} at "
+        raise UserError(f"{where} has {bad.size} label(s) that are not whole numbers (e.g. {float(flat[bad[0]])} at "
                         f"position {int(bad[0])}); class ids must be integers 0..K-1")
     return array.astype(np.int64)
 
@@ -54,7 +54,7 @@ def check_splits(database: str, n: int, splits: dict) -> None:
     if empty:
         shown = "/".join(str(s) for s in sizes.values())
         raise UserError(f"the {' and '.join(empty)} split of {database} is empty: N={n} samples cut 60/20/20 give "
-                        f"{'/'.join(sizes)} {shown}; at least 5 samples are needed")
+                        f"{'/'.join(sizes)} {shown}; at least 3 samples are needed")
 
 
 def check_labels(y, database: str, num_classes: int, splits: dict) -> None:

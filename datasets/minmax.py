@@ -50,6 +50,8 @@ def normalise_per_sample(x, out: np.ndarray, chunk: int = 1024, what: str = "arr
     ``x`` may be a NumPy array, a memory map or an h5py dataset; it is read ``chunk`` samples at a time.
     """
     n = len(x)
+    if n == 0:  # an empty file: nothing to rescale (the run is refused as having no samples)
+        return out
     flat_out = out.reshape(n, -1)
     if not np.shares_memory(flat_out, out):
         raise ValueError("normalise_per_sample needs a C-contiguous output array")
@@ -66,6 +68,8 @@ def normalise_per_sample(x, out: np.ndarray, chunk: int = 1024, what: str = "arr
 
 def channel_min_max(x, channel_axis: int, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel minimum and maximum over every other axis of ``x``, in one streaming pass over axis 0."""
+    if len(x) == 0:
+        raise UserError("an empty data file has no samples to compute min-max statistics from; check --data_root")
     mins = maxs = None
     axes = tuple(a for a in range(len(x.shape)) if a != channel_axis)
     for start in range(0, len(x), chunk):

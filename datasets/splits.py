@@ -99,6 +99,9 @@ def resolve_split(database: str, n: int, seed: int, from_file: bool = True,
     (another N, repeated or missing indices) is refused with the command that rewrites it.
     """
     check_seed(seed)
+    if n == 0:
+        raise UserError(f"{database} has no samples; check --data_root and the data files (README, section "
+                        f"'Data: {database}')")
     if not from_file:
         return cut(generate_permutations(n, seed + 1)[seed])
     path = indices_path(database, metadata_dir)
