@@ -28,9 +28,9 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-from datasets import avmnist, cmmd, nyu, ravdess, synthetic, vggsound  # noqa: E402
+from datasets import avmnist, cmmd, nyu, paired, ravdess, synthetic, uci_mfeat, vggsound  # noqa: E402
 
-for _module in (synthetic, avmnist, ravdess, vggsound, cmmd, nyu):
+for _module in (synthetic, avmnist, ravdess, vggsound, cmmd, nyu, uci_mfeat, paired):
     register_dataset(_module.SPEC)
 
 __all__ = ["Batch", "BatchLoader", "DataSource", "DatasetSpec", "TensorSource", "DATASETS", "get_spec",

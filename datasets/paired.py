@@ -1,0 +1,299 @@
+"""``Paired``: bring your own paired data, no code needed (README, section "Use your own data").
+
+``--database Paired --data_root DIR`` reads
+
+* ``DIR/m1.npy``, ``DIR/m2.npy``: ``[N, ...]`` arrays of any per-sample shape and numeric dtype, memory-mapped (read a
+  batch at a time, so they may be larger than memory); row ``i`` of both is the same sample;
+* ``DIR/labels.npy``: ``[N]`` integer class ids ``0..K-1``;
+* ``DIR/splits.csv`` (optional): columns ``group_0..group_19``, each a permutation of ``0..N-1`` as the reference's
+  split files; ``--seed s`` reads ``group_s`` and cuts it 60/20/20. Without it the same 20-permutation procedure
+  (seed 19980427) is computed in memory;
+* ``DIR/meta.json`` (optional): ``{"modalities": {"m1": "image", "m2": "text"}, "class_names": [...]}``
+  (``num_classes`` may be given too; default: the largest label + 1).
+
+Default models follow the per-sample shape: ``[C, H, W]`` images get the small CNN (``CNN-m1``/``CNN-m2``), every
+other shape the MLP on the flattened sample (``MLP-m1``/``MLP-m2``); the teacher is ``Fusion-I``.
+``--Tmodel/--Smodel/--AUXmodel`` override them. Normalisation (``--paired_norm standardize``, default): per
+channel (the first per-sample dimension: a vector's columns, an image's channels) with the mean and standard
+deviation of the training split; ``none`` feeds the values as they are.
+
+Refused with one line, before training: files of different ``N``; labels that are not integers or not in
+``0..K-1``; NaN or infinite values; a split without a sample of some class or with fewer samples than a batch; a
+malformed ``splits.csv`` or ``meta.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.base import DatasetSpec, DataSource
+from datasets.splits import NUM_GROUPS, check_seed, cut, generate_permutations
+from utils.errors import UserError
+
+NAME = "Paired"
+#: rows per chunk of the passes over memory-mapped files (NaN scan, statistics)
+CHUNK_ROWS = 4096
+
+
+def _path(args, name: str) -> Path:
+    return Path(args.data_root) / name
+
+
+def _open(path: Path, description: str) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"missing data file {path} ({description}) for Paired; write it with numpy.save or pass "
+                        f"--data_root (README, section 'Use your own data')")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise UserError(f"{path} is not a readable .npy array ({str(error).splitlines()[0]}); write it with "
+                        f"numpy.save") from None
+
+
+def _numeric(array: np.ndarray, path: Path) -> None:
+    if array.dtype.kind not in "biuf" or array.ndim < 2:
+        raise UserError(f"{path} has dtype {array.dtype} and shape {list(array.shape)}; expected a numeric array "
+                        f"[N, ...] with one row per sample")
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """``[N]`` int64 class ids; refuses other shapes and values that are not whole numbers."""
+    labels = np.asarray(_open(path, "class id per sample, [N] integers"))
+    if labels.ndim != 1:
+        raise UserError(f"{path} has shape {list(labels.shape)}; expected [N] class ids")
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            raise UserError(f"{path} holds labels that are not integers (e.g. {labels[bad[0]]!r} at sample "
+                            f"{int(bad[0])}); class ids must be integers 0..K-1")
+        return labels.astype(np.int64)
+    raise UserError(f"{path} holds {labels.dtype} labels; class ids must be integers 0..K-1")
+
+
+def read_meta(args) -> dict:
+    path = _path(args, "meta.json")
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); see README, section 'Use your own data'") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object such as {{\"modalities\": {{\"m1\": \"image\", "
+                        f"\"m2\": \"text\"}}, \"class_names\": [...]}}")
+    unknown = set(meta) - {"modalities", "class_names", "num_classes"}
+    if unknown:
+        raise UserError(f"{path} has unknown keys {sorted(unknown)}; known: modalities, class_names, num_classes")
+    return meta
+
+
+def num_classes(labels: np.ndarray, meta: dict, root: Path) -> int:
+    """``K``: meta.json's ``num_classes`` or ``len(class_names)``, else the largest label + 1; labels in 0..K-1."""
+    names = meta.get("class_names")
+    k = meta.get("num_classes", len(names) if names is not None else (int(labels.max()) + 1 if len(labels) else 0))
+    if not isinstance(k, int) or k < 2 or (names is not None and len(names) != k):
+        raise UserError(f"{root / 'meta.json'}: num_classes must be an integer >= 2 equal to len(class_names)")
+    if len(labels) and (labels.min() < 0 or labels.max() >= k):
+        value = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        sample = int(np.flatnonzero(labels == value)[0])
+        raise UserError(f"{root / 'labels.npy'} has label {value} at sample {sample}, outside 0..{k - 1} "
+                        f"({k} classes); class ids must be 0..K-1")
+    return k
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """One chunked pass: the first sample holding NaN or an infinite value ends the run with one line."""
+    if array.dtype.kind != "f":
+        return
+    for start in range(0, len(array), CHUNK_ROWS):
+        chunk = np.asarray(array[start:start + CHUNK_ROWS]).reshape(min(CHUNK_ROWS, len(array) - start), -1)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise UserError(f"{path} has NaN or infinite values (first at sample {row}); replace or drop those "
+                            f"samples")
+
+
+class PairedSource(DataSource):
+    """The two memory-mapped arrays and the labels; batches are read, cast to float32 and normalised per batch."""
+
+    in_memory = False
+
+    def __init__(self, m1: np.ndarray, m2: np.ndarray, y: np.ndarray, root: Path):
+        self.m1, self.m2, self.y, self.root = m1, m2, y, root
+        self.input_shapes = {"m1": tuple(m1.shape[1:]), "m2": tuple(m2.shape[1:])}
+        self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def _read(self, modality: str, indices: np.ndarray) -> torch.Tensor:
+        array = self.m1 if modality == "m1" else self.m2
+        order = np.argsort(indices, kind="stable")  # ascending reads from the memory map, then the batch order back
+        rows = np.empty((len(indices), *array.shape[1:]), dtype=np.float32)
+        rows[order] = array[indices[order]]
+        if modality in self.stats:
+            mean, std = self.stats[modality]
+            rows -= mean
+            rows /= std
+        return torch.from_numpy(rows)
+
+    def get_batch(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return self._read("m1", indices), self._read("m2", indices), torch.from_numpy(self.y[indices])
+
+    def labels(self) -> np.ndarray:
+        return self.y
+
+    def describe(self, index: int) -> str:
+        return f"sample {index} of {self.root}"
+
+    def fit_statistics(self, train: np.ndarray) -> None:
+        """Per-channel mean and std (ddof 0, float64 sums over chunks) of the training rows; std 0 keeps 1."""
+        for modality, array in (("m1", self.m1), ("m2", self.m2)):
+            rows = np.sort(train)
+            channels = array.shape[1]
+            total, square, count = np.zeros(channels), np.zeros(channels), 0
+            for start in range(0, len(rows), CHUNK_ROWS):
+                chunk = np.asarray(array[rows[start:start + CHUNK_ROWS]], dtype=np.float64)
+                chunk = chunk.reshape(len(chunk), channels, -1)
+                total += chunk.sum(axis=(0, 2))
+                square += (chunk * chunk).sum(axis=(0, 2))
+                count += chunk.shape[0] * chunk.shape[2]
+            mean = total / count
+            std = np.sqrt(np.maximum(square / count - mean * mean, 0.0))
+            shape = (channels,) + (1,) * (array.ndim - 2)
+            self.stats[modality] = (mean.reshape(shape).astype(np.float32),
+                                    np.where(std > 0, std, 1.0).reshape(shape).astype(np.float32))
+
+
+def load(args: argparse.Namespace) -> PairedSource:
+    root = Path(args.data_root)
+    m1 = _open(root / "m1.npy", "modality m1, [N, ...]")
+    m2 = _open(root / "m2.npy", "modality m2, [N, ...]")
+    _numeric(m1, root / "m1.npy")
+    _numeric(m2, root / "m2.npy")
+    labels = read_labels(root / "labels.npy")
+    if not len(m1) == len(m2) == len(labels):
+        raise UserError(f"{root}: m1.npy has N={len(m1)}, m2.npy N={len(m2)} and labels.npy N={len(labels)} "
+                        f"samples; the three files must hold the same samples in the same order")
+    num_classes(labels, read_meta(args), root)
+    check_finite(m1, root / "m1.npy")
+    check_finite(m2, root / "m2.npy")
+    return PairedSource(m1, m2, labels, root)
+
+
+def read_splits_csv(path: Path, n: int, seed: int) -> np.ndarray:
+    """Column ``group_<seed>`` of a split file, checked: a header ``group_0,...``, integers, a permutation of
+    ``0..N-1`` in every column."""
+    def malformed(why: str):
+        return UserError(f"{path} is malformed: {why}; expected columns group_0..group_19 (one row per sample, each "
+                         f"column a permutation of 0..N-1), or delete it to use the generated split")
+
+    lines = path.read_text().splitlines()
+    header = [h.strip() for h in lines[0].split(",")] if lines else []
+    if not header or header != [f"group_{g}" for g in range(len(header))]:
+        raise malformed(f"header {','.join(header[:4])}{'...' if len(header) > 4 else ''}")
+    if seed >= len(header):
+        raise malformed(f"no column group_{seed} for --seed {seed}")
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    except ValueError as error:
+        raise malformed(f"a value is not an integer ({str(error).splitlines()[0]})") from None
+    if table.shape != (n, len(header)):
+        raise malformed(f"{table.shape[0]} rows of {table.shape[1]} columns for N={n} samples")
+    expected = np.arange(n)
+    for g in range(len(header)):
+        if not np.array_equal(np.sort(table[:, g]), expected):
+            raise malformed(f"column group_{g} is not a permutation of 0..{n - 1}")
+    return table[:, seed]
+
+
+def resolve_split(args: argparse.Namespace, n: int, log=print):
+    check_seed(args.seed)
+    path = _path(args, "splits.csv")
+    if path.is_file():
+        return cut(read_splits_csv(path, n, args.seed))
+    log(f"No {path}: split {args.seed} generated in memory (the {NUM_GROUPS}-permutation procedure, seed 19980427)")
+    return cut(generate_permutations(n, args.seed + 1)[args.seed])
+
+
+def fit(source: PairedSource, splits: dict, args: argparse.Namespace) -> PairedSource:
+    """Check every split (a sample of each class, at least one batch), then learn the training statistics."""
+    k = num_classes(source.y, read_meta(args), source.root)
+    for name, indices in splits.items():
+        present = np.bincount(source.y[np.asarray(indices)], minlength=k)
+        if (present == 0).any():
+            missing = int(np.flatnonzero(present == 0)[0])
+            raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has no sample of class {missing}; "
+                            f"add samples of that class, or give a splits.csv that puts some in every split")
+    for name, indices in splits.items():
+        if len(indices) < args.batch_size:
+            raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has {len(indices)} samples, "
+                            f"fewer than a batch (--batch_size {args.batch_size}); pass a smaller --batch_size or "
+                            f"add samples")
+    if args.paired_norm == "standardize":
+        source.fit_statistics(np.asarray(splits["train"]))
+    return source
+
+
+def default_model(shape: tuple[int, ...], modality: str) -> str:
+    """``CNN-<m>`` for images ``[C, H, W]``, ``MLP-<m>`` (flattened) for every other per-sample shape."""
+    return f"CNN-{modality}" if len(shape) == 3 else f"MLP-{modality}"
+
+
+def configure(args: argparse.Namespace) -> DatasetSpec:
+    """The spec for the arrays in ``--data_root``: class count, modality names and default models from the files
+    (headers only); the plain spec while they are missing (the loader then names the missing file)."""
+    root = Path(args.data_root)
+    if not all((root / f).is_file() for f in ("m1.npy", "m2.npy", "labels.npy")):
+        return SPEC
+    shapes = {m: tuple(_open(root / f"{m}.npy", f"modality {m}").shape[1:]) for m in ("m1", "m2")}
+    meta = read_meta(args)
+    k = num_classes(read_labels(root / "labels.npy"), meta, root)
+    modalities = {**SPEC.modalities, **meta.get("modalities", {})}
+    return dataclasses.replace(SPEC, num_classes=k, modalities=modalities, input_shapes=shapes,
+                               students={m: default_model(shapes[m], m) for m in ("m1", "m2")})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Paired (your own arrays in --data_root)")
+    group.add_argument("--paired_norm", default="standardize", choices=["standardize", "none"],
+                       help="per-channel standardisation with training-split statistics, or none "
+                            "(default: %(default)s)")
+
+
+def run_tag(args: argparse.Namespace) -> str:
+    """The data folder's name, so runs on two folders never share a run directory name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.data_root).resolve().name) or "data"
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    task="classification",
+    num_classes=2,
+    modalities={"m1": "modality m1", "m2": "modality m2"},
+    teacher="Fusion-I",
+    students={"m1": "MLP-m1", "m2": "MLP-m2"},
+    batch_size=64,
+    lr=1e-3,
+    epochs=30,
+    load=load,
+    split="generated",
+    how_to_obtain="write m1.npy, m2.npy and labels.npy into --data_root (README, section 'Use your own data')",
+    add_arguments=add_arguments,
+    method_defaults={"MST-Distill": {"epochs_s1": 30, "epochs_s2": 10, "s1_lr": 1e-3, "s2_lr": 1e-3}},
+    configure=configure,
+    fit=fit,
+    resolve_split=resolve_split,
+    run_tag=run_tag,
+    input_shapes={"m1": (16,), "m2": (16,)},
+)
