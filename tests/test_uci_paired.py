@@ -217,3 +217,35 @@ def test_paired_missing_file_names_the_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         engine.main("S", ["--database", "Paired", "--data_root", str(tmp_path), "--out_dir", str(tmp_path / "r")])
     assert f"missing data file {tmp_path / 'm1.npy'}" in capsys.readouterr().err
+
+
+# -- what a new dataset must not need ------------------------------------------------------------------------------
+
+def test_any_registered_model_whose_inputs_fit(tmp_path, capsys):
+    """No second registration under a new name: CMMD-V2's MLP-Vb (2048-d input) trains on other 2048-d vectors;
+    a model whose inputs do not fit is refused with one line."""
+    m1, m2, labels = paired_data("vectors", n=40)
+    root = write_paired(tmp_path / "wide", np.repeat(m1, 171, axis=1)[:, :2048], m2, labels)
+    results = engine.main("S", ["--database", "Paired", "--data_root", str(root), "--Smodel", "MLP-Vb",
+                                "--batch_size", "4", "--epochs", "1", "--max_steps", "2", "--no-record", "--device",
+                                "cpu", "--out_dir", str(tmp_path / "runs")])
+    assert results["models"]["student"] == "MLP-Vb"
+    with pytest.raises(SystemExit) as exit_info:
+        engine.main("S", ["--database", "UCI-MFeat", "--Smodel", "LeNet5", "--out_dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    assert "built for AV-MNIST, not UCI-MFeat" in capsys.readouterr().err
+
+
+def test_mst_stage_defaults_live_in_the_spec_or_follow_the_dataset():
+    import dataclasses
+
+    from kd_methods.mst import stage_defaults
+
+    args = cli.parse_args(get_method("MST-Distill"), ["--database", "UCI-MFeat"])
+    assert (args.epochs_s1, args.epochs_s2, args.epochs, args.s1_lr) == (20, 10, 20, 1e-3)
+    own = get_spec("UCI-MFeat").method_defaults["MST-Distill"]
+    assert {k: getattr(args, k) for k in own} == own
+    plain = dataclasses.replace(get_spec("UCI-MFeat"), method_defaults={}, epochs=7)
+    assert stage_defaults(plain) == {"epochs_s1": 7, "epochs_s2": 7, "s1_lr": 1e-4, "s2_lr": 1e-4,
+                                     "compare_baseline": False}
+    assert stage_defaults(get_spec("AV-MNIST"))["epochs_s1"] == 100  # the paper datasets: the reference's 100
