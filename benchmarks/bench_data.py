@@ -12,6 +12,9 @@ index column, as the framework does):
   lists), iterated by ``DataLoader(shuffle=True, batch_size=512, num_workers=0, pin_memory=True)`` with default
   collation (pinning only where CUDA is); each batch is then moved
   to the device as the reference training loop does;
+* copy bound: the same rows of the same epochs gathered with a bare ``index_select`` into buffers allocated once
+  and reused (no per-batch allocation, no Python per sample): the memory traffic every path must pay at least.
+  ``ours/bound`` near 1 means no batching scheme on this machine can be much faster.
 
 Usage: ``python benchmarks/bench_data.py [--samples 20000] [--epochs 5] [--device cpu|cuda]``. Prints a
 Markdown table and the ratio measured in the same run.
@@ -74,6 +77,7 @@ def time_epochs(make_batches, epochs: list[int], device: torch.device) -> list[f
     return times
 
 
+BOUND = "copy bound: bare index_select of the same rows into reused buffers"
 #: per-sample shapes of m1, m2 and the class count
 SHAPES = {"avmnist": ((1, 28, 28), (1, 112, 112), 10), "cmmd": ((2048,), (768,), 8)}
 
@@ -121,9 +125,20 @@ def main(argv=None) -> None:
         return ((a.to(device, non_blocking=non_blocking), b.to(device, non_blocking=non_blocking),
                  c.to(device, non_blocking=non_blocking)) for a, b, c in reference_loader)
 
+    bound_loader = BatchLoader(TensorSource(m1, m2, y), train, args.batch_size, shuffle=True, seed=0, device=device)
+    buffers = [torch.from_numpy(np.empty((args.batch_size, *t.shape[1:]), dtype=t.numpy().dtype)) for t in (m1, m2, y)]
+
+    def copy_bound(epoch):
+        bound_loader.set_epoch(epoch)  # the rows ours serves in this epoch, batch by batch
+        for pos in bound_loader.batch_positions():
+            index = torch.from_numpy(train[pos])
+            out = [torch.index_select(t, 0, index, out=b[: len(pos)]) for t, b in zip((m1, m2, y), buffers)]
+            yield tuple(o.to(device, non_blocking=True) if device.type == "cuda" else o for o in out)
+
     paths = [("ours: TensorSource + BatchLoader (host memory)", ours(TensorSource(m1, m2, y)))]
     if device.type == "cuda":
         paths.append(("ours: TensorSource on the GPU (--data_on_device)", ours(TensorSource(m1, m2, y).to(device))))
+    paths.append((BOUND, copy_bound))
     paths.append(("reference: per-sample Dataset + DataLoader collation", reference))
 
     # Interleave the paths epoch by epoch and take medians, so drift on a shared machine hits all of them alike.
@@ -145,9 +160,13 @@ def main(argv=None) -> None:
     for name, per_epoch, rate in rows:
         print(f"| {name} | {per_epoch:.3f} | {rate:,.0f} |")
     reference_rate = rows[-1][2]
+    bound_rate = next(rate for name, _, rate in rows if name == BOUND)
     print()
     for name, _, rate in rows[:-1]:
-        print(f"ratio ({name} / reference): {rate / reference_rate:.2f}x")
+        if name != BOUND:
+            print(f"ratio ({name} / reference): {rate / reference_rate:.2f}x")
+    print(f"copy bound / reference: {bound_rate / reference_rate:.2f}x (no batching scheme on this machine passes it)")
+    print(f"ours/bound (host memory): {rows[0][2] / bound_rate:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -18,11 +22,13 @@ def _load(name: str):
     return module
 
 
-def test_bench_data_prints_the_ratio(capsys):
-    _load("bench_data").main(["--samples", "600", "--epochs", "1", "--batch_size", "64"])
+def test_bench_data_prints_the_ratio_and_the_copy_bound(capsys):
+    bench = _load("bench_data")
+    bench.main(["--samples", "600", "--epochs", "1", "--batch_size", "64"])
     out = capsys.readouterr().out
-    assert "| ours: TensorSource + BatchLoader (host memory) |" in out
+    assert "| ours: TensorSource + BatchLoader (host memory) |" in out and f"| {bench.BOUND} |" in out
     assert "ratio (ours: TensorSource + BatchLoader (host memory) / reference):" in out
+    assert re.search(r"^ours/bound \(host memory\): \d+\.\d\d$", out, re.MULTILINE)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -30,6 +36,47 @@ def test_bench_mst_measures_every_variant(stage, monkeypatch):
     bench = _load("bench_mst")
     monkeypatch.setitem(bench.CONFIGS["Synthetic-MVD"], "batch", 32)
     args = argparse.Namespace(device="cpu", warmup=1, rounds=1, memory=False)
-    rates, memory, fill = bench.measure_stage("Synthetic-MVD", stage, args)
-    assert set(rates) == set(bench.VARIANTS) and all(rate > 0 for rate in rates.values())
+    rates, memory, fill, note = bench.measure_stage("Synthetic-MVD", stage, args)
+    assert set(rates) == {*bench.VARIANTS, "bound"} and all(rate > 0 for rate in rates.values())
     assert memory == {} and fill > 0 and not math.isnan(fill)  # the default variant really filled its cache
+    assert note == ""  # every teacher was cut, so the bound has no frozen forward left
+    line = bench.summary_line("Synthetic-MVD", stage, rates)
+    assert re.match(rf"stage {stage} Synthetic-MVD: fast/hooks \d+\.\d\dx, fast/bound \d+\.\d\d \(", line)
+
+
+def test_bench_mst_bound_step_computes_the_stage_losses(monkeypatch):
+    # The bound step must train what the stage trains, from the same losses, only without the frozen forwards.
+    bench = _load("bench_mst")
+    monkeypatch.setitem(bench.CONFIGS["Synthetic-MVD"], "batch", 32)
+    for stage in (2, 3):
+        method, batch = bench.build("Synthetic-MVD", "no cache", "cpu")
+        step, _ = bench.make_bound_step(method, batch, stage)
+        trained = method.masknets if stage == 2 else method.student
+        before = [p.detach().clone() for p in trained.parameters()]
+        frozen = method.teacher.state_dict()
+        step()
+        assert any(not torch.equal(a, p) for a, p in zip(before, trained.parameters()))
+        assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in frozen.items())
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("GPU_CHECK_DEVICE", None)
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "CUDA is not available" in done.stderr
+
+
+def test_gpu_check_runs_methods_and_the_amp_check(tmp_path, monkeypatch):
+    # The same steps on the CPU (test-only switch), restricted to a few methods on Synthetic-MVD, no benchmarks.
+    check = _load("gpu_check")
+    monkeypatch.setattr(check, "DEVICE", "cpu")
+    report = tmp_path / "report.md"
+    code = check.main(["--databases", "Synthetic-MVD", "--methods", "T", "S", "KD", "test-S", "--no-bench",
+                       "--report", str(report)])
+    text = report.read_text()
+    assert code == 0 and "Result: **all passed**" in text
+    for row in ("| Synthetic-MVD | S (m2) | ok |", "| Synthetic-MVD | KD | ok |", "| Synthetic-MVD | test-S | ok |"):
+        assert row in text
+    amp = text.split("## AMP")[1]
+    assert re.search(r"\| Synthetic-MVD \| KD \| ok \| ce [\d.]+/[\d.]+, kd ", amp)
