@@ -5,8 +5,8 @@ ICLR 2023, Appendix B.4, Algorithm 1 (and Sec. 5.4 for the nullified teachers). 
 and ``f_b`` are first trained jointly so that their outputs align (``Dist(f_a(X_a), f_b(X_b)) + CE + CE``). For
 every channel ``i`` of a layer of ``f_a`` (or of its input), the channel is permuted across the samples ``M``
 times and ``p_i = mean_m Dist(f_a(permuted), f_b(X_b))``; a large ``p_i`` marks a channel that carries
-modality-general decisive information. The MGDFR baseline of MST-Distill (methods.md §10) is this algorithm at
-one teacher layer; both use :func:`channel_salience`.
+modality-general decisive information. The MGDFR baseline of MST-Distill (``kd_methods/mgdfr.py``) is this
+algorithm at one teacher layer; both use :func:`channel_salience`.
 
 Public API
 ----------
@@ -22,8 +22,12 @@ that finishes before it (the *prefix*, e.g. the conv branch in front of ``fc1``)
 ``(channel, repeat)`` pairs, the permuted copies of the layer output are stacked along the batch dimension and
 the model runs ONCE on that group: the layer and the prefix modules return their recorded outputs (tiled to the
 group's batch) instead of computing, so only the *suffix* after the layer is evaluated, on ``copies x N`` rows.
-Inputs are tiled too when the forward needs them beyond the prefix (a fusion branch computed after the layer);
-a one-off probe decides this.
+Inputs, and the recorded prefix outputs, are tiled too only when the forward needs them beyond the layer (a fusion
+branch computed after it, a skip connection around it); one-off probes decide this. The stacked copies live in one
+buffer reused from group to group: after a group only the channels it permuted are written back (unless the
+forward wrote into its input, which the tensor's version counter reveals). The group size follows from the
+problem: as many copies as fit :data:`CPU_GROUP_ELEMENTS` on a CPU, where a larger group only adds cache misses
+and page faults of large temporaries, or :data:`DEVICE_GROUP_ELEMENTS` on an accelerator.
 """
 from __future__ import annotations
 
@@ -39,8 +43,14 @@ from utils.hooks import capture_features, get_submodule, replace_outputs
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Distance = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: default bound on the elements materialised per batched forward (about 128 MiB in float32)
-AUTO_BUDGET_ELEMENTS = 1 << 25
+#: CPU: elements one batched forward materialises (4 MiB of float32). The copies of a group then stay within a
+#: core's L2 cache and the allocator's reused memory; larger groups measured slower (cache misses, and page faults
+#: of temporaries too large to be recycled), smaller ones pay the forward's fixed cost too often
+#: (``benchmarks/bench_mfh.py``)
+CPU_GROUP_ELEMENTS = 1 << 20
+#: accelerators: elements per batched forward (about 128 MiB in float32): few large launches, memory recycled by
+#: the caching allocator
+DEVICE_GROUP_ELEMENTS = 1 << 25
 _DISTANCES = ("mse", "l1")
 
 
@@ -147,9 +157,11 @@ class _SuffixRunner:
         self.cache: dict[nn.Module, dict[int, object]] = {}
         self.cacheable = True
         self.feature, self.output = self._capture()
-        self.tile_inputs = True
+        self.tile_inputs = self.tile_prefix = True
         if self.cacheable:
             self.tile_inputs = not self._inputs_unused()
+            self.tile_prefix = not self._prefix_unused()
+        self.copies = _CopyBuffer(self.feature)
 
     def _capture(self):
         # one entry per active call: [module, skipped in the batched run, batched call index, top-level prefix call]
@@ -207,12 +219,34 @@ class _SuffixRunner:
                 out = self.model(*poisoned)
         except Exception:  # noqa: BLE001 - any failure means the inputs are needed beyond the prefix
             return False
+        return self._matches(out)
+
+    def _prefix_unused(self) -> bool:
+        """Probe: is a recorded prefix output read after the layer (a skip connection)? Run 2 copies with the
+        prefix returning NaN tensors of one copy's size: a read after the layer shows as NaN or a shape error."""
+        if not self.cache:
+            return True
+        inputs = _tile(self.inputs, 2) if self.tile_inputs else self.inputs
+        try:
+            with self._patched(_tile(self.feature, 2), 2, prefix="nan"):
+                out = self.model(*inputs)
+        except Exception:  # noqa: BLE001 - e.g. one copy's rows meeting two copies' rows: the prefix is needed
+            return False
+        return self._matches(out)
+
+    def _matches(self, out) -> bool:
         expected = _tile(self.output, 2)
         return (isinstance(out, torch.Tensor) and out.shape == expected.shape and bool(torch.isfinite(out).all())
                 and torch.allclose(out, expected, rtol=1e-4, atol=1e-6))
 
     @contextmanager
-    def _patched(self, stacked: torch.Tensor, copies: int):
+    def _patched(self, stacked: torch.Tensor, copies: int, prefix: str | None = None):
+        """Inside the block the layer returns ``stacked`` and each recorded prefix call its output: tiled to
+        ``copies`` (``prefix="tile"``), one copy's (``"plain"``: the suffix does not read it) or NaN (the probe).
+        Default: ``"tile"`` or ``"plain"`` as :attr:`tile_prefix` says."""
+        prefix = prefix or ("tile" if self.tile_prefix else "plain")
+        replace = {"tile": lambda value: _tile(value, copies), "plain": lambda value: value,
+                   "nan": lambda value: _nan_like(value)}[prefix]
         patched = []
 
         def patch(module, replacement_for):
@@ -230,7 +264,7 @@ class _SuffixRunner:
             patched.append((module, had_own, original))
 
         for module, recorded in self.cache.items():
-            patch(module, lambda i, _r=recorded: _tile(_r[i], copies) if i in _r else None)
+            patch(module, lambda i, _r=recorded: replace(_r[i]) if i in _r else None)
         patch(self.target, lambda i: stacked if i == 0 else None)
         try:
             yield
@@ -245,7 +279,8 @@ class _SuffixRunner:
         """Elements one permuted copy materialises (feature, tiled prefix outputs and inputs, output)."""
         n = self.feature.shape[0]
         total = _numel_per_sample(self.feature) + _numel_per_sample(self.output)
-        total += sum(_numel_per_sample(v) for recorded in self.cache.values() for v in recorded.values())
+        if self.tile_prefix:
+            total += sum(_numel_per_sample(v) for recorded in self.cache.values() for v in recorded.values())
         if self.tile_inputs:
             total += _numel_per_sample(self.inputs)
         return max(1, total * n)
@@ -255,7 +290,7 @@ class _SuffixRunner:
         copies = perms.shape[0]
         inputs = _tile(self.inputs, copies) if self.tile_inputs else self.inputs
         if self.cacheable:
-            with self._patched(_permute_copies(_tile(self.feature, copies), perms, channel_of), copies):
+            with self._patched(self.copies.stacked(perms, channel_of), copies):
                 return _check_output(self.model(*inputs), "model_a")
         with replace_outputs(self.model, {self.layer: lambda out: _permute_copies(out, perms, channel_of)}):
             return _check_output(self.model(*inputs), "model_a")
@@ -270,6 +305,43 @@ def _permute_copies(tiled: torch.Tensor, perms: torch.Tensor, channel_of: torch.
     copy_index = torch.arange(copies, device=tiled.device)
     result[copy_index, :, channel_of] = view[copy_index.unsqueeze(1), perms, channel_of.unsqueeze(1)]
     return result.reshape(tiled.shape)
+
+
+class _CopyBuffer:
+    """Stacked copies ``[K*N, C, ...]`` (copy-major) of ``feature [N, C, ...]``, copy ``k`` with channel
+    ``channel_of[k]`` permuted across the samples by ``perms[k]``: the values :func:`_permute_copies` gives for
+    the tiled feature, in one buffer kept from group to group. Before a group, only the channels the previous
+    group permuted are written back; the whole buffer is rebuilt when it is too small or when its version counter
+    shows that someone else wrote into it (a forward with an in-place op on its input, ``ReLU(inplace=True)``)."""
+
+    def __init__(self, feature: torch.Tensor):
+        self.feature = feature
+        self.buffer: torch.Tensor | None = None
+        self.version = -1
+        self.written: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def stacked(self, perms: torch.Tensor, channel_of: torch.Tensor) -> torch.Tensor:
+        copies, n = perms.shape
+        feature = self.feature
+        if self.buffer is None or self.buffer.shape[0] < copies or self.buffer._version != self.version:
+            # a fresh buffer, never a view of the feature (expand(1, ...).contiguous() would be one)
+            self.buffer = feature.new_empty((copies, *feature.shape))
+            self.buffer.copy_(feature.unsqueeze(0).expand(copies, *feature.shape))
+        elif self.written is not None:
+            index, channels = self.written
+            self.buffer[index, :, channels] = feature[:, channels].movedim(1, 0)
+        index = torch.arange(copies, device=feature.device)
+        view = self.buffer[:copies]
+        view[index, :, channel_of] = feature[perms, channel_of.unsqueeze(1)]
+        self.written = (index, channel_of)
+        self.version = self.buffer._version
+        return view.reshape(copies * n, *feature.shape[1:])
+
+
+def _nan_like(value):
+    if isinstance(value, torch.Tensor):
+        return torch.full_like(value, float("nan")) if torch.is_floating_point(value) else value
+    return type(value)(_nan_like(v) for v in value)
 
 
 def _all_tensors(value) -> bool:
@@ -294,18 +366,25 @@ class _InputRunner:
         self.model = model
         self.feature = _check_feature(inputs[0], None)
         self.output = None
+        self.copies = _CopyBuffer(self.feature)
 
     def per_copy_elements(self) -> int:
-        return max(1, 2 * self.feature.numel())
+        return max(1, self.feature.numel())
 
     def forward(self, perms: torch.Tensor, channel_of: torch.Tensor) -> torch.Tensor:
-        stacked = _permute_copies(_tile(self.feature, perms.shape[0]), perms, channel_of)
-        return _check_output(self.model(stacked), "model_a")
+        return _check_output(self.model(self.copies.stacked(perms, channel_of)), "model_a")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Algorithm 1
 # ---------------------------------------------------------------------------------------------------------------
+def auto_group(per_copy_elements: int, device: torch.device) -> int:
+    """Permuted copies per batched forward: as many as fit :data:`CPU_GROUP_ELEMENTS` on a CPU (cache-sized
+    temporaries), :data:`DEVICE_GROUP_ELEMENTS` elsewhere; at least one."""
+    budget = CPU_GROUP_ELEMENTS if torch.device(device).type == "cpu" else DEVICE_GROUP_ELEMENTS
+    return max(1, budget // max(1, per_copy_elements))
+
+
 @torch.no_grad()
 def channel_salience(model_a: nn.Module, model_b: nn.Module, inputs_a: Inputs, inputs_b: Inputs,
                      layer: str | None, repeats: int = 100, distance: Distance = "mse", chunk: int | None = None,
@@ -322,9 +401,9 @@ def channel_salience(model_a: nn.Module, model_b: nn.Module, inputs_a: Inputs, i
         repeats: ``M``, fresh permutations per channel (public code: 100 for the Gaussian case).
         distance: ``"mse"`` (Algorithm 1's choice, mean over all output elements), ``"l1"``, or a callable
             ``(out_a, out_b) -> scalar`` (applied to each copy).
-        chunk: channels per batched forward (all their repeats stacked along the batch dimension); ``None`` picks
-            as many as fit :data:`AUTO_BUDGET_ELEMENTS`, and splits a channel's repeats when one channel alone is
-            too large.
+        chunk: channels per batched forward (all their repeats stacked along the batch dimension); ``None`` lets
+            :func:`auto_group` choose the number of (channel, repeat) copies from the problem, splitting a
+            channel's repeats across forwards when they do not fit.
         generator: source of the permutations. Permutations are drawn channel-major, repeat-minor with
             ``torch.randperm(N, generator=generator)``, exactly as :func:`channel_salience_loop` draws them.
 
@@ -345,7 +424,7 @@ def channel_salience(model_a: nn.Module, model_b: nn.Module, inputs_a: Inputs, i
         n, channels = feature.shape[0], feature.shape[1]
         if target.shape[0] != n:
             raise ValueError(f"inputs_a and inputs_b hold different numbers of samples ({n} vs {target.shape[0]})")
-        group = chunk * repeats if chunk is not None else max(1, AUTO_BUDGET_ELEMENTS // runner.per_copy_elements())
+        group = chunk * repeats if chunk is not None else auto_group(runner.per_copy_elements(), feature.device)
         total = channels * repeats
         sums = torch.zeros(channels, dtype=torch.float64, device=feature.device)
         for start in range(0, total, group):
@@ -477,5 +556,5 @@ def nullified(model: nn.Module, layer: str | None, channels) -> Iterator[nn.Modu
 
 
 __all__ = ["channel_salience", "channel_salience_loop", "normalise_salience", "select_channels", "nullify_channels",
-           "nullified", "SELECTION_KINDS", "AUTO_BUDGET_ELEMENTS"]
+           "nullified", "auto_group", "SELECTION_KINDS", "CPU_GROUP_ELEMENTS", "DEVICE_GROUP_ELEMENTS"]
 

@@ -331,6 +331,30 @@ class _TwiceLayer(nn.Module):
         return self.out(self.fc(torch.tanh(self.fc(x))))
 
 
+class _InPlaceSuffix(nn.Module):
+    """The suffix writes into the ranked layer's output (``ReLU(inplace=True)``): the reused copy buffer must notice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _SkipAround(nn.Module):
+    """A skip connection reads a prefix output after the ranked layer, so the prefix must be tiled."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        return self.head(h + self.block(h))
+
+
 def _mvd_models():
     shapes = {"m1": (12,), "m2": (9,)}
     torch.manual_seed(0)
@@ -354,6 +378,8 @@ def _cases():
         "late-branch": (late, head, (torch.randn(24, 6), torch.randn(24, 4)), xb, "a2"),
         "cnn-4d": (cnn, head, torch.randn(24, 2, 5, 5), xb, "conv1"),
         "layer-called-twice": (twice, nn.Linear(9, 2), torch.randn(24, 5), xb, "fc"),
+        "inplace-suffix": (_InPlaceSuffix(), head, torch.randn(24, 6), xb, "fc1"),
+        "skip-around-layer": (_SkipAround(), head, torch.randn(24, 6), xb, "block"),
     }
 
 
@@ -372,13 +398,54 @@ def test_batched_equals_loop(case, chunk):
         assert not any("forward" in m.__dict__ for m in model.modules())
 
 
+@pytest.mark.parametrize("case", ["input", "mlp-fc2", "inplace-suffix"])
+def test_one_copy_per_forward_leaves_the_inputs_alone(case):
+    """repeats=1, chunk=1: one permuted copy per forward, the copy buffer then has the feature's own shape."""
+    model_a, model_b, inputs_a, inputs_b, layer = _cases()[case]
+    before = inputs_a.clone()
+    batched = fr.channel_salience(model_a, model_b, inputs_a, inputs_b, layer, repeats=1, chunk=1,
+                                  generator=torch.Generator().manual_seed(2))
+    loop = fr.channel_salience_loop(model_a, model_b, inputs_a, inputs_b, layer, repeats=1,
+                                    generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-7)
+    assert torch.equal(inputs_a, before)
+
+
 def test_batched_skips_prefix_and_tiles_only_when_needed():
     m1, _, fusion = _mvd_models()
     runner = fr._SuffixRunner(fusion, (torch.randn(8, 12), torch.randn(8, 9)), "fc1")
     assert not runner.tile_inputs and runner.cache  # the concatenation is recorded; the inputs are not needed
+    assert not runner.tile_prefix  # ... and only fc1 reads it: one copy serves every permuted copy
     late = _LateBranchFusion()
     runner = fr._SuffixRunner(late, (torch.randn(8, 6), torch.randn(8, 4)), "a2")
     assert runner.tile_inputs  # branch b runs after the layer
+    runner = fr._SuffixRunner(_SkipAround(), (torch.randn(8, 6),), "block")
+    assert runner.tile_prefix and not runner.tile_inputs  # the skip connection reads the stem after the layer
+
+
+def test_auto_group_follows_the_problem():
+    """Cache-sized groups on a CPU (the Table 2 input: about one channel's 100 repeats per forward), large ones on
+    an accelerator, never fewer than one copy."""
+    per_copy = 200 * 50
+    assert fr.auto_group(per_copy, torch.device("cpu")) == fr.CPU_GROUP_ELEMENTS // per_copy
+    assert 50 <= fr.auto_group(per_copy, torch.device("cpu")) <= 200
+    assert fr.auto_group(per_copy, torch.device("cuda")) == fr.DEVICE_GROUP_ELEMENTS // per_copy
+    assert fr.auto_group(10 * fr.CPU_GROUP_ELEMENTS, "cpu") == 1
+
+
+def test_bench_mfh_runs(capsys):
+    """benchmarks/bench_mfh.py at tiny sizes: both problems, every variant, saliences checked against the loop."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mfh.py"
+    spec = importlib.util.spec_from_file_location("bench_mfh", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reports = bench.main(["--trials", "1", "--table2_repeats", "3", "--samples", "8", "--repeats", "1",
+                          "--layer", "fc2", "--threads", "1"])
+    assert [r["name"] for r in reports] == ["table2", "ravdess"]
+    out = capsys.readouterr().out
+    assert "table2: batched/loop speed-up" in out and "ravdess: batched/loop speed-up" in out
 
 
 def test_salience_other_distances_and_errors():
