@@ -184,6 +184,8 @@ def remove_energy(images: np.ndarray, pca, keep: float, add_mean: bool) -> tuple
     Returns ``(float32 [n, 784], k, kept variance fraction)``.
     """
     mean, components, ratios = pca
+    if len(ratios) == 0:
+        raise RawDataError("the MNIST images are all identical: PCA finds no component")
     k = kept_components(ratios, keep)
     if k == 0:
         raise RawDataError(f"the first PCA component alone explains {ratios[0]:.3f} > --pca_keep {keep} of the "

@@ -20,9 +20,10 @@ used as it is (its axes are reversed already).
 
 Checks: the same number of samples and the same image size in both files (1449 images of 640x480 in the official
 files), ``depths`` of the size of ``images``, labels within 0..40. Output: one MATLAB v7.3 file (HDF5 with the
-512-byte MATLAB header, so MATLAB can load it too) holding ``images [N, 3, W, H]`` uint8, ``depths [N, W, H]`` (the
-source dtype, float32 in the official file) and ``labels40 [N, W, H]`` uint8, copied a few images at a time,
-written to a temporary file in ``--dst`` and renamed when complete. Needs h5py and scipy.
+512-byte MATLAB header and ``MATLAB_class`` attributes, as MATLAB writes them) holding ``images [N, 3, W, H]``
+uint8, ``depths [N, W, H]`` (the source dtype, float32 in the official file) and ``labels40 [N, W, H]`` uint8,
+copied a few images at a time, written to a temporary file in ``--dst`` and renamed when complete. Needs h5py and
+scipy.
 """
 from __future__ import annotations
 
