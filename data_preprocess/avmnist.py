@@ -441,6 +441,8 @@ def build(args: argparse.Namespace) -> dict:
     """Write the ``avmnist/`` folder; returns the build summary (also written to ``build_info.json``)."""
     if not 0.0 < args.pca_keep < 1.0:
         raise RawDataError(f"--pca_keep {args.pca_keep} must lie strictly between 0 and 1")
+    if args.seed < 0:
+        raise RawDataError(f"--seed {args.seed} must be 0 or more")
     rng = np.random.default_rng(args.seed)
     mnist = load_mnist(args.mnist)
     pools = recording_pools(args.fsdd, parse_indices(args.audio_test_indices), args.audio_test_speaker)

@@ -260,6 +260,7 @@ def test_avmnist_errors(tmp_path):
     line = one_error_line("avmnist.py", "--mnist", str(tmp_path / "nowhere"), "--fsdd", str(fsdd), "--dst", str(dst))
     assert "nowhere" in line and "not a folder" in line
 
+    assert "--pca_keep" in error("--pca_keep", "1") and "--seed" in error("--seed", "-1")
     (mnist / "t10k-labels-idx1-ubyte").rename(mnist / "moved")
     assert "t10k-labels-idx1-ubyte" in error()
     (mnist / "moved").write_bytes(b"\x00\x00\x08\x03" + bytes(20))  # an image header in a label file's place
