@@ -225,7 +225,7 @@ class FitNets(KD):
         params = dict(self.student.named_parameters())
         groups = [{"params": list(regressor.parameters())} for regressor in self.regressors]
         groups.append({"params": [params[n] for n in self.guided_names]})
-        return torch.optim.Adam(groups, lr=self.args.hint_lr)
+        return self.make_adam(groups, self.args.hint_lr)
 
     def kd_val_step(self, batch, epoch):
         """Validation terms of the KD stage; ``loss`` is the reference's criterion, weighted with the current α."""

@@ -456,9 +456,6 @@ class MSTDistill(Method):
                  "the stage starts, so later epochs skip those forwards; equal to computing them per batch up to "
                  "float rounding. What does not fit is computed per batch. Used with --mst_impl fast and without "
                  "--max_steps; 0 = off (default: %(default)s)")
-        add("--fused_adam", action=bool_flag, default=False,
-            help="fused Adam kernels for all MST-Distill stages: several times faster optimiser steps, updates differ "
-                 "from PyTorch's default Adam (the reference's) in the last bit (default: off)")
         add("--compare_baseline", action=bool_flag, default=None,
             help="after stage 3, train a no-KD student of the same architecture with the same epochs, lr and seed and "
                  "report it beside the MST student (default: on for Synthetic-MVD, off for the paper datasets)")
@@ -813,11 +810,9 @@ class MSTDistill(Method):
         return stages
 
     def _adam(self, params, lr: float) -> torch.optim.Optimizer:
-        # PyTorch-default Adam as the reference. The multi-tensor (foreach) loop gives bit-identical updates and is
-        # faster on CPU, where it is not the default; --fused_adam trades bit-identity (1 ulp) for ~5x faster steps.
-        if self.args.fused_adam:
-            return torch.optim.Adam(list(params), lr=lr, fused=True)
-        return torch.optim.Adam(list(params), lr=lr, foreach=True)
+        # PyTorch-default Adam as the reference, fused unless --no-fused_adam. Without it, the multi-tensor (foreach)
+        # loop: bit-identical updates, and faster on CPU, where it is not PyTorch's default.
+        return self.make_adam(params, lr, foreach=True)
 
     # stage 1 ------------------------------------------------------------------------------------------------------
     def _stage1_optimizer(self):

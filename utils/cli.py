@@ -132,9 +132,16 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     train.add_argument("--cuda_id", type=int, default=None, help="alias of --device cuda:N (reference flag)")
     train.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's choice; 1 is often fastest for tiny models)")
+                       help="torch CPU threads (default: the CPUs of this process's affinity mask that are not already "
+                            "busy, from the load average and the running tasks, at least 1 and at most torch's own "
+                            "choice; OMP_NUM_THREADS, if set, is left to torch; the first log lines say what was "
+                            "chosen)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                        help="bfloat16 autocast on CUDA (default: off, fp32 as the reference)")
+    train.add_argument("--fused_adam", action=argparse.BooleanOptionalAction, default=True,
+                       help="fused Adam kernels where torch has them (CPU and CUDA): one kernel per step instead of a "
+                            "loop over tensors; updates differ from PyTorch's default Adam (the reference's) by about "
+                            "1 ulp. --no-fused_adam: the for-loop Adam, bit-identical to the reference's (default: on)")
     train.add_argument("--test_phase", action=argparse.BooleanOptionalAction, default=False,
                        help="also evaluate the current model on the test split every epoch (default: off)")
 
