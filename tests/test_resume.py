@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kd_methods import register_method
+from kd_methods.supervised import UnimodalModel
 from utils import engine
 from utils.rundir import RunDir
 
@@ -89,6 +91,33 @@ def test_epochs_extend_a_killed_run_exactly_and_runtime_flags_apply(monkeypatch,
     log = (run / "log.txt").read_text()
     assert "changed: --epochs 4 (was 2), --threads 1 (was None)" in log
     assert "Took over the lock of process" in log and not (run / "run.lock").exists()
+
+
+@register_method
+class _BestAtEpochZero(UnimodalModel):
+    """Test-only method whose validation loss grows by one per epoch: epoch 0 stays the best."""
+
+    name = "test-best-at-epoch-0"
+
+    def stages(self):
+        (stage,) = super().stages()
+        val_step = stage.val_step
+        stage.val_step = lambda batch, epoch: {k: v + epoch for k, v in val_step(batch, epoch).items()}
+        return [stage]
+
+
+def test_a_best_epoch_kept_over_later_ones_is_written_once_and_resumes_exactly(monkeypatch, tmp_path):
+    name = _BestAtEpochZero.name
+    straight = engine.main(name, [*QUICK, "--epochs", "4", "--out_dir", str(tmp_path / "straight")])
+    run = killed_run(monkeypatch, name, tmp_path / "killed", [*QUICK, "--epochs", "4"], at=(0, 3))
+    checkpoint = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert checkpoint["best"] == {"value": checkpoint["best"]["value"], "epoch": 0, "state": None,
+                                  "state_file": "best-snapshot.pth"}
+    snapshot = torch.load(run / "best-snapshot.pth", weights_only=True)
+    assert snapshot["epoch"] == 0 and snapshot["kind"] == "snapshot"
+    resumed = engine.main(name, ["--resume", str(run)])
+    assert json.dumps(resumed["metrics"]) == json.dumps(straight["metrics"]) and resumed["best_epoch"] == 0
+    assert not (run / "best-snapshot.pth").exists()  # the stage file holds the selection now
 
 
 def test_a_run_that_is_still_running_is_refused(tmp_path, capsys):

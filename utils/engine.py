@@ -232,14 +232,11 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         loader.min_batch = 2 if _trains_batchnorm(stage) else 1
         optimizer = stage.make_optimizer()
         best = {"value": math.inf, "epoch": None, "state": None}
-        start_epoch = 0
+        start_epoch, snapshot_epoch = 0, None  # snapshot_epoch: the best epoch whose state SNAPSHOT holds
         if resume is not None and stage_index == resume["stage"]:
             if resume.get("optimizer") is not None:
                 optimizer.load_state_dict(resume["optimizer"])
-            best = resume["best"]
-            if best.get("state_is_current"):  # saved at the epoch that set it: the loaded state is the snapshot
-                best = {"value": best["value"], "epoch": best["epoch"],
-                        "state": copy.deepcopy(stage.selected.state_dict())}
+            best, snapshot_epoch = _resumed_best(resume["best"], stage, run_dir)
             start_epoch = resume["epoch"]
             resume = None
         if stage.epochs and start_epoch == 0:
@@ -273,7 +270,8 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
             row["time_s"] = round(time.time() - t0, 3)
             run_dir.log(_format_row(row))
             run_dir.log_metrics(row, step=epoch_offset + epoch)
-            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, best, best_epoch,
+            stored, snapshot_epoch = _stored_best(best, epoch, snapshot_epoch, run_dir)
+            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, stored, best_epoch,
                                                 base))
 
         if stage.selected is not None and best["state"] is not None:
@@ -292,14 +290,15 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         run_dir.save_file(base, {"args": vars(args), "method": method.state_dict()})
         run_dir.save_checkpoint(_checkpoint(method, args, stage_index + 1, 0, None,
                                             {"value": math.inf, "epoch": None, "state": None}, best_epoch, base))
+        (run_dir.path / SNAPSHOT).unlink(missing_ok=True)  # the stage's selection is in its stage file now
     return best_epoch
 
 
 def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_last, base) -> dict:
     """What resuming needs and no more. At a stage boundary (``optimizer`` None) the method state is the stage file
     ``base`` itself; after an epoch it is the part the stage can change (the parameters ``optimizer`` updates and
-    every buffer), laid over ``base`` (or, in the first stage, over the seeded initial state) when resumed. The best
-    snapshot is not stored twice when it is the current state (the epoch that set it)."""
+    every buffer), laid over ``base`` (or, in the first stage, over the seeded initial state) when resumed. ``best``
+    is as :func:`_stored_best` gives it."""
     if optimizer is None:
         state = None
     else:
@@ -307,11 +306,41 @@ def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_la
         keep = {name for name, p in method.named_parameters(remove_duplicate=False) if id(p) in trained}
         keep.update(name for name, _ in method.named_buffers(remove_duplicate=False))
         state = {name: value for name, value in method.state_dict().items() if name in keep}
-    if best.get("state") is not None and best.get("epoch") == epoch - 1:
-        best = {"value": best["value"], "epoch": best["epoch"], "state": None, "state_is_current": True}
     return {"args": vars(args), "stage": stage_index, "epoch": epoch, "method": state, "partial": state is not None,
             "base": base, "optimizer": optimizer.state_dict() if optimizer is not None else None, "best": best,
             "best_epoch_last": best_epoch_last, "rng": rng_state()}
+
+
+SNAPSHOT = "best-snapshot.pth"  # the selected network at the stage's best epoch, once it is no longer the current one
+
+
+def _stored_best(best: dict, epoch: int, snapshot_epoch, run_dir: RunDir):
+    """The best snapshot as the checkpoint of ``epoch`` stores it: by reference to the checkpoint's own state at the
+    epoch that set it, then by reference to :data:`SNAPSHOT`, written once per best epoch (not after every epoch).
+    Every checkpoint on disk stays consistent: the snapshot file is replaced only after a newer best epoch, whose own
+    checkpoint refers to itself, was saved."""
+    if best.get("state") is None:
+        return best, snapshot_epoch
+    stored = {"value": best["value"], "epoch": best["epoch"], "state": None}
+    if best["epoch"] == epoch:
+        return {**stored, "state_is_current": True}, snapshot_epoch
+    if snapshot_epoch != best["epoch"]:
+        run_dir.save_file(SNAPSHOT, {"epoch": best["epoch"], "state": best["state"]}, kind="snapshot")
+    return {**stored, "state_file": SNAPSHOT}, best["epoch"]
+
+
+def _resumed_best(best: dict, stage: Stage, run_dir: RunDir):
+    """The in-memory best snapshot (and the epoch :data:`SNAPSHOT` holds) from a checkpoint's ``best``."""
+    if best.get("state_is_current"):  # saved at the epoch that set it: the loaded state is the snapshot
+        state = copy.deepcopy(stage.selected.state_dict())
+        return {"value": best["value"], "epoch": best["epoch"], "state": state}, None
+    if best.get("state_file"):
+        saved = load_checkpoint(run_dir.path / best["state_file"])
+        if saved.get("epoch") != best["epoch"]:
+            raise UserError(f"{run_dir.path / best['state_file']} holds epoch {saved.get('epoch')}, not the best epoch "
+                            f"{best['epoch']} the checkpoint names; the run directory was changed by hand")
+        return {"value": best["value"], "epoch": best["epoch"], "state": saved["state"]}, best["epoch"]
+    return best, None
 
 
 def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch: int, where) -> dict:

@@ -75,6 +75,8 @@ def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Name
     if kind == "stage":
         raise UserError(f"--resume {path} is a stage file: to start a new run from it pass --start_stage N "
                         f"--init_from {path} (MST-Distill); to continue its run pass --resume {run_path}")
+    if kind != "checkpoint":
+        raise UserError(f"--resume {path} is not a checkpoint.pth; to continue its run pass --resume {run_path}")
     method = _method_of(saved, run_path)
     if method is not None and method != method_cls.name:
         raise UserError(f"--resume {run_path} is a run of {method}, not {method_cls.name}; resume it with "

@@ -399,8 +399,8 @@ class RunDir:
         extra = {"model_name": state.get("model_name"), "inputs": state.get("inputs")}
         atomic_save(self._stamped(state, "best", **extra), self.path / "best.pth")
 
-    def save_file(self, name: str, state: dict) -> Path:
-        atomic_save(self._stamped(state, "stage"), self.path / name)
+    def save_file(self, name: str, state: dict, kind: str = "stage") -> Path:
+        atomic_save(self._stamped(state, kind), self.path / name)
         return self.path / name
 
     def write_results(self, results: dict) -> None:
