@@ -148,7 +148,7 @@ def make_bound_step(method: MSTDistill, batch, stage_number: int):
             w_kl, w_lb = loss_weights(0, args.w_kl, args.w_lb)
 
             def losses():
-                terms = method.stage3_losses(batch, 0, experts)
+                terms = method.stage3_losses(batch, experts)
                 return [args.w_task * terms["task"], w_kl * terms["topk"], w_lb * terms["lb"]]
         else:
             target = method._student_target(batch).detach()
@@ -263,7 +263,8 @@ def main(argv=None) -> None:
           f"best of {args.rounds} rounds after {args.warmup} warm-up step(s)\n")
     print(f"Default optimiser: {'fused' if default_fused() else 'unfused (multi-tensor)'} Adam; hooks and literal use "
           "the reference's (unfused).\n")
-    print(f"| setup (T + A -> S, batch) | stage | steps/s fast | no cache | hooks | literal | {other_label()} | bound | "
+    print("| setup (T + A -> S, batch) | stage | steps/s fast | no cache | hooks | literal | "
+          f"{other_label()} | bound | "
           "**fast / hooks** | **fast / bound** | bound / hooks | no cache / hooks | fast / literal | "
           f"{other_label()} / hooks | cache fill s | peak MB fast | hooks | literal |")
     print("|---|---|" + "---:|" * 17)

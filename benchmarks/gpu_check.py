@@ -19,7 +19,10 @@ Markdown report (``benchmarks/gpu_check.sh`` runs it; about 5-8 minutes on one G
    epochs), ``bench_mst.py`` (AV-MNIST and RAVDESS shapes, 2 rounds), ``bench_methods.py`` (7 000 virtual samples, 3
    rounds).
 
-Exit code 0 when everything passed, 1 when something failed, 2 (one line) without CUDA.
+Time: ``--budget_s`` (470 s): the method runs get half of it, the AMP check the next 15 %, the benchmarks the rest
+(each also under its own timeout); whatever would start later is skipped and reported, and counts as a failure.
+
+Exit code 0 when everything passed, 1 when something failed or was skipped, 2 (one line) without CUDA.
 ``GPU_CHECK_DEVICE=cpu`` (for tests only) runs the same steps on the CPU.
 
 Usage: ``benchmarks/gpu_check.sh [--report gpu_check.md] [--databases ...] [--methods ...] [--no-bench]``.
@@ -114,7 +117,7 @@ class Runner:
             status = "refused" if error.code == 2 else "failed"
             detail = f"exit {error.code}: {_last_line(output.getvalue())}"
         except Exception as error:  # noqa: BLE001 - one crash must not stop the check; it is reported
-            status, detail = "failed", f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            status, detail = "failed", f"{type(error).__name__}: {_first_line(error)}"
             detail += " at " + traceback.extract_tb(error.__traceback__)[-1].filename.replace(str(ROOT) + "/", "")
         seconds = time.perf_counter() - started
         if status == "ok":
@@ -131,6 +134,11 @@ class Runner:
         return {"status": status, "detail": detail, "seconds": seconds}
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return lines[0][:200] if lines else ""
+
+
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:200] if lines else ""
@@ -142,12 +150,17 @@ def method_names(selected) -> list[str]:
     return list(dict.fromkeys(first + [n for n in names if n not in EVALUATES] + [n for n in names if n in EVALUATES]))
 
 
-def run_methods(databases, methods, roots, runner: Runner, log) -> tuple[list[str], bool]:
+def run_methods(databases, methods, roots, runner: Runner, deadline: float, log) -> tuple[list[str], bool]:
     rows, ok = [], True
     plan = [(name, mode) for name in methods for mode in (("m1", "m2") if name == "S" else ("m1",))]
     for database in databases:
         for name, mode in plan:
-            outcome = runner.run(name, database, mode, roots[database])
+            if time.time() > deadline:  # the benchmarks keep their share of the budget; the table says what was left
+                outcome = {"status": "skipped", "detail": "the methods' share of the time budget was spent",
+                           "seconds": 0.0}
+                ok = False
+            else:
+                outcome = runner.run(name, database, mode, roots[database])
             label = f"{name} ({mode})" if name == "S" else name
             ok &= outcome["status"] in ("ok", "refused")
             rows.append(f"| {database} | {label} | {outcome['status']} | {outcome['seconds']:.1f} | "
@@ -199,12 +212,17 @@ def amp_losses(method: str, database: str, root: Path | None, folder: Path, chec
     return {"terms": terms, "depth": depth, "autocast_dtypes": dtypes}
 
 
-def run_amp(databases, methods, roots, runner: Runner, folder: Path, log) -> tuple[list[str], bool]:
+def run_amp(databases, methods, roots, runner: Runner, folder: Path, deadline: float, log) -> tuple[list[str], bool]:
     rows, ok = [], True
     for database in [d for d in ("Synthetic-MVD", "AV-MNIST") if d in databases]:
         root = roots[database]
         for name in methods:
             if name in EVALUATES:
+                continue
+            if time.time() > deadline:
+                rows.append(f"| {database} | {name} | skipped | the AMP check's share of the time budget was spent "
+                            "| | |")
+                ok = False
                 continue
             method_cls = get_method(name)
             best = None
@@ -218,8 +236,7 @@ def run_amp(databases, methods, roots, runner: Runner, folder: Path, log) -> tup
                     result = amp_losses(name, database, root, folder / "amp-runs", best)
             except Exception as error:  # noqa: BLE001 - reported in the table
                 ok = False
-                rows.append(f"| {database} | {name} | failed | {type(error).__name__}: "
-                            f"{str(error).splitlines()[0][:120] if str(error) else ''} | | |")
+                rows.append(f"| {database} | {name} | failed | {type(error).__name__}: {_first_line(error)} | | |")
                 log(rows[-1])
                 continue
             tolerance_factor = 8 * result["depth"] * BF16_UNIT_ROUNDOFF
@@ -260,7 +277,8 @@ def run_benchmarks(deadline: float, log) -> tuple[list[str], bool]:
             if code:
                 body += "\n\n" + _last_line(done.stderr)
         except subprocess.TimeoutExpired as expired:
-            body, code = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or ""), "timeout"
+            partial = expired.stdout or ""
+            body, code = partial.decode() if isinstance(partial, bytes) else partial, "timeout"
         ok &= code == 0
         lines += [f"### {script} ({time.perf_counter() - started:.0f} s, exit {code})", "",
                   f"`{' '.join(['python', *command[1:]]).replace(str(ROOT) + '/', '')}`", "", body, ""]
@@ -285,7 +303,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
                         help="run the benchmarks too (default: on)")
     parser.add_argument("--budget_s", type=float, default=470,
-                        help="wall-clock budget; benchmarks that would start after it are skipped (default: %(default)s)")
+                        help="wall-clock budget in seconds; later steps are skipped (default: %(default)s)")
+    parser.add_argument("--methods_share", type=float, default=0.5,
+                        help="share of the budget for the method runs; later runs are skipped (default: %(default)s)")
     options = parser.parse_args(argv)
     if DEVICE.startswith("cuda") and not torch.cuda.is_available():
         print(f"gpu_check: CUDA is not available to torch {torch.__version__}; nothing was run", file=sys.stderr)
@@ -302,9 +322,11 @@ def main(argv=None) -> int:
         roots = {database: None if database == "Synthetic-MVD" else make_fixture(database, folder / "data" / database)
                  for database in options.databases}
         runner = Runner(folder)
-        table, methods_ok = run_methods(options.databases, methods, roots, runner, log)
+        table, methods_ok = run_methods(options.databases, methods, roots, runner,
+                                        started + options.methods_share * options.budget_s, log)
         report += ["## Every method, one epoch", "", *table, ""]
-        amp, amp_ok = run_amp(options.databases, methods, roots, runner, folder, log)
+        amp, amp_ok = run_amp(options.databases, methods, roots, runner, folder,
+                              started + (options.methods_share + 0.15) * options.budget_s, log)
         report += ["## AMP (bfloat16 autocast against float32)", "",
                    f"Tolerance |bf16 - fp32| <= 8 L u max(1, |fp32|), u = 2^-8 (bfloat16's 8 significant bits), L the "
                    "weight layers of the deepest network of the method.", "", *amp, ""]
