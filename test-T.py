@@ -1,4 +1,5 @@
-"""Test a trained multimodal model on the test split of --seed and print the reference's metrics.
+"""Test a trained multimodal model on the test split it was trained beside (the checkpoint's --seed, data options
+and split) and print the reference's metrics.
 
 Example: python test-T.py --database AV-MNIST --ckpt_name runs/T/AV-MNIST/<run>/best.pth
 """
