@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from utils.errors import UserError
@@ -57,6 +58,11 @@ def _jsonable(value):
     return json.loads(json.dumps(plain(value)))
 
 
+def _same_path(a: str, b: str) -> bool:
+    """``runs`` and ``./runs/`` name the same folder (values that are not paths compare equal only when equal)."""
+    return ("/" in a or "/" in b) and os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))
+
+
 def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
                 given: dict) -> argparse.Namespace:
     """The arguments of the run ``args.resume`` names, with the applicable ``given`` flags applied."""
@@ -90,7 +96,7 @@ def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Name
         if key == "resume":
             continue
         value, old = _jsonable(value), run_args.get(key)
-        if value == old:
+        if value == old or (isinstance(value, str) and isinstance(old, str) and _same_path(value, old)):
             continue
         shown = f"--{key} {value}"
         if key in RUNTIME_OPTIONS or (key in EXTENDABLE and isinstance(old, int) and value >= old):
