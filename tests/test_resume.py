@@ -6,7 +6,6 @@ trains, frozen networks live in the stage files, and resuming from them is still
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_methods import register_method
+from conftest import method_registration
 from kd_methods.supervised import UnimodalModel
 from utils import engine
 from utils.rundir import RunDir
@@ -93,7 +92,6 @@ def test_epochs_extend_a_killed_run_exactly_and_runtime_flags_apply(monkeypatch,
     assert "Took over the lock of process" in log and not (run / "run.lock").exists()
 
 
-@register_method
 class _BestAtEpochZero(UnimodalModel):
     """Test-only method whose validation loss grows by one per epoch: epoch 0 stays the best."""
 
@@ -222,3 +220,7 @@ def test_first_log_line_of_mst_names_the_stage_epochs(tmp_path):
     first = (run / "log.txt").read_text().splitlines()[0]
     assert "0 co-training (--epochs_s1) + 0 masknets (--epochs_s2) + 0 distillation (--epochs)" in first
     assert "--epochs sets stage 3 only" in first
+
+
+# test-only methods, registered for this module's tests only
+_test_methods = method_registration(_BestAtEpochZero)
