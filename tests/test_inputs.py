@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fixtures import make_fixture
-from kd_methods import register_method
+from conftest import method_registration
 from kd_methods.base import Stage
 from kd_methods.supervised import UnimodalModel
 from utils import cli, engine, runtime
@@ -42,7 +42,10 @@ def run_ok(name, argv) -> dict:
 
 
 def runs_under(out_dir: Path) -> list[Path]:
-    return [p for p in Path(out_dir).glob("*/*/*") if p.is_dir()]
+    """Run directories under ``out_dir``; a run removed after failing leaves no empty method folder either."""
+    runs = [p for p in Path(out_dir).glob("*/*/*") if p.is_dir()]
+    assert all(any(folder.iterdir()) for folder in Path(out_dir).glob("*/*") if folder.is_dir())
+    return runs
 
 
 def avmnist(tmp_path, n=20) -> tuple[Path, list[str]]:
@@ -331,7 +334,6 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
-@register_method
 class _RefusedAtStageStart(UnimodalModel):
     """Test-only method that fails after its run directory exists but before its first epoch."""
 
@@ -353,7 +355,6 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(tmp_path, c
     assert not runs_under(tmp_path)
 
 
-@register_method
 class _NaNFromTheStart(UnimodalModel):
     """Test-only method whose training loss is NaN in its first epoch."""
 
@@ -374,7 +375,6 @@ def test_nan_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path, capsys):
     assert "became nan" in (run / "log.txt").read_text()
 
 
-@register_method
 class _NaNValidation(UnimodalModel):
     """Test-only method whose validation loss turns NaN in epoch 1."""
 
@@ -438,3 +438,7 @@ def test_default_threads_respect_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 3)
     assert runtime.default_threads()[0] == 3
+
+
+# test-only methods, registered for this module's tests only
+_test_methods = method_registration(_RefusedAtStageStart, _NaNFromTheStart, _NaNValidation)

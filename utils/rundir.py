@@ -310,10 +310,14 @@ class RunDir:
         return self.path is not None and (self.path / "checkpoint.pth").is_file()
 
     def remove(self) -> None:
-        """Delete the run directory (a new run that failed before it saved a checkpoint)."""
+        """Delete the run directory (a new run that failed before it saved a checkpoint), and its
+        ``<method>/<database>`` folders when that leaves them empty."""
         self.close()
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            for folder in (self.path.parent, self.path.parent.parent):
+                with contextlib.suppress(OSError):  # not empty: other runs live there
+                    folder.rmdir()
 
     @classmethod
     def reopen(cls, path: Path, record: bool = True, keep_metrics=lambda row: True):
