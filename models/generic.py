@@ -1,6 +1,6 @@
 """Generic models for any dataset whose inputs fit (UCI-MFeat, Paired, your own): sized from ``input_shapes``.
 
-* ``MLP-m1`` / ``MLP-m2``: a unimodal MLP ``fc1 -> fc2 -> fc3`` (128-64 hidden) on the flattened input, so it takes
+* ``MLP-m1`` / ``MLP-m2``: a unimodal MLP ``fc1 -> fc2 -> fc3`` (64-32 hidden) on the flattened input, so it takes
   vectors ``[D]`` and any other per-sample shape (flattened).
 * ``CNN-m1`` / ``CNN-m2``: a small CNN for images ``[C, H, W]``: two 3x3 convs (16, 32 channels; max-pool 2 after
   the first), adaptive average pool to 4x4, then the MLP head.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from models.registry import register_model
 from utils.errors import UserError
 
-HIDDEN = (128, 64)
+HIDDEN = (64, 32)
 CONV_CHANNELS = (16, 32)
 POOLED = (4, 4)
 #: the shapes the models are declared (and tested) with: UCI-MFeat's default views, a 16x15 one-channel image
@@ -131,9 +131,9 @@ def _cnn(modality: str):
 
 
 for _modality in ("m1", "m2"):
-    register_model(f"MLP-{_modality}", None, (_modality,), "generic MLP (128-64) on the flattened input",
+    register_model(f"MLP-{_modality}", None, (_modality,), "generic MLP (64-32) on the flattened input",
                    taps=HEAD_TAPS, example_inputs=VECTOR_INPUTS)(_mlp(_modality))
-    register_model(f"CNN-{_modality}", None, (_modality,), "generic small CNN (16-32 conv, 128-64 MLP) for [C, H, W]",
+    register_model(f"CNN-{_modality}", None, (_modality,), "generic small CNN (16-32 conv, 64-32 MLP) for [C, H, W]",
                    taps=CNN_TAPS, example_inputs=IMAGE_INPUTS)(_cnn(_modality))
 
 

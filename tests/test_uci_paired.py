@@ -242,7 +242,7 @@ def test_mst_stage_defaults_live_in_the_spec_or_follow_the_dataset():
     from kd_methods.mst import stage_defaults
 
     args = cli.parse_args(get_method("MST-Distill"), ["--database", "UCI-MFeat"])
-    assert (args.epochs_s1, args.epochs_s2, args.epochs, args.s1_lr) == (20, 10, 20, 1e-3)
+    assert (args.epochs_s1, args.epochs_s2, args.epochs, args.s1_lr) == (20, 5, 20, 1e-3)
     own = get_spec("UCI-MFeat").method_defaults["MST-Distill"]
     assert {k: getattr(args, k) for k in own} == own
     plain = dataclasses.replace(get_spec("UCI-MFeat"), method_defaults={}, epochs=7)
