@@ -129,7 +129,7 @@ def compare(method_cls, database, source, options, folder) -> tuple[list[float],
         method, stage, ctx, count = build_run(method_cls, database, source, options, folder, keep_graph)
         runs.append((method, stage, ctx, stage.make_optimizer()))
         info = (stage.name, count, ctx.args)
-    batch_size = runs[0][1].loader_batch_size or options.batch_size
+    batch_size = options.batch_size
     warm = runs[0][2].make_loader("train", batch_size=batch_size, max_steps=options.warmup)
     timed = runs[0][2].make_loader("train", batch_size=batch_size, max_steps=options.steps)
     for run in runs:

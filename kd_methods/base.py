@@ -9,7 +9,7 @@ everything else (epochs, backward/step, validation, selection, logging, checkpoi
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -51,7 +51,6 @@ class Stage:
     epoch_logs: Callable[[], dict] | None = None
     on_epoch_start: Callable[[int, torch.optim.Optimizer], None] | None = None
     on_stage_end: Callable[[], None] | None = None
-    loader_batch_size: int | None = None
     loader_epoch_start: int | None = None
     reports_best_epoch: bool = True
     best_epoch: int | None = None
@@ -69,7 +68,8 @@ class RunContext:
     make_loader: Callable[..., BatchLoader]
     log: Callable[[str], None] = print
     run_path: "object" = None
-    extra: dict = field(default_factory=dict)
+    #: the run's provenance record (utils.provenance.run_record), set by the engine or computed on first use
+    provenance: dict | None = None
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -158,6 +158,21 @@ class Method(nn.Module):
         defaults = {"student": spec.students[mode], "aux": spec.students[other]}
         defaults["teacher"] = spec.teacher if cls.teacher_kind != "crossmodal" else spec.students[other]
         return defaults
+
+    @classmethod
+    def dataset_defaults(cls, spec: DatasetSpec) -> dict:
+        """Option defaults that depend on the dataset: its batch size, learning rate and epochs, overridden by the
+        method's own :attr:`defaults`, then by what the dataset states for this method (``spec.method_defaults``)."""
+        return {"batch_size": spec.batch_size, "lr": spec.lr, "epochs": spec.epochs, **cls.defaults,
+                **spec.method_defaults.get(cls.name, {})}
+
+    @classmethod
+    def fill_defaults(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        """Set every option left at None to its :meth:`dataset_defaults` value: the one place such defaults are
+        filled (by ``utils.cli`` and for contexts built without the command line)."""
+        for key, value in cls.dataset_defaults(spec).items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:

@@ -466,18 +466,15 @@ class MSTDistill(Method):
             help="a stageN-*.pth or checkpoint.pth (or run directory) of an earlier MST-Distill run whose networks "
                  "start this run; required with --start_stage 2 or 3")
 
-    @staticmethod
-    def resolve_defaults(args: argparse.Namespace, spec: DatasetSpec) -> None:
-        """Fill the options left at None from :func:`stage_defaults`."""
-        for key, value in stage_defaults(spec).items():
-            if getattr(args, key, None) is None:
-                setattr(args, key, value)
+    @classmethod
+    def dataset_defaults(cls, spec: DatasetSpec) -> dict:
+        """The shared per-dataset defaults and the stage options' (:func:`stage_defaults`)."""
+        return {**stage_defaults(spec), **super().dataset_defaults(spec)}
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
         from models import get_entry
 
-        cls.resolve_defaults(args, spec)
         if args.mask_layer_num not in (1, 2):
             raise UserError(f"--mask_layer_num must be 1 or 2 (each teacher has two hooked layers), "
                             f"not {args.mask_layer_num}")
@@ -526,7 +523,7 @@ class MSTDistill(Method):
     def __init__(self, ctx: RunContext):
         super().__init__(ctx)
         args, spec = self.args, self.spec
-        self.resolve_defaults(args, spec)  # contexts built without the CLI
+        self.fill_defaults(args, spec)  # contexts built without the CLI
         n = args.mask_layer_num
         from models.taps import layers
 
@@ -884,8 +881,7 @@ class MSTDistill(Method):
         self._routing = torch.zeros(self.ways, dtype=torch.float64, device=self.ctx.device)
         return self._adam([*self.student.parameters(), *self.gate.parameters()], self.args.lr)
 
-    def stage3_losses(self, batch: Batch, epoch: int,
-                      experts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def stage3_losses(self, batch: Batch, experts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The unweighted stage-3 terms and diagnostics of one batch (``task``, ``topk``, ``lb``, ``indices``...).
 
         ``experts`` may give the experts' logits (e.g. read from a cache); by default they are computed.
@@ -902,7 +898,7 @@ class MSTDistill(Method):
     def _stage3_step(self, batch: Batch, epoch: int):
         cache = self._cache(3, "train")
         experts = cache.rows("experts", batch.index) if cache is not None else None
-        terms = self.stage3_losses(batch, epoch, experts)
+        terms = self.stage3_losses(batch, experts)
         w_kl, w_lb = loss_weights(epoch, self.args.w_kl, self.args.w_lb)
         with torch.no_grad():  # diagnostics: per-expert CE and routing counts, one device sync per epoch
             expert_ce = {f"expert_ce/{name}": self.task_loss(z.float(), batch.y)

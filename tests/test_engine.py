@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
-from kd_methods import register_method
+from conftest import method_registration
 from kd_methods.base import Stage
 from kd_methods.supervised import UnimodalModel
 from utils import engine
@@ -146,7 +146,6 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
     assert [r["val/ce"] for r in rows] == [r["val/ce"] for r in full_rows]
 
 
-@register_method
 class _NaNAtEpochTwo(UnimodalModel):
     """Test-only method whose loss turns NaN in epoch 2."""
 
@@ -220,3 +219,7 @@ def test_data_file_of_the_wrong_shape_is_one_line_and_exit_code_2(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert str(bad) in line and "[3, 112, 100]" in line and "Data: AV-MNIST" in line, line
+
+
+# test-only methods, registered for this module's tests only
+_test_methods = method_registration(_NaNAtEpochTwo)

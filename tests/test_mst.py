@@ -176,7 +176,7 @@ def _stage2_and_3(method, batch, masks_modes):
     for masks in masks_modes:
         method.args.expert_masks = masks
         with torch.no_grad():
-            terms = method.stage3_losses(batch, 0)
+            terms = method.stage3_losses(batch)
         stage3[masks] = terms
         assert active_hook_count(method) == hooks
     return [loss.detach() for loss in losses], grads, stage3
@@ -299,11 +299,11 @@ def test_cached_frozen_outputs_equal_the_per_batch_computation(family):
     with torch.no_grad():
         expert_floors = perturbation_floor(lambda m1, m2: method.expert_logits(Batch(m1, m2, batch.y, batch.index)),
                                            [batch.m1, batch.m2])
-        live_terms = method.stage3_losses(batch, 0)
+        live_terms = method.stage3_losses(batch)
         rows = method._cache(3, "train").rows("experts", batch.index)
-        cached_terms = method.stage3_losses(batch, 0, rows)
+        cached_terms = method.stage3_losses(batch, rows)
         keys = ("topk", "lb", "task")
-        term_floors = perturbation_floor(lambda *experts: [method.stage3_losses(batch, 0, list(experts))[key]
+        term_floors = perturbation_floor(lambda *experts: [method.stage3_losses(batch, list(experts))[key]
                                                            for key in keys], live_terms["experts"])
     for x, y, floor in zip(rows, live_terms["experts"], expert_floors):
         assert_reordered_close(x, y, floor, what="expert logits")

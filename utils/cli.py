@@ -190,17 +190,11 @@ def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
     args.database = spec.name
     if args.cuda_id is not None and args.device == "auto":
         args.device = f"cuda:{args.cuda_id}"
-    overrides = {**spec.method_defaults.get(method_cls.name, {})}
-    for key in ("batch_size", "lr", "epochs"):
-        if getattr(args, key, None) is None:
-            setattr(args, key, overrides.get(key, method_cls.defaults.get(key, getattr(spec, key))))
+    method_cls.fill_defaults(args, spec)  # batch size, lr, epochs and method options such as MST's epochs_s1
     defaults = method_cls.default_models(spec, args.mode)
     for role, flag in (("teacher", "Tmodel"), ("student", "Smodel"), ("aux", "AUXmodel")):
         if role in method_cls.roles and getattr(args, flag, None) is None:
             setattr(args, flag, defaults[role])
-    for key, value in overrides.items():  # method-specific extras such as epochs_s1 for Synthetic-MVD
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
     if method_cls.needs_checkpoint and not getattr(args, "ckpt_name", None):
         raise UserError(f"{method_cls.name} needs a pre-trained teacher: pass --ckpt_name PATH "
                         f"(a best.pth from main-T.py / main-S.py, or a reference state dict)")

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from datasets import BatchLoader, get_spec
-from datasets.checks import check_source
+from datasets.checks import check_source, check_splits
 from datasets.splits import resolve_split
 from kd_methods.base import Method, RunContext, Stage
 from utils import cli
@@ -89,6 +89,7 @@ def build_context(args, device, log=print) -> RunContext:
         train, val, test = resolve_split(spec.name, len(source), args.seed, from_file=spec.split == "index_file",
                                          metadata_dir=args.metadata_dir, log=log, data_root=args.data_root)
     splits = {"train": train, "val": val, "test": test}
+    check_splits(spec.name, len(source), splits)  # before anything computes statistics of a split
     if spec.fit is not None:  # statistics of the training split only (e.g. UCI-MFeat's standardisation)
         source = spec.fit(source, splits, args)
     check_source(source, spec, splits)  # before the first epoch: empty splits, labels, NaN (datasets/checks.py)
@@ -106,7 +107,7 @@ def build_context(args, device, log=print) -> RunContext:
                       log=log)
 
 
-def run_tag(args, method_cls) -> str:
+def run_tag(args) -> str:
     names = [getattr(args, flag) for flag in ("Tmodel", "Smodel") if getattr(args, flag, None)]
     spec = get_spec(args.database)
     options = f"_{spec.run_tag(args)}" if spec.run_tag is not None else ""  # e.g. UCI-MFeat's view pair
@@ -130,7 +131,7 @@ def run(method_cls: type[Method], args) -> dict:
                     + (f"; changed: {', '.join(changes)}" if changes else ""))
     else:
         # created once the data and models have loaded: a run refused before its first epoch leaves nothing
-        run_dir = RunDir.deferred(args.out_dir, method_cls.name, args.database, run_tag(args, method_cls),
+        run_dir = RunDir.deferred(args.out_dir, method_cls.name, args.database, run_tag(args),
                                   vars(args), args.record)
         run_dir.log(f"{method_cls.name} on {args.database}: {method_cls.epoch_plan(args)}")
     if run_dir.lock.took_over:
@@ -138,8 +139,7 @@ def run(method_cls: type[Method], args) -> dict:
     try:
         ctx = build_context(args, device, log=run_dir.log)
         ctx.run_path = run_dir.path
-        ctx.extra["provenance"] = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec.name,
-                                                                             ctx.splits)
+        ctx.provenance = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec.name, ctx.splits)
         method = method_cls(ctx).to(device)
         stages = method.stages()
         if resume is not None:
@@ -227,8 +227,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
 
     for stage_index in range(start_stage, len(stages)):
         stage = stages[stage_index]
-        loader = (ctx.make_loader("train", batch_size=stage.loader_batch_size) if stage.loader_batch_size
-                  else train_loader)
+        loader = train_loader
         loader.min_batch = 2 if _trains_batchnorm(stage) else 1
         optimizer = stage.make_optimizer()
         best = {"value": math.inf, "epoch": None, "state": None}
@@ -402,7 +401,7 @@ def check_batch_sizes(stages: list[Stage], loader, ctx: RunContext) -> None:
     for stage in stages:
         if not stage.epochs or not _trains_batchnorm(stage):
             continue
-        size = stage.loader_batch_size or loader.batch_size
+        size = loader.batch_size
         if size < 2 or len(loader.indices) < 2:
             raise UserError(f"stage '{stage.name}' trains BatchNorm layers, which need at least 2 samples per batch; "
                             f"the train split of {ctx.spec.name} has {len(loader.indices)} and the batch size is "

@@ -59,9 +59,9 @@ def run_record(method: str | None, args, spec_name: str, splits: dict) -> dict:
 
 def context_record(ctx) -> dict:
     """The record of the run behind ``ctx`` (computed once; the engine stores it with the method name)."""
-    if "provenance" not in ctx.extra:
-        ctx.extra["provenance"] = run_record(None, ctx.args, ctx.spec.name, ctx.splits)
-    return ctx.extra["provenance"]
+    if ctx.provenance is None:
+        ctx.provenance = run_record(None, ctx.args, ctx.spec.name, ctx.splits)
+    return ctx.provenance
 
 
 def record_of(saved) -> dict | None:
