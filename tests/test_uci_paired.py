@@ -136,7 +136,8 @@ def test_every_method_runs_on_every_family(method, family, family_roots, tmp_pat
 def test_paired_defaults_follow_the_shapes_and_meta(tmp_path):
     root = write_paired(tmp_path / "d", *paired_data("images"), meta={"modalities": {"m1": "sketch", "m2": "text"},
                                                                      "class_names": ["a", "b", "c"]})
-    args = cli.parse_args(get_method("MST-Distill"), ["--database", "Paired", "--data_root", str(root), "--batch_size", "8"])
+    args = cli.parse_args(get_method("MST-Distill"), ["--database", "Paired", "--data_root", str(root),
+                                                      "--batch_size", "8"])
     assert (args.Tmodel, args.Smodel, args.AUXmodel) == ("Fusion-I", "CNN-m1", "MLP-m2")
     spec = get_spec("Paired").configured(args)
     assert spec.num_classes == 3 and spec.modalities == {"m1": "sketch", "m2": "text"}
