@@ -61,8 +61,9 @@ def vgg16_construction_draws() -> int:
 def replay_draws(count: int) -> None:
     """Advance torch's default CPU generator by ``count`` 32-bit draws, as ``count`` float32 ``uniform_`` draws do.
 
-    Full-range int64 ``random_`` takes two 32-bit draws per element, which halves the cost (about 0.35 s per
-    VGG-16 on one core against 1.7 s for building the network); ``tests/test_fusenet_init.py`` checks the state
+    Full-range int64 ``random_`` takes two 32-bit draws per element, which halves the number of elements to fill;
+    with no 528 MB of VGG-16 weights allocated, a replay takes a fraction of a torchvision construction's time
+    (0.35-0.9 s against 1.7-4 s on one core of the 2-core test VM). ``tests/test_fusenet_init.py`` checks the state
     against a real torchvision construction.
     """
     pairs, odd = divmod(count, 2)
