@@ -53,8 +53,8 @@ def check_splits(database: str, n: int, splits: dict) -> None:
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:
         shown = "/".join(str(s) for s in sizes.values())
-        raise UserError(f"the {' and '.join(empty)} split of {database} is empty: N={n} samples cut 60/20/20 give "
-                        f"{'/'.join(sizes)} {shown}; at least 3 samples are needed")
+        raise UserError(f"the {' and '.join(empty)} split of {database} is empty: N={n} samples give "
+                        f"{'/'.join(sizes)} {shown}; every split needs samples (the 60/20/20 cut: at least 3)")
 
 
 def check_labels(y, database: str, num_classes: int, splits: dict) -> None:

@@ -153,7 +153,7 @@ def test_a_constant_sample_warns_and_is_refused(tmp_path, capsys):
 
 def test_empty_split_is_refused(tmp_path, capsys):
     line = fail_line(capsys, "S", ["--mvd_samples", "2", "--out_dir", tmp_path, "--no-record", "--device", "cpu"])
-    assert "the val split of Synthetic-MVD is empty: N=2 samples" in line and "at least 3" in line, line
+    assert "the val split of Synthetic-MVD is empty: N=2 samples" in line and "at least 3" in line and "train/val/test 1/0/1" in line, line
     assert not runs_under(tmp_path)
 
 
