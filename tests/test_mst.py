@@ -566,7 +566,7 @@ def test_hooks_are_removed_after_every_stage_step():
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["--k", "5"], "--k must be between 1 and the number of experts 4"),
-    (["--k", "0"], "--k must be between 1"),
+    (["--k", "0"], "--k must be >= 1"),  # the shared numeric check (utils/cli.py) answers first
     (["--mask_layer_num", "1", "--k", "3"], "number of experts 2"),
     (["--mask_layer_num", "3"], "--mask_layer_num must be 1 or 2"),
     (["--lb_mode", "L2"], "--lb_mode must be KL or CV"),
