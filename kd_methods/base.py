@@ -239,7 +239,7 @@ class Method(nn.Module):
         shapes) is refused (:func:`utils.provenance.check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
         a warning); a checkpoint.pth or stage file is not a model.
         """
-        from utils.provenance import check_model_checkpoint
+        from utils.provenance import check_model_checkpoint, mismatch_note
         from utils.rundir import load_checkpoint
 
         state = load_checkpoint(path)
@@ -258,9 +258,11 @@ class Method(nn.Module):
             detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
                       if ours != theirs else "tensor shapes differ")
             held = f" (it holds {saved['model_name']})" if saved is not None and saved.get("model_name") else ""
-            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}; "
-                            f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was "
-                            f"trained with") from None
+            note = mismatch_note(saved, self.ctx, model.model_name)
+            fix = ("pass a checkpoint trained on this run's data" if note and "model " not in note else
+                   f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was trained with")
+            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}{note}; "
+                            f"{fix}") from None
         # the tensors fit; refuse one trained on other data, another split or as another model of the same shapes
         check_model_checkpoint(saved, path, self.ctx, model.model_name, role)
         return model

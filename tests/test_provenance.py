@@ -150,3 +150,17 @@ def test_a_run_checkpoint_is_not_a_model(runs, tmp_path, capsys):
     line = refused(capsys, "KD-UU", ["--ckpt_name", str(runs["m2"] / "stage1-train.pth"), "--out_dir", str(tmp_path),
                                      *QUICK])
     assert "is a stage file of a whole run, not a model" in line
+
+
+def test_a_teacher_of_another_view_choice_names_both_views(tmp_path, capsys):
+    """UCI-MFeat's --mfeat_m1/--mfeat_m2 choose the views; the record holds them without being told about them."""
+    common = ["--database", "UCI-MFeat", "--no-record", "--device", "cpu", "--epochs", "1", "--max_steps", "2",
+              "--out_dir", str(tmp_path)]
+    engine.main("S", [*common, "--mode", "m2", "--mfeat_m2", "kar"])
+    (best,) = (tmp_path / "S" / "UCI-MFeat").glob("*/best.pth")
+    options = torch.load(best, weights_only=True)["provenance"]["dataset_options"]
+    assert options["mfeat_m1"] == "fou" and options["mfeat_m2"] == "kar"
+    line = refused(capsys, "KD-UU", [*common, "--ckpt_name", str(best)])
+    assert "trained on --mfeat_m2 kar, this run uses --mfeat_m2 pix" in line, line
+    results = engine.main("test-S", [*common, "--ckpt_name", str(best)])  # tested with the views it was trained on
+    assert results["mode"] == "m2" and results["models"] == {"student": "MLP-m2"}

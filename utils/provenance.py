@@ -117,6 +117,16 @@ def differences(saved: dict, current: dict, model_name: str | None) -> list[str]
     return keys
 
 
+def mismatch_note(saved, ctx, model_name: str) -> str:
+    """``"; it was trained on ..., this run uses ..."`` when the record explains why a checkpoint does not fit."""
+    record = record_of(saved)
+    if record is None:
+        return ""
+    current = {**context_record(ctx), "model_name": model_name}
+    keys = differences(record, current, model_name)
+    return f"; it was trained on {describe(record, keys)}, this run uses {describe(current, keys)}" if keys else ""
+
+
 def check_model_checkpoint(saved, path, ctx, model_name: str, role: str = "teacher") -> None:
     """Refuse (one line) a model checkpoint trained on other data, another split or as another model.
 
