@@ -1,4 +1,4 @@
-"""CrisisMMD v2.0 preprocessing, humanitarian task -> ``<data_root>/CMMD-V2/CMMD_data.pth`` (spec §2.3).
+"""CrisisMMD v2.0 preprocessing, humanitarian task -> ``<data_root>/CMMD-V2/CMMD_data.pth`` (README, "Data: CMMD-V2").
 
 Input: CrisisMMD v2.0 (Alam et al., ICWSM 2018; crisisnlp.qcri.org/crisismmd): the ``data_image/`` tree and
 the split files ``crisismmd_datasplit_all/task_humanitarian*.tsv``. All humanitarian splits are merged (the
@@ -13,11 +13,11 @@ Steps (``--steps all`` runs both):
 ``features``  per row: ResNet-50 (torchvision, ImageNet weights V1 = the legacy ``pretrained=True``) global
               average-pooled feature ``[2048]`` of the 224x224-resized, ImageNet-normalised RGB image;
               ``vinai/bertweet-base`` ``pooler_output`` ``[768]`` of the text (at most 128 tokens including
-              ``<s>``/``</s>``, no attention mask, one sequence at a time); the class id of 1.7's list.
+              ``<s>``/``</s>``, no attention mask, one sequence at a time); the class id of the README's list.
               ``torch.save((image_feats float32 [N, 2048], text_feats float32 [N, 768], labels int64 [N]))``
               -> ``<dst>/CMMD_data.pth``, a tuple of NumPy arrays as the reference.
 
-Deviations from the reference (spec §5 item 13): TSV files are read in sorted order (the reference used
+Deviations from the reference: TSV files are read in sorted order (the reference used
 ``os.walk`` order; ``--order os_walk`` reproduces it on the original machine); truncation to 128 tokens is
 explicit instead of the library's implicit fallback; an unknown class name is an error instead of a silent -1;
 the unicode-escape round trip that left literal ``\\xNN`` sequences in texts without ``\\u`` escapes is skipped
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--order", choices=("sorted", "os_walk"), default="sorted",
                         help="TSV order: sorted names (default) or the reference's os.walk order")
     parser.add_argument("--reference_text_quirks", action="store_true",
-                        help="reproduce the reference's unicode-escape round trip (spec §5 item 13)")
+                        help="reproduce the reference's unicode-escape round trip")
     parser.add_argument("--device", default=None, help="feature extraction device (default: cuda if available)")
     args = parser.parse_args(argv)
     steps = ("text", "features") if "all" in args.steps else args.steps

@@ -1,4 +1,4 @@
-"""RAVDESS preprocessing: raw speech audio + video -> ``RAVDESS_preprocessed_npy/`` (spec §2.1).
+"""RAVDESS preprocessing: raw speech audio + video -> ``RAVDESS_preprocessed_npy/`` (README, "Data: RAVDESS").
 
 Input: the RAVDESS speech part (Livingstone & Russo, PLoS ONE 2018; zenodo.org/record/1188976), i.e.
 ``Audio_Speech_Actors_01-24`` (``Actor_XX/03-01-*.wav``) and the ``Video_Speech_Actor_XX`` archives
@@ -16,7 +16,7 @@ Steps (run in order, or all at once with ``--steps all``):
            [N, 15, 156]`` float32 (librosa MFCC, ``n_mfcc=15``, other librosa defaults) of the matching
            ``03-...`` audio, ``label_data.npy [N]`` int64 (emotion field - 1).
 
-Deviations from the reference scripts (spec §5 item 11), all documented at the function that makes them: the
+Deviations from the reference scripts, all documented at the function that makes them: the
 exact-length audio edge case returns the clip unchanged (the reference returned an empty array); the sample
 order is the sorted path order (the reference used ``os.walk`` order, which depends on the file system; pass
 ``--order os_walk`` to reproduce it on the original machine); a face box is clipped to the frame; when the very
@@ -51,7 +51,7 @@ EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "s
 def frame_indices(window: int = WINDOW_FRAMES, count: int = NUM_FRAMES, fps: int = FPS) -> list[int]:
     """0-based frames kept from a clip: ``floor(i * window / count) + floor(window / fps)`` for ``i < count``.
 
-    With the defaults: 3, 10, 17, 24, 31, 39, 46, 53, 60, 67, 75, 82, 89, 96, 103 (spec §2.1 step 1).
+    With the defaults: 3, 10, 17, 24, 31, 39, 46, 53, 60, 67, 75, 82, 89, 96, 103, as the reference.
     """
     return [i * window // count + window // fps for i in range(count)]
 
@@ -61,7 +61,7 @@ def fixed_length(signal: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
 
     A longer signal drops ``r // 2`` samples at the start and ``r - r // 2`` at the end (``r`` = excess). The
     reference sliced ``[r // 2 : -(r - r // 2)]``, which is empty when ``r == 0``; here a signal of exactly
-    ``length`` samples is returned unchanged (fix of spec §5 item 11).
+    ``length`` samples is returned unchanged.
     """
     signal = np.asarray(signal)
     excess = len(signal) - length

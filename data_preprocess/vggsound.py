@@ -1,4 +1,4 @@
-"""VGGSound-50k preprocessing: videos + AVEL50k annotations + features -> ``<data_root>/VGGS50K/`` (spec §2.2).
+"""VGGSound-50k preprocessing: videos + AVEL50k annotations + features -> ``<data_root>/VGGS50K/`` (see the README).
 
 Inputs: a local copy of VGGSound videos (Chen et al., ICASSP 2020; any folder depth), the VGGSound-AVEL50k
 annotations of the CPSP work (Zhou et al., TPAMI 2023): ``vggsound-avel50k.csv`` (columns ``video_id``,
@@ -52,7 +52,7 @@ def youtube_id(name: str) -> str:
 
 
 def class_ids(categories) -> dict[str, int]:
-    """Category -> id in order of first appearance (the id table of spec §1.6)."""
+    """Category -> id in order of first appearance (the reference's class ids)."""
     ids: dict[str, int] = {}
     for category in categories:
         ids.setdefault(category, len(ids))
