@@ -1,4 +1,4 @@
-"""The reference's min-max normalisation (spec §1.2), computed in bounded memory.
+"""The reference's min-max normalisation, computed in bounded memory.
 
 The reference rescales a whole array with ``(x - min) / (max - min)`` and **no epsilon**, where the
 statistics depend on the array's rank: per sample for 2-d ``[N, M]`` and 3-d ``[N, H, W]`` arrays, per channel

@@ -1,4 +1,4 @@
-"""NYU-Depth-V2 semantic segmentation, 40 classes + void (spec §1.4).
+"""NYU-Depth-V2 semantic segmentation, 40 classes + void (README, "Data: NYU-Depth-V2").
 
 One MATLAB v7.3 (HDF5) file ``<data_root>/NYU-Depth-V2/NYU-Depth-V2_data.mat`` with the labelled set of
 Silberman et al., "Indoor Segmentation and Support Inference from RGBD Images" (ECCV 2012) and the 40-class
