@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(UserError.exit_code)
+    except KeyboardInterrupt:  # the nodes got the same Ctrl-C; their checkpoints are complete
+        print("interrupted; run the same command again to resume the sweep", file=sys.stderr)
+        sys.exit(130)
 
 
 # -- the sweep --------------------------------------------------------------------------------------------------
