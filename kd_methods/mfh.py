@@ -206,6 +206,7 @@ class NullifiedTeacherKD(Method):
     teacher_kind = "crossmodal"
     needs_checkpoint = True
     checkpoint_help = "the pre-trained cross-modal teacher (--Tmodel): a best.pth of main-S.py on the other modality"
+    in_comparison = False  # a tool of main-MFH.py --exp nullify, not a baseline of the comparison table
 
     @staticmethod
     def add_arguments(group: argparse._ArgumentGroup) -> None:
