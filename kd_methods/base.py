@@ -78,7 +78,7 @@ class RunContext:
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
             per_pixel: bool = False) -> torch.Tensor:
-    """``KD_T`` of methods.md §0.2: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed, divided by the batch size.
+    """The reference's ``KD_T``: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed, divided by the batch size.
 
     For dense outputs ``[B, C, H, W]`` with ``per_pixel`` (NYU-Depth-V2) the sum is further divided by H·W,
     i.e. the mean per-pixel KL. The caller decides whether the target is detached.
@@ -93,7 +93,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def halving_schedule(value: float, epoch: int, every: int = 30) -> float:
-    """The baselines' weight schedule (methods.md §0.3 item 7): halved after every ``every`` epochs."""
+    """The baselines' weight schedule (the reference's "alpha halving"): halved after every ``every`` epochs."""
     return value * 0.5 ** (epoch // every)
 
 

@@ -1,4 +1,4 @@
-"""C2KD (``main-C2KD.py``; methods.md §9).
+"""C2KD (``main-C2KD.py``).
 
 Huo et al., "C2KD: Bridging the Modality Gap for Cross-Modal Knowledge Distillation", CVPR 2024, as the
 MST-Distill reference runs it. A unimodal teacher of the other modality, initialised from ``--ckpt_name``, is

@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (``main-CRD.py``, ``main-CRD-UU.py``; methods.md §6)."""
+"""Contrastive representation distillation (``main-CRD.py``, ``main-CRD-UU.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -172,7 +172,7 @@ class NegativeSampler(nn.Module):
 @register_method
 class CRD(FeatureDistiller):
     """Contrastive representation distillation from a multimodal teacher (Tian et al., "Contrastive
-    Representation Distillation", ICLR 2020), as the MST-Distill reference implements it (methods.md §6).
+    Representation Distillation", ICLR 2020), as the MST-Distill reference implements it.
 
     Features of :func:`~kd_methods.rkd.feature_layer` are embedded (Linear to 128, L2 normalisation; both
     embedders learn). Each training sample is contrasted with ``--nce_k`` negatives: positions in the train split

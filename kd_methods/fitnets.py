@@ -1,7 +1,7 @@
 """FitNets (``main-FitNets.py`` multimodal teacher, ``main-FitNets-UU.py`` cross-modal unimodal teacher).
 
-Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, as the MST-Distill reference runs it
-(methods.md §4): a hint stage that regresses two student features onto two teacher features, then a KD stage.
+Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, as the MST-Distill reference runs it:
+a hint stage that regresses two student features onto two teacher features, then a KD stage.
 
 Reference quirks kept by default, each with a switch:
 
@@ -32,7 +32,7 @@ from models import taps as model_taps
 from utils.errors import UserError
 from utils.hooks import capture_features
 
-# -- regressors (methods.md §4.2; submodule names as the reference's, default PyTorch init) -------------------
+# -- regressors (the reference's modules and submodule names, default PyTorch init) -------------------------
 
 
 class R1D(nn.Module):

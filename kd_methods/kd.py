@@ -1,9 +1,9 @@
-"""Vanilla knowledge distillation (``main-KD.py``, ``main-KD-UU.py``; methods.md §2, §3) and the scaffold the other
+"""Vanilla knowledge distillation (``main-KD.py``, ``main-KD-UU.py``) and the scaffold the other
 single-teacher baselines (MLLD, RKD, CRD) share.
 
-The scaffold (methods.md §0.3): a pre-trained teacher is loaded and frozen, the student trains on its own modality
-with ``(1 - alpha) * CE + alpha * L_distill``, alpha halved after every 30 epochs, one Adam over the student and the
-method's extra modules, and the student with the lowest validation CE is kept.
+The scaffold, as the reference's single-stage baseline scripts: a pre-trained teacher is loaded and frozen, the
+student trains on its own modality with ``(1 - alpha) * CE + alpha * L_distill``, alpha halved after every 30 epochs,
+one Adam over the student and the method's extra modules, and the student with the lowest validation CE is kept.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class KD(SingleTeacherDistiller):
 
 @register_method
 class KDUU(KD):
-    """KD from a unimodal teacher of the other modality ("U->U", methods.md §3; Hinton et al. 2015).
+    """KD from a unimodal teacher of the other modality ("U->U"; Hinton et al. 2015).
 
     Identical to :class:`KD` except that the teacher is a ``main-S.py`` model fed the other modality.
     """

@@ -1,4 +1,4 @@
-"""MGDFR (``main-MGDFR.py``; methods.md §10): modality-general decisive feature ranking, then KD.
+"""MGDFR (``main-MGDFR.py``): modality-general decisive feature ranking, then KD.
 
 The modality-general decisive feature ranking (Algorithm 1) of Xue et al., "The Modality Focusing Hypothesis:
 Towards Understanding Crossmodal Knowledge Distillation", ICLR 2023, as the MST-Distill reference runs it at one
@@ -6,7 +6,7 @@ teacher layer. Three phases, all run by the shared engine:
 
 A. co-training (``--co_epochs``): a unimodal teacher of the other modality and a partner student, both from
    scratch, trained together by ``SGD(--co_lr, momentum 0.9)`` on ``CE_T + CE_S + MSE(z_t, z_s)``; no selection.
-B. salience (at the end of A, not a training loop): Algorithm 1 at the teacher layer of §10.2 over the train split
+B. salience (at the end of A, not a training loop): Algorithm 1 at the ranked teacher layer over the train split
    in shuffled batches of ``6·--batch_size``, ``--repeat_permute`` permutations per channel, distance MSE to the
    partner's logits, min-max normalised (:mod:`kd_methods.feature_ranking`, the one implementation shared with
    MFH). Saved as ``salience.npy`` in the run directory and in ``results.json`` ``extra``.

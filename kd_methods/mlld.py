@@ -1,4 +1,4 @@
-"""Multi-level logit distillation (``main-MLLD.py``, ``main-MLLD-UU.py``; methods.md §8)."""
+"""Multi-level logit distillation (``main-MLLD.py``, ``main-MLLD-UU.py``)."""
 from __future__ import annotations
 
 import torch

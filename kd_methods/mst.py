@@ -1,8 +1,8 @@
 """MST-Distill: Mixture of Specialized Teachers for cross-modal knowledge distillation.
 
 Li, Yang, Chen, Dong, Chen and Wang, "MST-Distill: Mixture of Specialized Teachers for Cross-Modal Knowledge
-Distillation", ACM Multimedia 2025 (arXiv 2507.07015); reference code Gray-OREO/MST-Distill. Specified in
-methods.md §1; the default behaviour is the reference's, every deliberate deviation is a named switch.
+Distillation", ACM Multimedia 2025 (arXiv 2507.07015); reference code Gray-OREO/MST-Distill. The
+default behaviour is the reference's, every deliberate deviation is a named switch.
 
 Participants: a multimodal teacher T (``--Tmodel``, on m1+m2), an auxiliary cross-modal teacher A
 (``--AUXmodel``, on the modality the student does not see) and the student S (``--Smodel``, on ``--mode``). None
@@ -30,7 +30,7 @@ Stages (each one an engine :class:`Stage`, saved as ``stageN-<name>.pth``):
    metrics go to ``results.json`` ``extra.baseline``. It does not change the MST student (it runs last and its
    selection is kept out of ``best_epoch``).
 
-Reference quirks kept by default, with switches (methods.md §1.8, §11):
+Reference quirks kept by default, with switches:
 * ``--expert_masks cumulative``: in stage 3 the reference leaves each hook attached while the next expert of the
   same teacher runs, so expert T1 is T with masks 0 AND 1 (mask 1 computed on features already masked at layer 0).
   ``independent`` gives every expert only its own mask, as in stage 2.
@@ -145,7 +145,7 @@ def loss_weights(epoch: int, w_kl: float, w_lb: float) -> tuple[float, float]:
 
 
 def load_balancing_loss(gate_probs: torch.Tensor, mode: str = "KL") -> torch.Tensor:
-    """Load balancing of the router probabilities ``[B, ways]`` (methods.md §1.8).
+    """Load balancing of the router probabilities ``[B, ways]`` (stage 3).
 
     ``KL``: ``(1/ways)·Σ_e u·(log u − log p̄_e)`` with ``p̄ = mean_b g`` and ``u = 1/ways``: KL(u ‖ p̄) divided by
     ``ways``, as the reference's "batchmean" reduction over a 1-d tensor. ``CV``: ``std(I)/mean(I)`` of the

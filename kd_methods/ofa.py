@@ -1,7 +1,7 @@
 """OFA (``main-OFA.py`` multimodal teacher, ``main-OFA-UU.py`` cross-modal unimodal teacher).
 
 Hao et al., "One-for-All: Bridge the Gap Between Heterogeneous Architectures in Knowledge Distillation",
-NeurIPS 2023, as the MST-Distill reference runs it (methods.md §7): every listed student stage gets a projector
+NeurIPS 2023, as the MST-Distill reference runs it: every listed student stage gets a projector
 to class logits, trained against the teacher's logits with the OFA loss
 
     ℓ_i = mean_b Σ_c −((p + Y)^ε − Y) · log q_i,   p = softmax(z_t/τ), q_i = softmax(Proj_i(f_s,i)/τ),

@@ -1,5 +1,5 @@
-"""Relational knowledge distillation (``main-RKD.py``, ``main-RKD-UU.py``; methods.md §5), and the feature taps
-and embedders RKD shares with CRD (methods.md §5.1, §6.2).
+"""Relational knowledge distillation (``main-RKD.py``, ``main-RKD-UU.py``), and the feature taps
+and embedders RKD shares with CRD.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ DISTANCE_WEIGHT, ANGLE_WEIGHT = 1.0, 2.0
 @register_method
 class RKD(FeatureDistiller):
     """Relational knowledge distillation from a multimodal teacher (Park et al., "Relational Knowledge
-    Distillation", CVPR 2019), as the MST-Distill reference implements it (methods.md §5).
+    Distillation", CVPR 2019), as the MST-Distill reference implements it.
 
     The student and teacher features (each model's last declared tap) are embedded by ``E_s``/``E_t`` (Linear to 128
     and L2 normalisation); ``L_rkd = 1 * distance + 2 * angle`` on the embeddings; total

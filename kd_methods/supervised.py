@@ -1,7 +1,7 @@
 """Training without distillation: the multimodal teacher (``main-T.py``), the unimodal model (``main-S.py``: the
 "w/o KD" baseline and the cross-modal teachers of the ``-UU`` methods), and their test scripts.
 
-Reference behaviour (models-and-data.md §4): Adam with PyTorch defaults, constant learning rate (the cosine
+Reference behaviour: Adam with PyTorch defaults, constant learning rate (the cosine
 schedulers it created were never stepped), model selection by the lowest validation loss (strict), test of
 the selected model.
 """
