@@ -1,5 +1,5 @@
 """AV-MNIST models: the image student ``LeNet5``, the audio student ``ThreeLayerCNN-A`` and the fusion teacher
-``CNN-I`` (models-and-data.md §3.1).
+``CNN-I``, as the reference defines them.
 
 Inputs arrive as image ``[B,1,28,28]`` (m1) and audio spectrogram ``[B,1,112,112]`` (m2). ReLU and max-pooling
 are applied functionally wherever the reference did, so a hook on a conv/linear module sees its pre-activation

@@ -1,6 +1,6 @@
 """CrisisMMD v2 (humanitarian task) models over pre-extracted features: the fusion teacher ``MLP-I`` and the
 students ``MLP-Vb`` (ResNet-50 image features, m1) and ``MLP-Tb`` (BERTweet text features, m2)
-(models-and-data.md §3.4). ReLU is functional so hooks on ``fc*`` see pre-activation outputs.
+(as the reference). ReLU is functional so hooks on ``fc*`` see pre-activation outputs.
 """
 from __future__ import annotations
 

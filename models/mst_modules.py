@@ -1,7 +1,7 @@
 """MST-Distill's extra networks: the feature MaskNets (1-d and 2-d) and the routers (GateNet, GateNet-dense).
 
-Li et al., "MST-Distill: Mixture of Specialized Teachers for Cross-Modal Knowledge Distillation", ACM MM 2025
-(methods.md §1.4-1.5). Plain ``nn.Module`` classes, not registered as CLI models: ``kd_methods/mst.py`` builds
+Li et al., "MST-Distill: Mixture of Specialized Teachers for Cross-Modal Knowledge Distillation", ACM MM 2025.
+Plain ``nn.Module`` classes, not registered as CLI models: ``kd_methods/mst.py`` builds
 them. Submodule names equal the reference's (``embed``, ``mha``, ``fc``, ``spatial_reduce.downsample``...), and
 so does the order in which they are created, so random initialisation consumes the RNG in the reference order
 and state dicts keep the reference's keys. Every layer keeps PyTorch's default initialisation, as the reference.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 
 def hidden_width(channels: int, factor: int, heads: int) -> int:
-    """``hd = floor(C / (f·h)) · h``: the token width, a multiple of the head count (methods.md §1.3).
+    """``hd = floor(C / (f·h)) · h``: the token width, a multiple of the head count, as the reference.
 
     ``factor`` is ``--hidden_dim_factor`` (f, reference default 2), ``heads`` is ``--mask_head_num`` (h, 3).
     """
@@ -22,7 +22,7 @@ def hidden_width(channels: int, factor: int, heads: int) -> int:
 
 
 class MaskNet1d(nn.Module):
-    """Per-feature soft mask in (0, 1) for a vector feature ``[B, C]`` (methods.md §1.4).
+    """Per-feature soft mask in (0, 1) for a vector feature ``[B, C]``.
 
     Every feature index is a token: one ``Linear(C -> C·hd)`` embeds the whole vector into ``C`` tokens of width
     ``hd`` (token j is output slice ``[j·hd, (j+1)·hd)``), one multi-head self-attention layer mixes them (no
@@ -91,7 +91,7 @@ class MaskNet2d(MaskNet1d):
 
 
 def masknet_kind(feature_shape: tuple[int, ...]) -> str:
-    """``"1d"`` or ``"2d"`` for a per-sample feature shape (methods.md §1.3 type rule).
+    """``"1d"`` or ``"2d"`` for a per-sample feature shape (the reference's rule).
 
     ``(C,)`` -> 1-d; ``(C, H, W)`` with ``H = W = 1`` -> 1-d (the hook flattens it first); other ``(C, H, W)`` -> 2-d.
     """

@@ -1,5 +1,5 @@
 """RAVDESS emotion models: the dual-stream teacher ``DSCNN-I`` and its single-stream students
-``VisualBranchNet`` / ``AudioBranchNet`` (models-and-data.md §3.2).
+``VisualBranchNet`` / ``AudioBranchNet``, as the reference defines them.
 
 Inputs arrive in the dataset layout: face video ``[B,15,3,224,224]`` (time first) and MFCC ``[B,15,156]``.
 The reference permuted the video to ``[B,3,15,224,224]`` in an input wrapper; that permute lives in ``forward``

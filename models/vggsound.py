@@ -1,5 +1,5 @@
 """VGGSound-50k models: the dual-stream teacher ``DSCNN-VGGS-I`` and its single-stream students
-``VisualBranchNet-VGGS`` / ``AudioBranchNet-VGGS`` (models-and-data.md §3.3).
+``VisualBranchNet-VGGS`` / ``AudioBranchNet-VGGS``, as the reference defines them.
 
 They work on pre-extracted features: visual VGG feature maps ``[B,10,7,7,512]`` (10 one-second segments) and
 audio embeddings ``[B,10,128]``. The reference permuted the visual maps to ``[B,512,10,7,7]`` in an input
