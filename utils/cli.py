@@ -1,4 +1,4 @@
-"""The command-line contract shared by every script (architecture.md): registries feed ``choices``, help
+"""The command-line contract shared by every script (README, "Scripts"): registries feed ``choices``, help
 strings state defaults, booleans are ``--x/--no-x``, and defaults left open (batch size, lr, epochs, model
 names) are filled from the dataset spec and ``--mode`` after parsing.
 """

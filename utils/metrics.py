@@ -1,8 +1,8 @@
 """The reference's evaluation figures, computed from a confusion matrix accumulated on the device.
 
 The reference kept every prediction in Python lists (tens of millions of pixels on NYU) and called
-scikit-learn at the end; a ``[K, K]`` count matrix holds the same information. Semantics kept
-(models-and-data.md §4.5): positions whose ground truth is the ignored label are dropped; accuracy, average
+scikit-learn at the end; a ``[K, K]`` count matrix holds the same information. Semantics kept:
+positions whose ground truth is the ignored label are dropped; accuracy, average
 accuracy, kappa and mIoU use the matrix restricted to the valid labels (so on NYU a *predicted* 0 is dropped
 from them), while weighted F1 counts a predicted ignored label as a miss of the true class. Every figure is
 rounded half-up to 4 decimals, as fractions in [0, 1].
