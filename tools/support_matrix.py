@@ -3,7 +3,7 @@ the tiny fixture of every paper dataset (random teachers saved as reference-styl
 
 Not part of the pytest suite (about 10 minutes on a 2-core CPU): run it after touching a method's layer tables.
 
-    python tests/support_matrix.py [DATABASE ...]
+    python tools/support_matrix.py [DATABASE ...]
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repository and its fixture writer (tests/fixtures.py)
 
 import torch  # noqa: E402
 
