@@ -1,4 +1,4 @@
-"""Dataset loaders (spec §1), the batch loader and the split files (spec §0.3, §1.8), on tiny fixtures."""
+"""Dataset loaders, the batch loader and the split files, on tiny fixtures."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +29,7 @@ def load(database: str, root):
 
 
 def reference_minmax(x: np.ndarray) -> np.ndarray:
-    """Spec §1.2 written out plainly: statistics by rank, ``(x - min) / (max - min)``, no epsilon, float32."""
+    """The reference's min-max, plainly: statistics by rank, ``(x - min) / (max - min)``, no epsilon, float32."""
     axes = {1: None, 2: (1,), 3: (1, 2), 4: (0, 2, 3), 5: (0, 1, 3, 4)}[x.ndim]
     low, high = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
     return ((x - low) / (high - low)).astype(np.float32)

@@ -43,7 +43,7 @@ def run_dir_of(result) -> Path:
 # -- metrics ------------------------------------------------------------------------------------------------
 
 def reference_metrics(gt, pred, num_classes, ignore):
-    """The reference's computation (models-and-data.md §4.5) with scikit-learn on flat label lists."""
+    """The reference's computation with scikit-learn on flat label lists."""
     keep = gt != ignore if ignore is not None else np.full(gt.shape, True)
     gt, pred = gt[keep], pred[keep]
     labels = [c for c in range(num_classes) if c != ignore]

@@ -1,4 +1,4 @@
-"""Every registered network: parameter counts, forward shapes, hook points, state-dict names (models-and-data.md §3).
+"""Every registered network: parameter counts, forward shapes, hook points, state-dict names.
 
 Models are built once per module (the FuseNets are large) and only ever run in eval mode under ``no_grad``.
 """
@@ -17,7 +17,7 @@ B = 2
 # FuseNet runs at a small size divisible by 32; its hook shapes below are the spec's 480x640 ones scaled to it.
 NYU_H, NYU_W = 64, 96
 
-INPUT_SHAPES = {  # models-and-data.md §1.9, batch dimension excluded
+INPUT_SHAPES = {  # the datasets' input shapes, batch dimension excluded
     "AV-MNIST": {"m1": (1, 28, 28), "m2": (1, 112, 112)},
     "RAVDESS": {"m1": (15, 3, 224, 224), "m2": (15, 156)},
     "VGGSound-50k": {"m1": (10, 7, 7, 512), "m2": (10, 128)},
@@ -27,7 +27,7 @@ INPUT_SHAPES = {  # models-and-data.md §1.9, batch dimension excluded
 }
 SYNTHETIC_INPUT_SHAPES = {"m1": (50,), "m2": (50,)}
 
-PARAM_COUNTS = {  # §3.8
+PARAM_COUNTS = {  # the reference networks' parameter counts
     "LeNet5": 61_706,
     "ThreeLayerCNN-A": 343_562,
     "CNN-I": 1_809_752,
@@ -56,7 +56,7 @@ OUTPUT_SHAPES = {
 }
 
 _HEAD = {"fc1": (B, 320), "fc2": (B, 160)}
-_FUSENET_BRANCH = {  # 480x640 shapes of §3.5.3 scaled to 64x96
+_FUSENET_BRANCH = {  # the reference FuseNet's 480x640 shapes scaled to 64x96
     "CBR1_{d}_DEC.0": (B, 64, 64, 96), "CBR2_{e}_ENC": (B, 128, 32, 48), "CBR4_{e}_ENC": (B, 512, 8, 12),
     "CBR5_{e}_ENC": (B, 512, 4, 6), "CBR4_{d}_DEC": (B, 256, 8, 12), "CBR5_{d}_DEC": (B, 512, 4, 6),
 }

@@ -58,7 +58,7 @@ def test_masknet_widths_of_the_spec(channels, spatial, width):
 
 
 def test_masknet_parameter_counts_and_shapes():
-    net = MaskNet1d(160, hidden_width(160, 2, 3), 3)  # methods.md §1.4: C=160 -> 2.0M
+    net = MaskNet1d(160, hidden_width(160, 2, 3), 3)  # C=160 -> 2.0M
     assert round(sum(p.numel() for p in net.parameters()) / 1e6, 1) == 2.0
     net = MaskNet1d(84, hidden_width(84, 2, 3), 3)  # C=84 -> 0.31M
     assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == 0.31
@@ -355,7 +355,7 @@ def test_segment_states_that_are_not_per_sample_are_not_cacheable():
     assert per_sample_bytes([torch.zeros(3)], 4) is None
 
 
-# A literal port of the reference's per-batch code (main-MST-Distill.py, KD_methods/MST.py; methods.md §1.4-1.8),
+# A literal port of the reference's per-batch code (main-MST-Distill.py, KD_methods/MST.py),
 # written independently of kd_methods/mst.py: it pins the stage losses (which KL terms, what is detached, loss
 # direction, KD_4 with NYU's 1/(H·W), load balancing, stack+gather top-k, cumulative hooks, weights decayed by
 # repeated multiplication after each epoch) against the method's stage steps under the engine's train/eval modes.

@@ -1,4 +1,4 @@
-"""Pure pieces of the preprocessing scripts (spec §2) and their output formats as read by the loaders."""
+"""Pure pieces of the preprocessing scripts and their output formats as read by the loaders."""
 from __future__ import annotations
 
 import argparse
