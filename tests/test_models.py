@@ -14,7 +14,7 @@ from models import MODELS, build_model
 from utils.hooks import active_hook_count, capture_features
 
 B = 2
-# FuseNet runs at a small size divisible by 32; its hook shapes below are the spec's 480x640 ones scaled to it.
+# FuseNet runs at a small size divisible by 32; its hook shapes below are the reference's 480x640 ones scaled to it.
 NYU_H, NYU_W = 64, 96
 
 INPUT_SHAPES = {  # the datasets' input shapes, batch dimension excluded
