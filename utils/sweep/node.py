@@ -88,7 +88,8 @@ def teacher_checkpoint(sweep_runs: Path, node: dict) -> Path | None:
     return run_dir / "best.pth" if state == "done" else None
 
 
-def fresh_command(node: dict, node_dir: Path, ckpt: str | None, runtime: list[str], python: str = "python") -> list[str]:
+def fresh_command(node: dict, node_dir: Path, ckpt: str | None, runtime: list[str],
+                  python: str = "python") -> list[str]:
     cmd = [python, node["script"], *node["args"]]
     if node.get("teacher"):
         cmd += ["--ckpt_name", str(ckpt)]

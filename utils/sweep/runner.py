@@ -167,8 +167,9 @@ def run_sweep(args, run_flags) -> int:
         return 0
     write_node_files(sweep, nodes)
     launcher = (SubmititLauncher(sweep, args) if args.launcher == "submitit" else LocalLauncher(sweep, args.devices))
-    ok = Scheduler(sweep, nodes, launcher, args.jobs).run()
-    write_commands(sweep, nodes)  # now with the teachers' real checkpoint paths
+    # commands.sh is rewritten as teachers finish, so it names their real checkpoint paths
+    ok = Scheduler(sweep, nodes, launcher, args.jobs, on_done=lambda: write_commands(sweep, nodes)).run()
+    write_commands(sweep, nodes)
     from utils.sweep.aggregate import write_all
 
     write_all(sweep, log=print)
@@ -179,8 +180,9 @@ def run_sweep(args, run_flags) -> int:
 class Scheduler:
     """Dependency-ordered execution with at most ``jobs`` nodes in flight."""
 
-    def __init__(self, sweep: Path, nodes: list[Node], launcher, jobs: int, poll_s: float = 0.2):
+    def __init__(self, sweep: Path, nodes: list[Node], launcher, jobs: int, poll_s: float = 0.2, on_done=None):
         self.sweep, self.nodes, self.launcher, self.jobs, self.poll_s = sweep, nodes, launcher, jobs, poll_s
+        self.on_done = on_done
         self.state: dict[str, str] = {}
         self.reason: dict[str, str] = {}
         self.children: dict[str, list[str]] = {n.id: [] for n in nodes}
@@ -247,6 +249,8 @@ class Scheduler:
                     if status.get("state") == "done":
                         self.state[node_id] = "done"
                         self._line(bar, "done", node, _summary(status))
+                        if self.on_done is not None and self.children[node_id]:
+                            self.on_done()
                     else:
                         self.state[node_id] = "failed"
                         self.reason[node_id] = status.get("error", "")
