@@ -36,7 +36,8 @@ def _bytes(tensors) -> int:
 
 def counted(database: str) -> dict:
     """Per stage: (per-epoch checkpoint, best snapshot, previous per-epoch size); stage file."""
-    from kd_methods.mst import MSTDistill, offline_context
+    from kd_methods.mst import MSTDistill
+    from utils.offline import offline_context
 
     method = MSTDistill(offline_context(["--database", database, "--device", "cpu"], samples=2))
     full = _bytes(method.state_dict().values())

@@ -127,7 +127,7 @@ def compare(method_cls, database, source, options, folder) -> tuple[list[float],
     runs, info = [], None
     for keep_graph in (False, True):
         method, stage, ctx, count = build_run(method_cls, database, source, options, folder, keep_graph)
-        runs.append((method, stage, ctx, stage.make_optimizer()))
+        runs.append((method, stage, ctx, stage.start()))
         info = (stage.name, count, ctx.args)
     batch_size = options.batch_size
     warm = runs[0][2].make_loader("train", batch_size=batch_size, max_steps=options.warmup)

@@ -54,7 +54,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_methods.mst import MSTDistill, loss_weights, offline_context  # noqa: E402
+from kd_methods.mst import MSTDistill, loss_weights  # noqa: E402
+from utils.offline import offline_context  # noqa: E402
 from models import MODELS  # noqa: E402
 from utils import cli  # noqa: E402
 from utils.engine import set_modes  # noqa: E402
@@ -124,7 +125,7 @@ def _engine_step(method: MSTDistill, stage, optimizer, losses, cuda: bool):
 def make_step(method: MSTDistill, batch, stage_number: int):
     """``(step, fill_seconds)``: one engine training step of the stage, and the time its cache took to fill."""
     stage = method.stages()[STAGES[stage_number]]
-    optimizer = stage.make_optimizer()
+    optimizer = stage.start()
     set_modes(method, stage, training=True)
     started = time.perf_counter()
     filled = method._cache(stage_number, "train") is not None
@@ -138,7 +139,7 @@ def make_bound_step(method: MSTDistill, batch, stage_number: int):
     computed once beforehand (stage 3: the experts' logits; stage 2: the student's targets and each teacher's clean
     states at its cuts). ``note`` names the teachers whose forward could not be cut (they still run whole)."""
     stage = method.stages()[STAGES[stage_number]]
-    optimizer = stage.make_optimizer()
+    optimizer = stage.start()
     set_modes(method, stage, training=True)
     args = method.args
     note = ""

@@ -192,7 +192,7 @@ def amp_losses(method: str, database: str, root: Path | None, folder: Path, chec
         ctx = engine.build_context(args, device, log=lambda _message: None)
         built = method_cls(ctx).to(device)
         stage = next(s for s in built.stages() if s.epochs > 0)
-        stage.make_optimizer()
+        stage.start()
         engine.set_modes(built, stage, training=True)
         batch = next(iter(ctx.make_loader("train", shuffle=False)))
         depth = max([depth] + [_weight_layers(child) for child in built.children()])

@@ -196,6 +196,13 @@ class DatasetSpec:
     def other_modality(self, mode: str) -> str:
         return "m2" if mode == "m1" else "m1"
 
+    def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The dataset's criterion: cross-entropy (NYU-Depth-V2: ``ignore_index=0``, mean over labelled pixels)."""
+        import torch.nn.functional as F
+
+        ignore = self.ignore_index if self.ignore_index is not None else -100
+        return F.cross_entropy(logits, target, ignore_index=ignore)
+
 
 def require_file(path: Path, description: str, spec_name: str) -> Path:
     """Fail with one line naming the exact expected path when a data file is missing."""

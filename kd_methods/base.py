@@ -51,9 +51,18 @@ class Stage:
     epoch_logs: Callable[[], dict] | None = None
     on_epoch_start: Callable[[int, torch.optim.Optimizer], None] | None = None
     on_stage_end: Callable[[], None] | None = None
+    #: called when the stage starts, before ``make_optimizer`` (which then has no side effects): which parameters
+    #: require gradients, counters reset
+    on_stage_start: Callable[[], None] | None = None
     loader_epoch_start: int | None = None
     reports_best_epoch: bool = True
     best_epoch: int | None = None
+
+    def start(self) -> torch.optim.Optimizer:
+        """What the engine does when the stage starts: :attr:`on_stage_start`, then the stage's optimiser."""
+        if self.on_stage_start is not None:
+            self.on_stage_start()
+        return self.make_optimizer()
 
 
 @dataclass
@@ -221,9 +230,8 @@ class Method(nn.Module):
         return model
 
     def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The dataset's criterion: cross-entropy (NYU: ``ignore_index=0``, mean over labelled pixels)."""
-        ignore = self.spec.ignore_index if self.spec.ignore_index is not None else -100
-        return F.cross_entropy(logits, target, ignore_index=ignore)
+        """The dataset's criterion (:meth:`datasets.base.DatasetSpec.task_loss`)."""
+        return self.spec.task_loss(logits, target)
 
     def kd(self, student_logits, teacher_logits, temperature: float = 4.0) -> torch.Tensor:
         return kd_loss(student_logits, teacher_logits, temperature, per_pixel=self.dense)
@@ -233,39 +241,8 @@ class Method(nn.Module):
         return model(*batch.inputs(modalities))
 
     def load_teacher(self, model: nn.Module, path: str, role: str = "teacher") -> nn.Module:
-        """Load a teacher from our ``best.pth`` or a reference-style bare state dict (strict).
-
-        Once the tensors fit, a ``best.pth`` trained on other data, another split or as another model (of the same
-        shapes) is refused (:func:`utils.provenance.check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
-        a warning); a checkpoint.pth or stage file is not a model.
-        """
-        from utils.provenance import check_model_checkpoint, mismatch_note
-        from utils.rundir import load_checkpoint
-
-        state = load_checkpoint(path)
-        if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage", "snapshot"):
-            what = {"checkpoint": "per-epoch checkpoint", "stage": "stage file", "snapshot": "best snapshot"}
-            raise UserError(f"{path} is a {what[state['kind']]} of a whole run, not a model; pass the best.pth of "
-                            f"that run directory")
-        saved = state if isinstance(state, dict) and isinstance(state.get("model"), dict) else None
-        if saved is not None:
-            state = saved["model"]
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError:
-            ours = set(model.state_dict())
-            theirs = set(state) if isinstance(state, dict) else set()
-            detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
-                      if ours != theirs else "tensor shapes differ")
-            held = f" (it holds {saved['model_name']})" if saved is not None and saved.get("model_name") else ""
-            note = mismatch_note(saved, self.ctx, model.model_name)
-            fix = ("pass a checkpoint trained on this run's data" if note and "model " not in note else
-                   f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was trained with")
-            raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}{note}; "
-                            f"{fix}") from None
-        # the tensors fit; refuse one trained on other data, another split or as another model of the same shapes
-        check_model_checkpoint(saved, path, self.ctx, model.model_name, role)
-        return model
+        """Load a teacher from our ``best.pth`` or a reference-style bare state dict: :func:`load_model_checkpoint`."""
+        return load_model_checkpoint(model, path, self.ctx, role)
 
     #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference
     #: did (it never wrapped teacher forwards in no_grad), to measure what the no-grad path saves
@@ -302,6 +279,15 @@ class Method(nn.Module):
     def extra_results(self) -> dict:
         return {}
 
+    def side_models(self) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
+        """Networks besides :meth:`evaluation_model` that the engine evaluates on val and test (e.g. a comparison
+        baseline a stage trained): ``results.json`` ``extra`` name -> (network, modalities it takes)."""
+        return {}
+
+    def side_model_results(self, name: str, metrics: dict, run_metrics: dict) -> dict:
+        """``results.json`` ``extra[name]`` of a side model, given its ``metrics`` (val, test) and the run's."""
+        return {"metrics": metrics}
+
     # -- shared defaults for single-stage student training -----------------------------------------------
     def student_val_step(self, batch: Batch, epoch: int) -> LossDict:
         logits = self.run_model(self.student, batch, (self.mode,))
@@ -321,6 +307,46 @@ class Method(nn.Module):
     def make_adam(self, params, lr: float, foreach: bool | None = None) -> torch.optim.Optimizer:
         """``Adam(params, lr)`` with PyTorch's default hyper-parameters, fused unless ``--no-fused_adam``."""
         return make_adam(params, lr, fused=getattr(self.args, "fused_adam", False), foreach=foreach)
+
+
+def load_model_checkpoint(model: nn.Module, path: str, ctx: RunContext, role: str = "model",
+                          check_provenance: bool = True) -> nn.Module:
+    """Load a model (a teacher, or the network test-T/test-S evaluate) from our ``best.pth`` or a reference-style
+    bare state dict (strict).
+
+    Once the tensors fit, a ``best.pth`` trained on other data, another split or as another model (of the same
+    shapes) is refused (:func:`utils.provenance.check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
+    a warning; ``check_provenance=False`` skips it); a checkpoint.pth or stage file is not a model. The
+    project's one checkpoint-to-model loader (methods, test scripts, the MFH tools).
+    """
+    from utils.provenance import check_model_checkpoint, mismatch_note
+    from utils.rundir import load_checkpoint
+
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage", "snapshot"):
+        what = {"checkpoint": "per-epoch checkpoint", "stage": "stage file", "snapshot": "best snapshot"}
+        raise UserError(f"{path} is a {what[state['kind']]} of a whole run, not a model; pass the best.pth of "
+                        f"that run directory")
+    saved = state if isinstance(state, dict) and isinstance(state.get("model"), dict) else None
+    if saved is not None:
+        state = saved["model"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        ours = set(model.state_dict())
+        theirs = set(state) if isinstance(state, dict) else set()
+        detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
+                  if ours != theirs else "tensor shapes differ")
+        held = f" (it holds {saved['model_name']})" if saved is not None and saved.get("model_name") else ""
+        note = mismatch_note(saved, ctx, model.model_name)
+        fix = ("pass a checkpoint trained on this run's data" if note and "model " not in note else
+               f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was trained with")
+        raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}{note}; "
+                        f"{fix}") from None
+    # the tensors fit; refuse one trained on other data, another split or as another model of the same shapes
+    if check_provenance:
+        check_model_checkpoint(saved, path, ctx, model.model_name, role)
+    return model
 
 
 def make_adam(params, lr: float, fused: bool = True, foreach: bool | None = None) -> torch.optim.Optimizer:

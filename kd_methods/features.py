@@ -39,23 +39,28 @@ def sample_inputs(ctx, modalities: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
     return tuple((m1 if m == "m1" else m2).cpu() for m in modalities)
 
 
-@torch.no_grad()
-def probe_features(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-    """Outputs of the named submodules for one forward in eval mode: no BatchNorm statistic moves and no RNG is
-    consumed, so a run that probes is identical to one that knew the shapes."""
+def feature_shapes(model: nn.Module, names, inputs) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of each named submodule: the project's one feature-shape probe.
+
+    ``inputs`` are sample tensors (their per-sample shapes and dtypes are used) or per-sample shapes. The forward
+    runs in eval mode on the meta device, with the model's own modules: nothing is computed, no RNG is consumed and
+    no BatchNorm statistic moves, so a run that probes is identical to one that knew the shapes.
+    """
+    from torch.func import functional_call
+
+    names = list(names)
+    samples = tuple(torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor)
+                    else torch.empty((1, *x), device="meta") for x in inputs)
+    tensors = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(),
+                                                                        *model.named_buffers())}
     was_training = model.training
     model.eval()
     try:
-        with capture_features(model, names) as features:
-            model(*inputs)
+        with torch.no_grad(), capture_features(model, names) as found:
+            functional_call(model, tensors, samples)
     finally:
         model.train(was_training)
-    return dict(features)
-
-
-def feature_shapes(model: nn.Module, names, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[int, ...]]:
-    """Per-sample output shape of each named submodule (see :func:`probe_features`)."""
-    return {name: tuple(feature.shape[1:]) for name, feature in probe_features(model, names, inputs).items()}
+    return {name: tuple(found[name].shape[1:]) for name in names}
 
 
 @torch.no_grad()

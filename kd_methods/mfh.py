@@ -11,7 +11,7 @@ modality, :func:`kd_methods.feature_ranking.channel_salience`), then distil from
   :func:`rank_channels` (steps 2-3 over a split): the ranking, no files written.
 * :class:`NullifiedTeacherKD`, registered as ``MFH-KD``: KD from a cross-modal teacher with given channels of
   one layer nullified, trained by the shared engine. ``main-MFH.py --exp nullify`` runs it once per teacher
-  variant and student initialisation (:mod:`kd_methods.mfh_experiments`).
+  variant and student initialisation (:mod:`utils.mfh_experiments`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.base import Method, Stage, freeze
+from kd_methods.base import Method, Stage, freeze, load_model_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
 from kd_methods.mfh_lab import JOINT_MOMENTUM
 from utils.errors import NonFiniteLossError, UserError
@@ -53,13 +53,8 @@ def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: s
     if entry.database != ctx.spec.name:
         raise UserError(f"--model_{flag} '{name}' is built for {entry.database}, not {ctx.spec.name}")
     model = build_model(name, num_classes=ctx.spec.num_classes, input_shapes=ctx.input_shapes)
-    if state is not None:
-        weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError:
-            raise UserError(f"--ckpt_{flag} {ckpt} does not fit model '{name}'; pass the matching "
-                            f"--model_{flag}") from None
+    if state is not None:  # the one loader; the networks are compared, not distilled: no provenance check
+        load_model_checkpoint(model, ckpt, ctx, role=f"--model_{flag}", check_provenance=False)
     return model.to(ctx.device), tuple(entry.inputs)
 
 
@@ -245,7 +240,7 @@ class NullifiedTeacherKD(Method):
         return tuple(get_entry(self.args.Tmodel).inputs)
 
     def _check_channels(self) -> None:
-        from kd_methods.features import probe_features, sample_inputs
+        from kd_methods.features import feature_shapes, sample_inputs
 
         inputs = sample_inputs(self.ctx, self.teacher_inputs)
         if self.layer is None:
@@ -255,7 +250,7 @@ class NullifiedTeacherKD(Method):
             width = inputs[0].shape[1]
         else:
             check_layer(self.teacher, self.teacher_inputs, self.layer)
-            width = probe_features(self.teacher, [self.layer], inputs)[self.layer].shape[1]
+            width = feature_shapes(self.teacher, [self.layer], inputs)[self.layer][0]
         if int(self.channels.max()) >= width:
             raise UserError(f"--nullify_channels: {self.args.nullify_layer} of {self.args.Tmodel} has {width} "
                             f"channels (0..{width - 1}), got {int(self.channels.max())}")

@@ -9,7 +9,7 @@ independent models (``[runs, N, d] @ [runs, d, 2]``) with closed-form gradients,
 weights are drawn exactly as ``nn.Linear`` draws them, from one generator per run.
 
 This module computes; it writes nothing. The drivers that report (CSV, Markdown, figures) are in
-:mod:`kd_methods.mfh_experiments`.
+:mod:`utils.mfh_experiments`.
 
 Data of Fig. 2 / Fig. 3 (:func:`sweep_setting`), two protocols:
 

@@ -37,6 +37,7 @@ from kd_methods import register_method
 from kd_methods.base import Method, Stage, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
+from kd_methods.reporting import save_artifact
 from utils.errors import UserError
 
 #: the teacher layer whose channels are ranked: the teacher's last declared tap (``models.taps``, slot ``mgdfr``;
@@ -136,8 +137,8 @@ class MGDFR(Method):
         raw = total / (self.args.repeat_permute * len(self.ctx.splits["train"]))
         self.salience.copy_(normalise_salience(raw.float()))
         self._removed = None
-        if self.ctx.run_path is not None:
-            np.save(self.ctx.run_path / "salience.npy", self.salience.cpu().numpy())
+        salience = self.salience.cpu().numpy()
+        save_artifact(self.ctx, "salience.npy", lambda handle: np.save(handle, salience))
         self.ctx.log(f"MGDFR salience of {self.args.Tmodel}.{self.layer} ({self.salience.numel()} channels): "
                      f"least salient {self.removed_channels()[:10].tolist()}...")
 

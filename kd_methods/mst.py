@@ -48,12 +48,10 @@ Reference quirks kept by default, with switches:
 
 Fast path (``--mst_impl fast``, default). Frozen backbones never hold an autograd graph, the student runs once per
 batch, inputs are not cloned, and each teacher's computation up to a hooked layer is done once per batch and
-shared by every expert/MaskNet that branches from it. To resume a forward in the middle, :class:`SegmentedForward`
-traces the frozen network with ``torch.fx`` (hooked modules are kept as leaves) and cuts the graph right after each
-hooked layer into compiled segments; each segment returns every value a later segment needs (its live set), so
-whatever crosses the cut - FuseNet's pooling indices and pre-pool sizes, skip tensors, shapes - is carried along
-automatically, without per-model code. Replacing the hooked value in the carried state and running the next
-segments is exactly what the reference's forward hook does. Work per batch with two layers per teacher:
+shared by every expert/MaskNet that branches from it. To resume a forward in the middle, the frozen network is cut
+after each hooked layer (:class:`~kd_methods.segments.SegmentedForward`); replacing the hooked value in the carried
+state and running the next segments is exactly what the reference's forward hook does. Work per batch with two
+layers per teacher:
 * stage 2: ``seg0 → f0 → seg1 → f1`` once under ``no_grad``; then ``seg1∘seg2(mask0(f0)·f0)`` and
   ``seg2(mask1(f1)·f1)`` with autograd through the suffix activations only (reference: two full forwards, and a
   backward through the whole teacher);
@@ -75,7 +73,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -83,19 +80,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
 from kd_methods.base import Method, RunContext, Stage
-from kd_methods.sample_cache import Compute, SampleCache, per_sample_bytes
+from kd_methods.features import feature_shapes
+from kd_methods.mst_losses import (TEMPERATURE, apply_mask, gather_topk, kd_per_sample,  # noqa: F401 (tests)
+                                   load_balancing_loss, loss_weights, pick_experts)
+from kd_methods.reporting import plot_series
+from kd_methods.sample_cache import Compute, SampleCache, within_budget
+from kd_methods.segments import SegmentedForward, SplitError
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
 from utils.errors import UserError
 from utils.hooks import replace_outputs
-
-TEMPERATURE = 4.0
 
 # Hooked layers: the last two taps each model declares (``models.taps``, slot ``mst``: the reference's layers for the
 # paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
@@ -130,213 +129,6 @@ def stage_defaults(spec: DatasetSpec) -> dict:
 
 
 STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Losses and schedules (module level so the tests can check them on hand-made tensors)
-# --------------------------------------------------------------------------------------------------------------
-def loss_weights(epoch: int, w_kl: float, w_lb: float) -> tuple[float, float]:
-    """Stage-3 weights during 0-based epoch ``epoch``: ``(w_kl·0.5^ceil(e/30), w_lb·0.9^ceil(e/10))``.
-
-    The reference multiplies after epoch e when ``e % 30 == 0`` / ``e % 10 == 0``, so the first decay already
-    applies from epoch 1 on (unlike the baselines' halving after epochs 30, 60, 90).
-    """
-    return w_kl * 0.5 ** math.ceil(epoch / 30), w_lb * 0.9 ** math.ceil(epoch / 10)
-
-
-def load_balancing_loss(gate_probs: torch.Tensor, mode: str = "KL") -> torch.Tensor:
-    """Load balancing of the router probabilities ``[B, ways]`` (stage 3).
-
-    ``KL``: ``(1/ways)·Σ_e u·(log u − log p̄_e)`` with ``p̄ = mean_b g`` and ``u = 1/ways``: KL(u ‖ p̄) divided by
-    ``ways``, as the reference's "batchmean" reduction over a 1-d tensor. ``CV``: ``std(I)/mean(I)`` of the
-    importance ``I_e = Σ_b g_b,e`` with the unbiased (N−1) standard deviation.
-    """
-    if mode == "KL":
-        mean_probs = gate_probs.mean(dim=0)
-        uniform = torch.full_like(mean_probs, 1.0 / mean_probs.numel())
-        return F.kl_div(mean_probs.log(), uniform, reduction="sum") / mean_probs.numel()
-    if mode == "CV":
-        importance = gate_probs.sum(dim=0)
-        return importance.std() / importance.mean()
-    raise ValueError(f"unknown load-balancing mode {mode!r}; use KL or CV")
-
-
-def pick_experts(experts: Sequence[torch.Tensor], choice: torch.Tensor) -> torch.Tensor:
-    """Per sample ``b``, ``experts[choice[b]][b]``: ``[B, ...]`` from ``ways`` tensors ``[B, ...]`` and ``choice [B]``.
-
-    Works for logits ``[B, K]`` and dense maps ``[B, K, H, W]`` alike without stacking all experts.
-    """
-    select = choice.view(-1, *([1] * (experts[0].dim() - 1)))
-    picked = experts[0]
-    for e in range(1, len(experts)):
-        picked = torch.where(select == e, experts[e], picked)
-    return picked
-
-
-def gather_topk(experts: Sequence[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
-    """``[B, k, ...]``: the logits of each sample's selected experts, ``indices [B, k]`` (routing ids)."""
-    return torch.stack([pick_experts(experts, indices[:, r]) for r in range(indices.shape[1])], dim=1)
-
-
-def kd_per_sample(pred: torch.Tensor, target: torch.Tensor, temperature: float = TEMPERATURE,
-                  per_pixel: bool = False) -> torch.Tensor:
-    """``[B]``: each sample's KD_T term, so that its batch mean equals :func:`kd_methods.base.kd_loss`."""
-    log_q = F.log_softmax(pred / temperature, dim=1)
-    p = F.softmax(target / temperature, dim=1)
-    terms = F.kl_div(log_q, p, reduction="none").flatten(1).sum(dim=1)
-    if per_pixel and pred.dim() > 2:
-        terms = terms / pred[0, 0].numel()
-    return terms * temperature ** 2
-
-
-def apply_mask(masknet: nn.Module, output: torch.Tensor) -> torch.Tensor:
-    """The reference's hook: ``mask(o) ⊙ o`` where a ``[B, C, 1, 1]`` output is first flattened to ``[B, C]``
-    (so the replaced output keeps that flattened shape) and the mask gets trailing singleton dims."""
-    if output.dim() == 4 and output.shape[-2:] == (1, 1):
-        output = output.flatten(1)
-    mask = masknet(output)
-    return mask.reshape(mask.shape + (1,) * (output.dim() - mask.dim())) * output
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running a frozen network from a hooked layer on
-# --------------------------------------------------------------------------------------------------------------
-class SplitError(RuntimeError):
-    """The network cannot be cut at the hooked layers; the method falls back to forward hooks."""
-
-
-class _LeafTracer(fx.Tracer):
-    """Keeps the hooked submodules as single ``call_module`` nodes (e.g. a whole FuseNet CBR block)."""
-
-    def __init__(self, leaves: Sequence[str]):
-        super().__init__()
-        self.leaves = frozenset(leaves)
-
-    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(module, qualname)
-
-
-class SegmentedForward:
-    """A network's forward cut right after each hooked layer, as compiled ``torch.fx`` segments.
-
-    ``state = start(*inputs)`` runs up to the output of ``layers[0]``; a state is the list of values that later
-    segments need (the live set at the cut, plus the hooked output itself). ``feature(j, state)`` is layer j's
-    output, ``replace(j, state, value)`` a copy of the state with that output replaced (what a replacing forward
-    hook does), ``advance(j, state)`` runs to the output of layer j+1 (or to the logits after the last layer) and
-    ``finish(j, state)`` runs to the logits. The segments call the network's own submodules, so weights, devices and
-    train/eval modes are shared; they are not registered as submodules (state dicts are unaffected). Build it after
-    moving the network to its device.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]):
-        self.layers = tuple(layers)
-        try:
-            graph = _LeafTracer(self.layers).trace(model)
-        except Exception as error:  # noqa: BLE001 - any tracing failure means "use hooks instead"
-            raise SplitError(f"torch.fx cannot trace {type(model).__name__}: {str(error).splitlines()[0]}") from None
-        nodes = list(graph.nodes)
-        position = {node: i for i, node in enumerate(nodes)}
-        sites: dict[str, list[fx.Node]] = {layer: [] for layer in self.layers}
-        for node in nodes:
-            if node.op == "call_module" and node.target in sites:
-                sites[node.target].append(node)
-        for layer, calls in sites.items():
-            if len(calls) != 1:
-                raise SplitError(f"{layer} runs {len(calls)} times per forward of {type(model).__name__}")
-        hooks = [sites[layer][0] for layer in self.layers]
-        cuts = [position[node] for node in hooks]
-        if cuts != sorted(cuts):
-            raise SplitError(f"the hooked layers {', '.join(self.layers)} do not run in this order")
-        last_use = {node: max((position[user] for user in node.users), default=-1) for node in nodes}
-        self.carry: list[list[fx.Node]] = []
-        for cut, hook in zip(cuts, hooks):
-            live = [node for node in nodes[:cut + 1] if last_use[node] > cut]
-            if hook not in live:  # an unused hooked output: still needed as the MaskNet input
-                live.append(hook)
-            self.carry.append(live)
-        self.feature_index = [carry.index(hook) for carry, hook in zip(self.carry, hooks)]
-        # Whether every carried value is computed from the inputs (not a parameter or constant read before the cut):
-        # only then are the states per-sample values that a SampleCache may store by row.
-        from_inputs: set[fx.Node] = set()
-        for node in nodes:
-            if node.op == "placeholder" or any(arg in from_inputs for arg in node.all_input_nodes):
-                from_inputs.add(node)
-        self.states_from_inputs = all(node in from_inputs for carry in self.carry for node in carry)
-        starts = [0] + [cut + 1 for cut in cuts]
-        ends = cuts + [len(nodes) - 1]
-        self.segments = []
-        for k, (first, last) in enumerate(zip(starts, ends)):
-            inputs = self.carry[k - 1] if k else []
-            outputs = self.carry[k] if k < len(cuts) else None
-            self.segments.append(self._compile(model, nodes[first:last + 1], inputs, outputs))
-
-    @staticmethod
-    def _compile(model: nn.Module, nodes: list[fx.Node], inputs: list[fx.Node], outputs: list[fx.Node] | None):
-        graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {node: graph.placeholder(node.name) for node in inputs}
-        for node in nodes:
-            if node.op == "output":
-                graph.output(fx.node.map_arg(node.args[0], env.__getitem__))
-            else:
-                env[node] = graph.node_copy(node, env.__getitem__)
-        if outputs is not None:
-            graph.output(tuple(env[node] for node in outputs))
-        return fx.GraphModule(model, graph)
-
-    def start(self, *inputs) -> list:
-        return list(self.segments[0](*inputs))
-
-    def feature(self, j: int, state: list) -> torch.Tensor:
-        return state[self.feature_index[j]]
-
-    def replace(self, j: int, state: list, value: torch.Tensor) -> list:
-        state = list(state)
-        state[self.feature_index[j]] = value
-        return state
-
-    def advance(self, j: int, state: list):
-        out = self.segments[j + 1](*state)
-        return list(out) if j + 1 < len(self.layers) else out
-
-    def finish(self, j: int, state: list) -> torch.Tensor:
-        for i in range(j, len(self.layers)):
-            state = self.advance(i, state)
-        return state
-
-    def clean_states(self, *inputs) -> list[list]:
-        """The unmasked state at every cut: ``[state after layer 0, state after layer 1, ...]``."""
-        states = [self.start(*inputs)]
-        for i in range(1, len(self.layers)):
-            states.append(self.advance(i - 1, states[-1]))
-        return states
-
-    def flatten(self, states: list[list]) -> list:
-        return [value for state in states for value in state]
-
-    def unflatten(self, values: Sequence) -> list[list]:
-        states, start = [], 0
-        for carry in self.carry:
-            states.append(list(values[start:start + len(carry)]))
-            start += len(carry)
-        return states
-
-
-def feature_shapes(model: nn.Module, layers: Sequence[str], inputs: Sequence[tuple[int, ...]]) -> list[tuple]:
-    """Per-sample output shapes of ``layers``, from a forward on the meta device (no compute, no RNG, no data)."""
-    from torch.func import functional_call
-
-    from utils.hooks import capture_features
-
-    tensors = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(),
-                                                                        *model.named_buffers())}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_features(model, list(layers)) as found:
-            functional_call(model, tensors, tuple(torch.zeros((1, *shape), device="meta") for shape in inputs))
-    finally:
-        model.train(was_training)
-    return [tuple(found[layer].shape[1:]) for layer in layers]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -534,8 +326,8 @@ class MSTDistill(Method):
         self.aux = self.build(args.AUXmodel, (self.other,), "auxiliary teacher")
         self.student = self.build(args.Smodel, (self.mode,), "student")
         shapes = ctx.input_shapes
-        t_shapes = feature_shapes(self.teacher, t_layers, (shapes["m1"], shapes["m2"]))
-        a_shapes = feature_shapes(self.aux, a_layers, (shapes[self.other],))
+        t_shapes = list(feature_shapes(self.teacher, t_layers, (shapes["m1"], shapes["m2"])).values())
+        a_shapes = list(feature_shapes(self.aux, a_layers, (shapes[self.other],)).values())
         for layer, shape in zip((*t_layers, *a_layers), (*t_shapes, *a_shapes)):
             try:
                 masknet_kind(shape)
@@ -760,19 +552,9 @@ class MSTDistill(Method):
         size = len(loader.indices)
         used = sum(c.nbytes for (s, _), c in self._caches.items() if s == stage and c is not None)
         budget = args.mst_cache_mb * 2 ** 20 - used
-        chosen: dict[str, Compute] = {}
         with self._frozen():
-            probe = next(iter(loader))
-            for name, compute in self._cache_computations(stage).items():
-                per_sample = per_sample_bytes(compute(probe), len(probe))
-                if per_sample is None:
-                    log(f"MST-Distill stage {stage}: {name} is not per-sample data; computed per batch")
-                elif per_sample * size <= budget:
-                    chosen[name] = compute
-                    budget -= per_sample * size
-                else:
-                    log(f"MST-Distill stage {stage}: caching {name} for the {size} {split} samples would take "
-                        f"{per_sample * size / 2 ** 20:,.0f} MB, over --mst_cache_mb; computed per batch")
+            chosen = within_budget(self._cache_computations(stage), next(iter(loader)), size, budget, log,
+                                   f"MST-Distill stage {stage}", split)
             if not chosen:
                 return None
             started = time.perf_counter()
@@ -788,19 +570,23 @@ class MSTDistill(Method):
         epochs = [0 if skip >= 1 else args.epochs_s1, 0 if skip >= 2 else args.epochs_s2, args.epochs]
         stages = [
             Stage(STAGE_NAMES[0], epochs[0], self._stage1_optimizer, self._stage1_step,
-                  [self.teacher, self.aux, self.student], select_key=None, epoch_logs=self._epoch_logs),
+                  [self.teacher, self.aux, self.student], select_key=None, epoch_logs=self._epoch_logs,
+                  on_stage_start=partial(self._start_stage, self.teacher, self.aux, self.student)),
             Stage(STAGE_NAMES[1], epochs[1], self._stage2_optimizer, self._stage2_step, [self.masknets],
                   val_step=self._stage2_val, select_key="loss_all", selected=self.masknets,
-                  epoch_logs=self._epoch_logs, on_stage_end=self._caches.clear),
+                  epoch_logs=self._epoch_logs, on_stage_end=self._caches.clear,
+                  on_stage_start=partial(self._start_stage, self.masknets)),
             Stage(STAGE_NAMES[2], epochs[2], self._stage3_optimizer, self._stage3_step, [self.student, self.gate],
                   val_step=self.student_val_step_ce, select_key="ce", selected=self.student,
-                  epoch_logs=self._stage3_logs, on_stage_end=self._caches.clear),
+                  epoch_logs=self._stage3_logs, on_stage_end=self._caches.clear,
+                  on_stage_start=partial(self._start_stage, self.student, self.gate)),
         ]
         if self.baseline is not None:
             # Same batches as a standalone main-S.py run (shuffles restart at 0); its selection is its own.
             baseline = Stage(STAGE_NAMES[3], args.epochs, self._baseline_optimizer, self._baseline_step,
                              [self.baseline], val_step=self._baseline_step, select_key="ce", selected=self.baseline,
-                             loader_epoch_start=0, reports_best_epoch=False)
+                             loader_epoch_start=0, reports_best_epoch=False,
+                             on_stage_start=partial(self._trainable, self.baseline))
             baseline.on_stage_end = lambda: self.baseline_best_epoch.fill_(
                 -1 if baseline.best_epoch is None else baseline.best_epoch)
             stages.append(baseline)
@@ -812,9 +598,13 @@ class MSTDistill(Method):
         return self.make_adam(params, lr, foreach=True)
 
     # stage 1 ------------------------------------------------------------------------------------------------------
-    def _stage1_optimizer(self):
-        self._trainable(self.teacher, self.aux, self.student)
+    def _start_stage(self, *modules: nn.Module) -> None:
+        """A stage starts: only ``modules`` require gradients, the per-epoch counters restart."""
+        self._trainable(*modules)
         self._meter.means()
+        self._routing = torch.zeros(self.ways, dtype=torch.float64, device=self.ctx.device)
+
+    def _stage1_optimizer(self):
         # Parameter order as the reference's list: T, S, A.
         return self._adam([*self.teacher.parameters(), *self.student.parameters(), *self.aux.parameters()],
                           self.args.s1_lr)
@@ -839,8 +629,6 @@ class MSTDistill(Method):
 
     # stage 2 ------------------------------------------------------------------------------------------------------
     def _stage2_optimizer(self):
-        self._trainable(self.masknets)
-        self._meter.means()
         return self._adam(self.masknets.parameters(), self.args.s2_lr)
 
     def _student_target(self, batch: Batch) -> torch.Tensor:
@@ -876,9 +664,6 @@ class MSTDistill(Method):
 
     # stage 3 ------------------------------------------------------------------------------------------------------
     def _stage3_optimizer(self):
-        self._trainable(self.student, self.gate)
-        self._meter.means()
-        self._routing = torch.zeros(self.ways, dtype=torch.float64, device=self.ctx.device)
         return self._adam([*self.student.parameters(), *self.gate.parameters()], self.args.lr)
 
     def stage3_losses(self, batch: Batch, experts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -914,7 +699,6 @@ class MSTDistill(Method):
 
     # baseline -----------------------------------------------------------------------------------------------------
     def _baseline_optimizer(self):
-        self._trainable(self.baseline)
         return self._adam(self.baseline.parameters(), self.args.lr)
 
     def _baseline_step(self, batch: Batch, epoch: int):
@@ -964,49 +748,21 @@ class MSTDistill(Method):
             plot = self._plot_routing(rows)
             if plot is not None:
                 extra["routing_plot"] = plot
-        if self.baseline is not None:
-            extra["baseline"] = self._baseline_report()
         return extra
 
     def _plot_routing(self, rows: list[dict]) -> str | None:
-        try:
-            import matplotlib
+        series = {name: [row.get(f"routing/{name}", 0.0) for row in rows] for name in self.expert_names}
+        return plot_series(self.ctx, "routing.png", [row["epoch"] for row in rows], series, "stage-3 epoch",
+                           "routing frequency", f"MST-Distill routing ({self.args.database}, k={self.args.k})", (0, 1))
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            import matplotlib.ticker
-        except ImportError:  # plotting is optional
-            return None
-        epochs = [row["epoch"] for row in rows]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name in self.expert_names:
-            ax.plot(epochs, [row.get(f"routing/{name}", 0.0) for row in rows], marker="o", markersize=3, label=name)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("stage-3 epoch")
-        ax.set_ylabel("routing frequency")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"MST-Distill routing ({self.args.database}, k={self.args.k})")
-        ax.legend(ncol=len(self.expert_names), fontsize=8)
-        fig.tight_layout()
-        path = Path(self.ctx.run_path) / "routing.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path.name
+    def side_models(self) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
+        return {"baseline": (self.baseline, (self.mode,))} if self.baseline is not None else {}
 
-    def _baseline_report(self) -> dict:
-        from utils.engine import evaluate
-
+    def side_model_results(self, name: str, metrics: dict, run_metrics: dict) -> dict:
+        """The no-KD baseline's report, and its test metrics beside the MST student's in the log."""
         report = {"model": self.args.Smodel, "epochs": self.args.epochs, "lr": self.args.lr,
-                  "best_epoch": int(self.baseline_best_epoch), "metrics": {}}
-        student = {}
-        for split in ("val", "test"):
-            loader = self.ctx.make_loader(split, max_steps=None)
-            loss, figures = evaluate(self, self.baseline, (self.mode,), loader, self.ctx)
-            report["metrics"][split] = {"loss": loss, **figures}
-            if split == "test":
-                loss_s, figures_s = evaluate(self, self.student, (self.mode,), loader, self.ctx)
-                student = {"loss": loss_s, **figures_s}
-        base = report["metrics"]["test"]
+                  "best_epoch": int(self.baseline_best_epoch), "metrics": metrics}
+        student, base = run_metrics["test"], metrics["test"]
         keys = [k for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU") if k in base]
         self.ctx.log(f"Test, MST-Distill student vs no-KD baseline ({self.args.Smodel}, {self.args.epochs} epochs, "
                      f"lr {self.args.lr:g}, seed {self.args.seed}):")
@@ -1016,44 +772,3 @@ class MSTDistill(Method):
 
 
 _ROLE_OF = {"--Tmodel": "teacher", "--AUXmodel": "aux", "--Smodel": "student"}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Offline contexts (tests and benchmarks): random tensors shaped like a database's inputs, no files
-# --------------------------------------------------------------------------------------------------------------
-def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None = None, device: str = "cpu",
-                    data_seed: int = 0, log=lambda message: None) -> RunContext:
-    """A :class:`RunContext` for MST-Distill over ``samples`` random samples (train = val = test = all of them).
-
-    ``argv`` are command-line options (``--database`` etc.); ``input_shapes`` overrides the per-sample shapes of
-    the spec (:meth:`~datasets.base.DatasetSpec.example_input_shapes`; e.g. a small NYU size). Synthetic-MVD uses its
-    own generator.
-    """
-    from datasets import BatchLoader, TensorSource, get_spec
-    from utils import cli
-
-    args = cli.parse_args(MSTDistill, argv)
-    spec = get_spec(args.database)
-    spec = spec.configured(args) if hasattr(spec, "configured") else spec
-    if spec.name == "Synthetic-MVD" and input_shapes is None:
-        source = spec.load(args)
-    else:
-        shapes = input_shapes or spec.example_input_shapes()
-        generator = torch.Generator().manual_seed(data_seed)
-        m1 = torch.randn((samples, *shapes["m1"]), generator=generator)
-        m2 = torch.randn((samples, *shapes["m2"]), generator=generator)
-        label_shape = (samples, *shapes["m1"][-2:]) if spec.is_segmentation else (samples,)
-        y = torch.randint(0, spec.num_classes, label_shape, generator=generator)
-        source = TensorSource(m1, m2, y)
-    indices = np.arange(len(source))
-    splits = {"train": indices, "val": indices, "test": indices}
-    torch_device = torch.device(device)
-
-    def make_loader(split, shuffle=None, batch_size=None, max_steps=-1):
-        return BatchLoader(source, splits[split], batch_size or args.batch_size,
-                           shuffle=(split == "train") if shuffle is None else shuffle, seed=args.seed,
-                           device=torch_device, max_steps=args.max_steps if max_steps == -1 else max_steps)
-
-    return RunContext(args=args, spec=spec, device=torch_device, source=source, splits=splits, make_loader=make_loader,
-                      log=log)
-

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.features import probe_features, tap_layers
+from kd_methods.features import feature_shapes, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from utils.errors import UserError
 from utils.hooks import capture_features
@@ -78,10 +78,10 @@ class FeatureDistiller(SingleTeacherDistiller):
             feature_layer(spec.name, args.Smodel, cls.name)
 
     def _feature_dim(self, model: nn.Module, layer: str, modalities: tuple[str, ...]) -> int:
-        """Width of the flattened feature, from one forward of a zero sample in eval mode (no RNG is consumed
-        and no BatchNorm statistic moves, so the run stays identical to one that knew the width)."""
-        inputs = [torch.zeros((1, *self.ctx.input_shapes[m])) for m in modalities]
-        return flatten_feature(probe_features(model, [layer], inputs)[layer], self.spec.name).shape[1]
+        """Width of the flattened feature, from :func:`~kd_methods.features.feature_shapes` (nothing computed, no
+        RNG consumed, so the run stays identical to one that knew the width)."""
+        shape = feature_shapes(model, [layer], [self.ctx.input_shapes[m] for m in modalities])[layer]
+        return flatten_feature(torch.empty((1, *shape), device="meta"), self.spec.name).shape[1]
 
     def forward_features(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(student logits, student feature, detached teacher feature)``, features flattened."""

@@ -69,3 +69,22 @@ class SampleCache:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for stores in self.items.values() for t in stores)
+
+
+def within_budget(computations: dict[str, Compute], probe: Batch, size: int, budget: int, log, what: str,
+                  split: str) -> dict[str, Compute]:
+    """The cache budget policy: the computations (most useful first) whose rows for ``size`` samples fit into
+    ``budget`` bytes, measured on the ``probe`` batch; each one left out is logged (``what``: e.g. "stage 2") and
+    computed per batch instead."""
+    chosen: dict[str, Compute] = {}
+    for name, compute in computations.items():
+        per_sample = per_sample_bytes(compute(probe), len(probe))
+        if per_sample is None:
+            log(f"{what}: {name} is not per-sample data; computed per batch")
+        elif per_sample * size <= budget:
+            chosen[name] = compute
+            budget -= per_sample * size
+        else:
+            log(f"{what}: caching {name} for the {size} {split} samples would take "
+                f"{per_sample * size / 2 ** 20:,.0f} MB, over --mst_cache_mb; computed per batch")
+    return chosen

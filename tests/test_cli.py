@@ -28,7 +28,7 @@ def test_scripts_are_thin_and_name_a_registered_method(script):
     lines = (ROOT / script).read_text().splitlines()
     code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     assert len(code) <= 30, f"{script} holds logic ({len(code)} lines)"
-    if script != "main-MFH.py":  # MFH's experiments have their own entry point in kd_methods/mfh.py
+    if script != "main-MFH.py":  # MFH's experiments have their own entry point (utils/mfh_experiments.py)
         assert script_method(script) in all_methods()
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from datasets.synthetic import MVDConfig, draw_label_weights, sample_mvd
 from kd_methods import feature_ranking as fr
-from kd_methods import mfh_experiments as experiments
+from utils import mfh_experiments as experiments
 from kd_methods import mfh_lab as lab
 from models import build_model
 from utils.hooks import active_hook_count

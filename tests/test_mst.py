@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from kd_methods.mst import (AUX_LAYERS, TEACHER_LAYERS, MSTDistill, SegmentedForward, gather_topk, kd_per_sample,
-                            load_balancing_loss, loss_weights, offline_context)
+                            load_balancing_loss, loss_weights)
+from utils.offline import offline_context
 from datasets.base import Batch
 from kd_methods.sample_cache import per_sample_bytes
 from models import MODELS
@@ -426,7 +427,7 @@ def test_one_batch_of_each_stage_equals_a_literal_port_of_the_reference(case):
         method.load_state_dict(saved)
         method.zero_grad(set_to_none=True)
         stage = stages[index]
-        stage.make_optimizer()
+        stage.start()
         set_modes(method, stage, training=True)
         torch.manual_seed(5)
         losses = stage.train_step(batch, epoch)
@@ -540,7 +541,7 @@ def test_hooks_are_removed_after_every_stage_step():
         method = MSTDistill(ctx)
         batch = next(iter(ctx.make_loader("train")))
         for stage in method.stages():
-            optimizer = stage.make_optimizer()
+            optimizer = stage.start()
             method.eval()
             for module in stage.train_modules:
                 module.train()

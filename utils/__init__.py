@@ -12,8 +12,8 @@ def main(method_name: str, argv=None):
 
 
 def mfh_main(argv=None):
-    """Entry point of ``main-MFH.py``: the MFH experiments (:mod:`kd_methods.mfh_experiments`)."""
-    from kd_methods.mfh_experiments import main as _main
+    """Entry point of ``main-MFH.py``: the MFH experiments (:mod:`utils.mfh_experiments`)."""
+    from utils.mfh_experiments import main as _main
 
     return _main(argv)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 import time
 import traceback
 from contextlib import nullcontext
@@ -27,9 +25,9 @@ from utils import cli
 from utils.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.metrics import ConfusionMatrix
 from utils import provenance
-from utils.resume import FinishedRun
 from utils.rundir import RunDir, full_method_state, load_checkpoint
 from utils.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
+from utils.script import exit_on_error
 
 LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
 
@@ -38,46 +36,11 @@ def main(method_name: str, argv=None) -> dict | None:
     """Entry point of every ``main-*.py`` / ``test-*.py``: bad input ends with one line and exit code 2."""
     from kd_methods import get_method
 
-    try:
+    def body():
         method_cls = get_method(method_name)
-        args = cli.parse_args(method_cls, argv)
-        return run(method_cls, args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(NonFiniteLossError.exit_code)
-    except FinishedRun as finished:  # --resume of a finished run: one line, nothing changed, exit 0
-        print(finished)
-        return finished.results
-    except RunInterrupted as error:
-        print(error, file=sys.stderr)
-        sys.exit(RunInterrupted.exit_code)
-    except KeyboardInterrupt:  # before the run had a directory
-        print("interrupted; nothing was written", file=sys.stderr)
-        sys.exit(RunInterrupted.exit_code)
-    except BrokenPipeError:  # stdout piped into a reader that has stopped (| head): end quietly
-        _silence_stdout()
-        sys.exit(1)
-    except SystemExit:  # --help | head: flush now, or the interpreter reports the broken pipe at exit
-        _flush_stdout()
-        raise
+        return run(method_cls, cli.parse_args(method_cls, argv))
 
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush of a broken pipe does not fail again."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
-        pass
-
-
-def _flush_stdout() -> None:
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
+    return exit_on_error(body)
 
 
 def build_context(args, device, log=print) -> RunContext:
@@ -233,7 +196,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
         stage = stages[stage_index]
         loader = train_loader
         loader.min_batch = 2 if _trains_batchnorm(stage) else 1
-        optimizer = stage.make_optimizer()
+        optimizer = stage.start()
         best = {"value": math.inf, "epoch": None, "state": None}
         start_epoch, snapshot_epoch = 0, None  # snapshot_epoch: the best epoch whose state SNAPSHOT holds
         if resume is not None and stage_index == resume["stage"]:
@@ -266,7 +229,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                     row["best"] = True
             if test_loader is not None:
                 model, modalities = method.evaluation_model()
-                row["test/loss"], test_metrics = evaluate(method, model, modalities, test_loader, ctx)
+                row["test/loss"], test_metrics = evaluate(model, modalities, test_loader, ctx)
                 row["test/accuracy"] = test_metrics["accuracy"]
             for group in optimizer.param_groups[:1]:
                 row["lr"] = group["lr"]
@@ -428,8 +391,8 @@ def validate(method, stage: Stage, step_fn, loader, ctx: RunContext, epoch: int)
 
 
 @torch.no_grad()
-def evaluate(method: Method, model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
-    """Task loss (mean of batch means) and the reference's metrics of ``model`` on ``loader``."""
+def evaluate(model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
+    """Task loss of the dataset (mean of batch means) and the reference's metrics of ``model`` on ``loader``."""
     was_training = model.training
     model.eval()
     spec = ctx.spec
@@ -439,7 +402,7 @@ def evaluate(method: Method, model, modalities, loader, ctx: RunContext) -> tupl
         with _autocast(ctx.args, ctx.device):
             logits = model(*batch.inputs(modalities))
         logits = logits.float()
-        loss_sum += method.task_loss(logits, batch.y).double()
+        loss_sum += spec.task_loss(logits, batch.y).double()
         confusion.update(logits, batch.y)
         steps += 1
     model.train(was_training)
@@ -447,14 +410,20 @@ def evaluate(method: Method, model, modalities, loader, ctx: RunContext) -> tupl
     return loss, confusion.compute()
 
 
+def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
+    """:func:`evaluate` on the whole val and test splits: ``{"val": {"loss": ..., metrics}, "test": {...}}``."""
+    metrics = {}
+    for split in ("val", "test"):
+        loss, figures = evaluate(model, modalities, ctx.make_loader(split, max_steps=None), ctx)
+        metrics[split] = {"loss": loss, **figures}
+    return metrics
+
+
 def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device) -> dict:
     """Evaluate the selected model on val and test, save ``best.pth`` and ``results.json``."""
     args = ctx.args
     model, modalities = method.evaluation_model()
-    metrics = {}
-    for split in ("val", "test"):
-        loss, figures = evaluate(method, model, modalities, ctx.make_loader(split, max_steps=None), ctx)
-        metrics[split] = {"loss": loss, **figures}
+    metrics = evaluate_splits(model, modalities, ctx)
     run_dir.save_best({"args": vars(args), "model": model.state_dict(), "model_name": model.model_name,
                        "inputs": list(modalities), "epoch": best_epoch, "metrics": metrics})
     results = {
@@ -462,6 +431,8 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
         "seed": args.seed, "epochs": args.epochs, "best_epoch": best_epoch, "device": str(device),
         "wall_time_s": round(wall_time, 2), "metrics": metrics, "extra": method.extra_results(),
     }
+    for name, (side, side_modalities) in method.side_models().items():  # e.g. MST-Distill's no-KD baseline
+        results["extra"][name] = method.side_model_results(name, evaluate_splits(side, side_modalities, ctx), metrics)
     run_dir.write_results(results)
     test = metrics["test"]
     shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU"))
@@ -498,7 +469,8 @@ def indices_main(argv=None) -> None:
     for spec in DATASETS.values():
         if spec.add_arguments is not None:
             spec.add_arguments(parser)
-    try:
+
+    def body():
         args = parser.parse_args(argv)
         args.data_on_device = False
         spec = get_spec(args.database)
@@ -510,6 +482,5 @@ def indices_main(argv=None) -> None:
         n = len(spec.load(args))
         write_indices_csv(path, generate_permutations(n))
         print(f"Wrote {path}: 20 permutations of N={n} (seed {INDEX_SEED})")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
+
+    exit_on_error(body)

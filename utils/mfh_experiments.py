@@ -577,4 +577,5 @@ def run_experiment(args) -> dict:
 
 def main(argv=None) -> dict | None:
     """Entry point of ``main-MFH.py``: bad input ends with one line on stderr and exit code 2."""
-    return exit_on_error(lambda: run_experiment(parse_args(argv)))
+    return exit_on_error(lambda: run_experiment(parse_args(argv)),
+                         interrupted="interrupted (Ctrl-C)")
