@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 
-from conftest import method_registration
+from conftest import method_registration, run_dir_of, run_script
 from kd_methods.base import Stage
 from kd_methods.supervised import UnimodalModel
 from utils import engine
@@ -23,21 +23,6 @@ from utils.metrics import ConfusionMatrix, metrics_from_confusion
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--mvd_samples", "400", "--no-record"]
-
-
-def run_script(script, *argv, cwd=None, check=True, timeout=300):
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd or ROOT,
-                            capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
-    return result
-
-
-def run_dir_of(result) -> Path:
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("Run directory: "), last
-    return Path(last[len("Run directory: "):])
 
 
 # -- metrics ------------------------------------------------------------------------------------------------
