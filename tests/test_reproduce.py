@@ -254,7 +254,12 @@ def test_end_to_end_sweep_killed_resumed_and_skipped(tmp_path):
     assert "--ckpt_name" in kd_line and "best.pth" in kd_line
     runs = list(csv.DictReader((sweep / "runs.csv").open()))
     assert len(runs) == 8 and {r["role"] for r in runs} == {"teacher-mm", "no-kd", "method"}
-    assert all(float(r["peak_mem_mb"]) > 10 for r in runs)
+    for r in runs:  # measured by the node wrapper; lost only where the wrapper was killed with its run done
+        status = Path(r["run_dir"]).parents[2] / "status.json"
+        attempts = json.loads(status.read_text())["attempts"] if status.is_file() else []
+        if any(a["rc"] == 0 for a in attempts):
+            assert float(r["peak_mem_mb"]) > 10
+    assert sum(r["peak_mem_mb"] != "" for r in runs) >= 6
     table = {r["method"]: r for r in csv.DictReader((sweep / "table.csv").open())}
     assert set(table) == {"T", "S", "KD", "MST-Distill"} and table["KD"]["n"] == "2"
     assert table["KD"]["p_ttest"] != "" or table["KD"]["ties"] == "2"

@@ -7,7 +7,8 @@ Works on whatever has finished (``results.json`` present) under ``DIR/runs/``, s
   (``main-S.py``, also the other mode's cross-modal teacher) or ``method``. ``wall_time_s`` is the script's own
   ``results.json`` figure plus the wall time of earlier attempts of the node that ended without results (a run
   resumed after a crash); ``peak_mem_mb`` the largest resident set size of the script's process over its attempts,
-  measured by the harness (host memory, not GPU memory).
+  measured by the harness (host memory, not GPU memory; empty where the measuring node process was killed after
+  its run had finished).
 * ``table.csv``: one row per (database, mode, method) with the headline metric in percent (test accuracy; mIoU for
   segmentation datasets): ``n, mean, std`` (ddof=1), the paired difference against the no-KD run of the same seed
   (``delta_mean, delta_std``), ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon`` p-values (empty below two
