@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -356,6 +355,9 @@ class MSTDistill(Method):
             self.register_buffer("baseline_best_epoch", torch.tensor(-1))
 
         self._meter = _Meter()
+        #: one row per finished stage-3 epoch (routing frequencies, per-expert CE), for results.json and
+        #: routing.png; part of the state dict (get_extra_state), so a resumed run keeps its earlier epochs
+        self._stage3_history: list[dict] = []
         self._caches: dict[tuple[int, str], SampleCache | None] = {}
         self._describe()
         if args.init_from and not getattr(args, "resume", None):
@@ -714,18 +716,22 @@ class MSTDistill(Method):
         for name, count in zip(self.expert_names, self._routing.tolist()):
             row[f"routing/{name}"] = count / total if total else 0.0
         self._routing.zero_()
+        kept = {key: value for key, value in row.items() if key.startswith(("routing/", "expert_ce/"))}
+        self._stage3_history.append({"epoch": len(self._stage3_history), **kept})
         return row
+
+    def get_extra_state(self) -> dict:
+        return {"stage3_history": [dict(row) for row in self._stage3_history]}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._stage3_history = [dict(row) for row in (state or {}).get("stage3_history", [])]
 
     # -- results -----------------------------------------------------------------------------------------------
     def model_names(self) -> dict[str, str]:
         return {"teacher": self.args.Tmodel, "student": self.args.Smodel, "aux": self.args.AUXmodel}
 
     def _stage3_rows(self) -> list[dict]:
-        path = Path(self.ctx.run_path) / "metrics.jsonl" if self.ctx.run_path else None
-        if path is None or not path.is_file():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [row for row in rows if row.get("stage") == STAGE_NAMES[2]]
+        return self._stage3_history
 
     def extra_results(self) -> dict:
         args = self.args

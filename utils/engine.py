@@ -271,7 +271,8 @@ def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_la
         trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
         keep = {name for name, p in method.named_parameters(remove_duplicate=False) if id(p) in trained}
         keep.update(name for name, _ in method.named_buffers(remove_duplicate=False))
-        state = {name: value for name, value in method.state_dict().items() if name in keep}
+        state = {name: value for name, value in method.state_dict().items()
+                 if name in keep or name.endswith("_extra_state")}  # a module's own small state (get_extra_state)
     return {"args": vars(args), "stage": stage_index, "epoch": epoch, "method": state, "partial": state is not None,
             "base": base, "optimizer": optimizer.state_dict() if optimizer is not None else None, "best": best,
             "best_epoch_last": best_epoch_last, "rng": rng_state()}
