@@ -6,8 +6,6 @@ column ``group_s`` and cuts it 60/20/20 by position (``int(0.6 N)``, ``int(0.8 N
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
 from pathlib import Path
 
@@ -31,22 +29,15 @@ def indices_path(database: str, metadata_dir: str | Path = "metadata") -> Path:
 
 def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
     """Header ``group_0,...,group_19``, one row per position, no index column; written atomically."""
-    from utils.rundir import write_failure
+    from utils.rundir import atomic_write_bytes
 
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     header = ",".join(f"group_{g}" for g in range(len(permutations)))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savetxt(tmp, permutations.T, fmt="%d", delimiter=",", header=header, comments="")
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        reason = write_failure(error)
-        if reason is None:
-            raise
-        raise UserError(f"cannot write the split file {path}: {reason}; pass a writable --metadata_dir") from None
+
+    def write(handle):
+        np.savetxt(handle, permutations.T, fmt="%d", delimiter=",", header=header, comments="")
+
+    atomic_write_bytes(path, write, fix="pass a writable --metadata_dir", make_parents=True)
     return path
 
 

@@ -164,3 +164,27 @@ def build_method(name: str, argv: list[str]):
 
 def first_batch(ctx):
     return next(iter(ctx.make_loader("train")))
+
+
+def refused(capsys, method: str, argv) -> str:
+    """Run ``method`` in-process on ``argv``: it must exit with code 2 and print exactly one ``error:`` line."""
+    from utils import engine
+
+    with pytest.raises(SystemExit) as exit_info:
+        engine.main(method, [str(a) for a in argv])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch single-threaded for a module: on a shared 2-core machine small tensor ops are faster with one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -29,12 +29,7 @@ from utils.errors import UserError
 from utils.hooks import active_hook_count
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _models_registered(database: str) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import refused
 from datasets import get_spec
 from datasets.splits import cut, generate_permutations
 from utils import engine, provenance
@@ -23,15 +24,6 @@ def train(method: str, out: Path, *argv) -> Path:
     engine.main(method, [*QUICK, "--out_dir", str(out), *argv])
     (run,) = sorted((out / method / "Synthetic-MVD").iterdir())
     return run
-
-
-def refused(capsys, method: str, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        engine.main(method, argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

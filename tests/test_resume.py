@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import method_registration
+from conftest import method_registration, refused
 from kd_methods.supervised import UnimodalModel
 from utils import engine
 from utils.rundir import RunDir
@@ -49,15 +49,6 @@ def killed_run(monkeypatch, method: str, out: Path, argv, at: tuple[int, int]) -
     fields = (run / "run.lock").read_text().split()
     (run / "run.lock").write_text(f"{gone.stdout.strip()} {fields[1]} -\n")  # as left by a process now dead
     return run
-
-
-def refused(capsys, method: str, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        engine.main(method, argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def rows(run: Path) -> list[dict]:

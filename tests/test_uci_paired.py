@@ -24,12 +24,7 @@ STAGE_FLAGS = {"MST-Distill": ["--epochs_s1", "1", "--epochs_s2", "1"], "FitNets
                "FitNets-UU": ["--hint_epochs", "1"], "MGDFR": ["--co_epochs", "1", "--repeat_permute", "1"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def write_paired(root: Path, m1: np.ndarray, m2: np.ndarray, labels: np.ndarray, meta: dict | None = None) -> Path:

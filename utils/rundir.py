@@ -30,13 +30,16 @@ import torch
 from utils.errors import UserError
 
 
-def atomic_write_bytes(path: Path, writer) -> None:
+def atomic_write_bytes(path: Path, writer, fix: str = "check the free space and permissions there, or pass "
+                                                    "another --out_dir", make_parents: bool = False) -> None:
     """Write through ``writer(handle)`` into a temporary file, then rename it over ``path``. On any failure the
     temporary file is removed (a full disk must not keep a half-written checkpoint of a gigabyte), and a failed
-    write is one :class:`UserError` line naming the file."""
+    write is one :class:`UserError` line naming the file and ``fix``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             writer(handle)
             handle.flush()
@@ -48,8 +51,7 @@ def atomic_write_bytes(path: Path, writer) -> None:
         reason = write_failure(error)
         if reason is None:
             raise
-        raise UserError(f"cannot write {path}: {reason}; check the free space and permissions there, or pass "
-                        f"another --out_dir") from None
+        raise UserError(f"cannot write {path}: {reason}; {fix}") from None
 
 
 def write_failure(error: BaseException) -> str | None:
