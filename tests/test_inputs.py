@@ -442,3 +442,23 @@ def test_default_threads_respect_omp_num_threads(monkeypatch):
 
 # test-only methods, registered for this module's tests only
 _test_methods = method_registration(_RefusedAtStageStart, _NaNFromTheStart, _NaNValidation)
+
+
+def test_ctrl_c_during_a_file_write_takes_effect_after_it(tmp_path):
+    """A Ctrl-C that arrives while a checkpoint is written waits for the write (no half-written file, and no
+    interrupted torch.save whose C++ writer later aborts the interpreter), then ends the run as usual."""
+    import signal as signals
+
+    from utils.rundir import atomic_write_bytes
+
+    target = tmp_path / "checkpoint.pth"
+
+    def writer(handle):
+        os.kill(os.getpid(), signals.SIGINT)  # arrives in the middle of the write
+        torch.save({"weights": torch.arange(1000)}, handle)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, writer)
+    assert torch.equal(torch.load(target, weights_only=True)["weights"], torch.arange(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left
+    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler

@@ -20,8 +20,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,11 +42,12 @@ def atomic_write_bytes(path: Path, writer, fix: str = "check the free space and 
     try:
         if make_parents:
             path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            writer(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with interrupts_deferred():
+            with open(tmp, "wb") as handle:
+                writer(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -52,6 +55,26 @@ def atomic_write_bytes(path: Path, writer, fix: str = "check the free space and 
         if reason is None:
             raise
         raise UserError(f"cannot write {path}: {reason}; {fix}") from None
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C during the block takes effect when it ends (as KeyboardInterrupt), so a file is never left half-written.
+
+    An interrupted ``torch.save`` also leaves its C++ stream writer behind, whose destructor later writes to the
+    closed file and aborts the interpreter (``terminate called after throwing ... write to closed file``). Only the
+    main thread receives signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_failure(error: BaseException) -> str | None:
