@@ -313,3 +313,49 @@ def test_user_error_is_raised_for_conflicting_devices():
     args, flags = runner.parse(["--devices", "cuda:0", "--", "--device", "cpu"])
     with pytest.raises(UserError, match="--devices and a --device flag"):
         runner.prepare(args, flags)
+
+
+# -- warm start --------------------------------------------------------------------------------------------------
+def _best_state(run_dir: str) -> dict:
+    import torch
+
+    return torch.load(Path(run_dir) / "best.pth", map_location="cpu", weights_only=True)
+
+
+def test_warm_start_gives_the_runs_of_a_fresh_interpreter(tmp_path):
+    """The same sweep forked from the warm interpreter and with a fresh python per run: equal metrics and
+    bit-equal best checkpoints; only the warm one's logs carry the marker; the fresh one paid the imports."""
+    args = ["--methods", "KD", "--modes", "m1", "--seeds", "0", "--jobs", "2", "--", *BASE]
+    sweeps = {}
+    for name, flag in (("warm", "--warm_start"), ("cold", "--no-warm_start")):
+        sweeps[name] = tmp_path / name
+        reproduce("--out_dir", str(sweeps[name]), flag, *args)
+    rows = {name: {r["method"]: r for r in csv.DictReader((sweep / "runs.csv").open())}
+            for name, sweep in sweeps.items()}
+    assert set(rows["warm"]) == set(rows["cold"]) == {"T", "S", "KD"}
+    skip = {"wall_time_s", "peak_mem_mb", "run_dir"}
+    for method, warm in rows["warm"].items():
+        cold = rows["cold"][method]
+        assert {k: v for k, v in warm.items() if k not in skip} == {k: v for k, v in cold.items() if k not in skip}
+        warm_state, cold_state = _best_state(warm["run_dir"]), _best_state(cold["run_dir"])
+        models = [k for k, v in warm_state.items() if isinstance(v, dict) and v and all(
+            hasattr(t, "dtype") for t in v.values())]
+        assert models, sorted(warm_state)
+        for key in models:
+            for name, tensor in warm_state[key].items():
+                assert tensor.equal(cold_state[key][name]), (method, key, name)
+        warm_log = (Path(warm["run_dir"]).parents[2] / "node.log").read_text()
+        cold_log = (Path(cold["run_dir"]).parents[2] / "node.log").read_text()
+        assert "[warm start" in warm_log and "[warm start" not in cold_log
+        assert "Run directory: " in warm_log  # the script's own output reaches the node's log
+
+
+def test_warm_start_failure_is_recorded_and_dependents_skipped(tmp_path):
+    sweep = tmp_path / "sw"
+    proc = reproduce("--methods", "KD", "--modes", "m1", "--seeds", "0", "--jobs", "2", "--out_dir", str(sweep),
+                     "--set", "T:--lr=-1", "--", *BASE, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED   T seed 0 (Synthetic-MVD): error: " in proc.stdout and "--lr" in proc.stdout
+    assert "skipped  KD m1 seed 0 (Synthetic-MVD): teacher T seed 0 (Synthetic-MVD) failed" in proc.stdout
+    status = json.loads(next((sweep / "runs").glob("*seed0_T-*/status.json")).read_text())
+    assert status["state"] == "failed" and status["rc"] == 2 and "--lr" in status["error"]

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only rebuild runs.csv, table.* from the run directories under --out_dir")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:--flag=value", dest="sets",
                         help="a flag for one method's runs only (repeatable; METHOD may be T or S)")
+    parser.add_argument("--warm_start", action=argparse.BooleanOptionalAction, default=True,
+                        help="local launcher: fork each run from one interpreter that has torch and the project "
+                             "imported, saving the 3-4 s of imports per run; --no-warm_start starts a fresh python "
+                             "per run (default: on)")
     slurm = parser.add_argument_group("submitit launcher")
     slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
     slurm.add_argument("--time", type=int, default=240, help="time limit per job in minutes (default: %(default)s)")
@@ -166,7 +170,8 @@ def run_sweep(args, run_flags) -> int:
         print(f"Sweep directory: {sweep}")
         return 0
     write_node_files(sweep, nodes)
-    launcher = (SubmititLauncher(sweep, args) if args.launcher == "submitit" else LocalLauncher(sweep, args.devices))
+    launcher = (SubmititLauncher(sweep, args) if args.launcher == "submitit"
+                else LocalLauncher(sweep, args.devices, warm=args.warm_start))
     # commands.sh is rewritten as teachers finish, so it names their real checkpoint paths
     ok = Scheduler(sweep, nodes, launcher, args.jobs, on_done=lambda: write_commands(sweep, nodes)).run()
     write_commands(sweep, nodes)
@@ -281,11 +286,24 @@ def _summary(status: dict) -> str:
 
 # -- launchers --------------------------------------------------------------------------------------------------
 class LocalLauncher:
-    """Each node in its own ``python -m utils.sweep.node`` process; ``devices`` handed out least-used first."""
+    """Each node in its own process running :mod:`utils.sweep.node`; ``devices`` handed out least-used first.
 
-    def __init__(self, sweep: Path, devices: list[str] | None):
+    ``warm``: the node processes are forked by the standard library's ``multiprocessing`` forkserver, started once
+    with :data:`~utils.sweep.node.WARM_PRELOAD` imported (it imports nothing else and starts no CUDA context), and
+    each node forks its script from itself; otherwise each node is ``python -m utils.sweep.node`` and runs
+    ``python main-X.py ...``. Either way a node outlives a killed harness and writes its own ``status.json``.
+    """
+
+    def __init__(self, sweep: Path, devices: list[str] | None, warm: bool = False):
         self.sweep = sweep
         self.devices = {d: 0 for d in (devices or [])}
+        self.context = None
+        if warm:
+            import multiprocessing
+
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                self.context = multiprocessing.get_context("forkserver")
+                self.context.set_forkserver_preload(node_mod.WARM_PRELOAD)
 
     def start(self, node: Node):
         extra, device = [], None
@@ -294,12 +312,24 @@ class LocalLauncher:
             self.devices[device] += 1
             extra = ["--device", device]
         token = uuid.uuid4().hex
-        cmd = [sys.executable, "-m", "utils.sweep.node", "--token", token, str(self.sweep / "runs" / node.id), *extra]
-        proc = subprocess.Popen(cmd, cwd=node_mod.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv = ["--token", token, str(self.sweep / "runs" / node.id), *extra]
+        proc = None
+        if self.context is not None:
+            try:
+                proc = self.context.Process(target=node_mod.warm_main, args=(argv,), name=node.id)
+                proc.start()
+            except Exception as error:  # noqa: BLE001 - e.g. the warm interpreter failed to import the project
+                print(f"warning: warm start unavailable ({type(error).__name__}: {error}); starting a fresh "
+                      "python per run", file=sys.stderr)
+                self.context, proc = None, None
+        if proc is None:
+            proc = subprocess.Popen([sys.executable, "-m", "utils.sweep.node", *argv], cwd=node_mod.REPO,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return {"proc": proc, "node": node, "token": token, "device": device}
 
     def poll(self, handle) -> dict | None:
-        rc = handle["proc"].poll()
+        proc = handle["proc"]
+        rc = proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
         if rc is None:
             return None
         status = node_mod.read_json(self.sweep / "runs" / handle["node"].id / "status.json", {}) or {}
@@ -310,6 +340,9 @@ class LocalLauncher:
     def release(self, handle) -> None:
         if handle["device"] is not None:
             self.devices[handle["device"]] -= 1
+        if not isinstance(handle["proc"], subprocess.Popen):
+            handle["proc"].join()
+            handle["proc"].close()
 
 
 class NodeJob:
