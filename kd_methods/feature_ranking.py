@@ -17,13 +17,16 @@ Public API
 * :func:`select_channels` - the ``r%`` channels to nullify for a modality-general / -specific / random teacher.
 * :func:`nullify_channels` and the context manager :func:`nullified` - replace channels by their batch mean.
 
-How the batched version works: one plain forward of ``f_a`` records the output of ``layer`` and of every module
-that finishes before it (the *prefix*, e.g. the conv branch in front of ``fc1``). Then, for a group of
-``(channel, repeat)`` pairs, the permuted copies of the layer output are stacked along the batch dimension and
-the model runs ONCE on that group: the layer and the prefix modules return their recorded outputs (tiled to the
-group's batch) instead of computing, so only the *suffix* after the layer is evaluated, on ``copies x N`` rows.
-Inputs, and the recorded prefix outputs, are tiled too only when the forward needs them beyond the layer (a fusion
-branch computed after it, a skip connection around it); one-off probes decide this. The stacked copies live in one
+How the batched version works: ``f_a`` is cut right after ``layer`` by
+:class:`~kd_methods.segments.SegmentedForward`, the torch.fx mechanism MST-Distill (``kd_methods/mst.py``), MGDFR and
+the MFH tools share. The prefix (e.g. the conv branch in front of ``fc1``) runs once and yields the layer output
+and everything else that crosses the cut. Then, for a group of ``(channel, repeat)`` pairs, the permuted copies of
+the layer output are stacked along a new leading copy dimension and only the *suffix* after the layer runs, ONCE,
+under :func:`torch.func.vmap` over that dimension; the rest of the carried state is shared by every copy, not
+tiled, and each copy sees its own ``[N, ...]`` shapes, so a forward that reads the batch size or adds a skip tensor
+after the layer needs no special care. A network that cannot be cut there (untraceable control flow, a layer that
+runs twice per forward), or whose vmapped suffix fails or differs from the model's output on a two-copy probe,
+takes the plain path: tiled inputs and a hook that permutes each copy's channel. The stacked copies live in one
 buffer reused from group to group: after a group only the channels it permuted are written back (unless the
 forward wrote into its input, which the tensor's version counter reveals). The group size follows from the
 problem: as many copies as fit :data:`CPU_GROUP_ELEMENTS` on a CPU, where a larger group only adds cache misses
@@ -38,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd_methods.segments import SegmentedForward, SplitError
 from utils.hooks import capture_features, get_submodule, replace_outputs
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
@@ -131,169 +135,99 @@ def _numel_per_sample(value) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the prefix cache: run only the suffix after `layer`
+# run only the suffix after `layer`
 # ---------------------------------------------------------------------------------------------------------------
 class _SuffixRunner:
-    """Runs ``model`` on stacked copies of the output of ``layer`` while skipping everything computed before it.
+    """Runs ``model`` on ``K`` permuted copies of the output of ``layer``, computing what lies before it once.
 
-    Built from one capture forward on the real inputs. A module call is part of the prefix when it ends before
-    ``layer`` returns and is not nested in another recorded prefix call (its parents are all ancestors of
-    ``layer``); its output is recorded (cloned, so later in-place ops cannot change it). During
-    :meth:`forward` those calls, and the layer itself, return recorded / stacked tensors instead of running.
-    If a prefix call returns something other than tensors, or the layer runs more than once per forward,
-    caching is switched off and the plain path is used: tiled inputs, and a hook permuting copy ``k``'s channel
-    in every output of the layer (the reference's hook semantics, batched).
+    The network is cut after ``layer`` by :class:`~kd_methods.segments.SegmentedForward` (the mechanism MST-Distill
+    uses): the prefix runs once on the real inputs and yields the carried state (the layer's output and whatever
+    else crosses the cut: skip tensors, a fusion branch's inputs, sizes). A group of copies then runs only the
+    suffix segment, under :func:`torch.func.vmap` over a leading copy dimension of the layer output, the rest of the
+    state captured unbatched: each copy sees its own ``[N, ...]`` shapes, so a forward that reads the batch size
+    after the layer (``x.view(x.size(0), -1)``) or adds a value computed before it stays correct, and nothing is
+    tiled. When the network cannot be cut (untraceable control flow, the layer runs more than once per forward) or
+    the vmapped suffix fails, writes into a carried value (which every later group would then see), or does not
+    reproduce the model's output on a two-copy probe of the unpermuted feature, the plain path is used: tiled
+    inputs, and a hook permuting copy ``k``'s channel in every output of the layer (the reference's hook semantics,
+    batched).
     """
 
     def __init__(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], layer: str):
         self.model, self.inputs, self.layer = model, inputs, layer
-        self.target = get_submodule(model, layer)
-        ancestors = {model}
-        parts = layer.split(".")
-        for depth in range(1, len(parts)):
-            ancestors.add(model.get_submodule(".".join(parts[:depth])))
-        self.ancestors = ancestors
-        #: module -> {batched call index: recorded output}
-        self.cache: dict[nn.Module, dict[int, object]] = {}
-        self.cacheable = True
-        self.feature, self.output = self._capture()
-        self.tile_inputs = self.tile_prefix = True
-        if self.cacheable:
-            self.tile_inputs = not self._inputs_unused()
-            self.tile_prefix = not self._prefix_unused()
-        self.copies = _CopyBuffer(self.feature)
+        calls = []
 
-    def _capture(self):
-        # one entry per active call: [module, skipped in the batched run, batched call index, top-level prefix call]
-        stack: list[list] = []
-        counts: dict[nn.Module, int] = {}
-        state = {"feature": None, "layer_calls": 0}
-        handles = []
+        def record(_module, _args, output):  # cloned: an in-place op later in the forward must not change it
+            calls.append(output.detach().clone() if isinstance(output, torch.Tensor) else output)
 
-        def pre_hook(module, _args):
-            skipped_parent = any(entry[1] for entry in stack)
-            prefix_top = (state["feature"] is None and not skipped_parent and module is not self.target
-                          and module not in self.ancestors and all(entry[0] in self.ancestors for entry in stack))
-            index = None
-            if not skipped_parent:  # this call happens in the batched run too, so it counts
-                index = counts.get(module, 0)
-                counts[module] = index + 1
-            stack.append([module, prefix_top or module is self.target or skipped_parent, index, prefix_top])
-
-        def post_hook(module, _args, output):
-            _, _, index, prefix_top = stack.pop()
-            if module is self.target:
-                state["layer_calls"] += 1
-                if state["feature"] is None:
-                    state["feature"] = _clone(output) if isinstance(output, torch.Tensor) else output
-            elif prefix_top and state["feature"] is None:
-                if _all_tensors(output):
-                    self.cache.setdefault(module, {})[index] = _clone(output)
-                else:
-                    self.cacheable = False
-
+        handle = get_submodule(model, layer).register_forward_hook(record)
         try:
-            for module in self.model.modules():
-                handles.append(module.register_forward_pre_hook(pre_hook))
-                handles.append(module.register_forward_hook(post_hook))
-            output = _check_output(self.model(*self.inputs), "model_a")
+            self.output = _check_output(model(*inputs), "model_a")
         finally:
-            for handle in handles:
-                handle.remove()
-        if state["feature"] is None:
-            raise ValueError(f"layer '{self.layer}' did not run in the forward of {type(self.model).__name__}")
-        if state["layer_calls"] > 1 or not self.cacheable:
-            # a shared layer, or a prefix module returning non-tensors: no caching (see the class docstring)
-            self.cacheable = False
-            self.cache = {}
-        return _check_feature(state["feature"], self.layer), output
+            handle.remove()
+        if not calls:
+            raise ValueError(f"layer '{layer}' did not run in the forward of {type(model).__name__}")
+        self.feature = _check_feature(calls[-1], layer)  # the loop's feature (capture_features keeps the latest)
+        self.segmented, self.state = self._segments()
+        self.vmapped = self.segmented is not None
+        self.copies = _CopyBuffer(self.feature) if self.vmapped else None
 
-    def _inputs_unused(self) -> bool:
-        """Probe: with the prefix cached, does the output still depend on the inputs? (NaN inputs, 2 copies)."""
-        if not all(torch.is_floating_point(x) for x in self.inputs):
-            return False
-        poisoned = tuple(torch.full_like(x, float("nan")) for x in self.inputs)
-        stacked = _tile(self.feature, 2)
+    def _segments(self) -> tuple[SegmentedForward | None, list | None]:
+        """The cut network and its prefix state, or ``(None, None)`` when the vmapped suffix cannot be trusted."""
         try:
-            with self._patched(stacked, 2):
-                out = self.model(*poisoned)
-        except Exception:  # noqa: BLE001 - any failure means the inputs are needed beyond the prefix
-            return False
-        return self._matches(out)
-
-    def _prefix_unused(self) -> bool:
-        """Probe: is a recorded prefix output read after the layer (a skip connection)? Run 2 copies with the
-        prefix returning NaN tensors of one copy's size: a read after the layer shows as NaN or a shape error."""
-        if not self.cache:
-            return True
-        inputs = _tile(self.inputs, 2) if self.tile_inputs else self.inputs
+            segmented = SegmentedForward(self.model, [self.layer])
+        except SplitError:
+            return None, None
         try:
-            with self._patched(_tile(self.feature, 2), 2, prefix="nan"):
-                out = self.model(*inputs)
-        except Exception:  # noqa: BLE001 - e.g. one copy's rows meeting two copies' rows: the prefix is needed
-            return False
-        return self._matches(out)
+            state = segmented.start(*self.inputs)
+            feature = segmented.feature(0, state)
+            if not (isinstance(feature, torch.Tensor) and feature.shape == self.feature.shape):
+                return None, None
+            versions = _versions(state)
+            probe = feature.unsqueeze(0).expand(2, *feature.shape).clone()
+            out = self._suffix(segmented, state, probe)
+            # a suffix that writes into a value computed before the cut would change it for the next group
+            if _versions(state) != versions or not self._matches(out):
+                return None, None
+        except Exception:  # noqa: BLE001 - any failure of the vmapped suffix means "use the plain path"
+            return None, None
+        return segmented, state
 
-    def _matches(self, out) -> bool:
+    @staticmethod
+    def _suffix(segmented: SegmentedForward, state: list, copies: torch.Tensor) -> torch.Tensor:
+        """The logits of each copy ``copies [K, N, ...]`` of the layer output: ``[K * N, ...]`` (copy-major)."""
+        out = torch.func.vmap(lambda feature: segmented.finish(0, segmented.replace(0, state, feature)))(copies)
+        return _check_output(out, "model_a").flatten(0, 1)
+
+    def _matches(self, out: torch.Tensor) -> bool:
+        """``out`` is two copies of the model's output, up to float rounding of other matmul shapes."""
         expected = _tile(self.output, 2)
-        return (isinstance(out, torch.Tensor) and out.shape == expected.shape and bool(torch.isfinite(out).all())
-                and torch.allclose(out, expected, rtol=1e-4, atol=1e-6))
-
-    @contextmanager
-    def _patched(self, stacked: torch.Tensor, copies: int, prefix: str | None = None):
-        """Inside the block the layer returns ``stacked`` and each recorded prefix call its output: tiled to
-        ``copies`` (``prefix="tile"``), one copy's (``"plain"``: the suffix does not read it) or NaN (the probe).
-        Default: ``"tile"`` or ``"plain"`` as :attr:`tile_prefix` says."""
-        prefix = prefix or ("tile" if self.tile_prefix else "plain")
-        replace = {"tile": lambda value: _tile(value, copies), "plain": lambda value: value,
-                   "nan": lambda value: _nan_like(value)}[prefix]
-        patched = []
-
-        def patch(module, replacement_for):
-            original = module.forward
-            had_own = "forward" in module.__dict__
-            calls = {"n": 0}
-
-            def forward(*args, **kwargs):
-                index = calls["n"]
-                calls["n"] += 1
-                value = replacement_for(index)
-                return original(*args, **kwargs) if value is None else value
-
-            module.forward = forward
-            patched.append((module, had_own, original))
-
-        for module, recorded in self.cache.items():
-            patch(module, lambda i, _r=recorded: replace(_r[i]) if i in _r else None)
-        patch(self.target, lambda i: stacked if i == 0 else None)
-        try:
-            yield
-        finally:
-            for module, had_own, original in reversed(patched):
-                if had_own:
-                    module.forward = original
-                else:
-                    del module.forward
+        if out.shape != expected.shape or out.dtype != expected.dtype or not bool(torch.isfinite(out).all()):
+            return False
+        eps = torch.finfo(expected.dtype).eps if expected.is_floating_point() else 0.0
+        scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+        return torch.allclose(out, expected, rtol=1024 * eps, atol=1024 * eps * scale)
 
     def per_copy_elements(self) -> int:
-        """Elements one permuted copy materialises (feature, tiled prefix outputs and inputs, output)."""
+        """Elements one permuted copy materialises: its feature and output, plus its inputs on the plain path."""
         n = self.feature.shape[0]
         total = _numel_per_sample(self.feature) + _numel_per_sample(self.output)
-        if self.tile_prefix:
-            total += sum(_numel_per_sample(v) for recorded in self.cache.values() for v in recorded.values())
-        if self.tile_inputs:
+        if not self.vmapped:
             total += _numel_per_sample(self.inputs)
         return max(1, total * n)
 
     def forward(self, perms: torch.Tensor, channel_of: torch.Tensor) -> torch.Tensor:
         """``model_a`` on ``K`` copies: copy ``k`` has channel ``channel_of[k]`` permuted by ``perms[k]``."""
         copies = perms.shape[0]
-        inputs = _tile(self.inputs, copies) if self.tile_inputs else self.inputs
-        if self.cacheable:
-            with self._patched(self.copies.stacked(perms, channel_of), copies):
-                return _check_output(self.model(*inputs), "model_a")
+        if self.vmapped:
+            stacked = self.copies.stacked(perms, channel_of)
+            return self._suffix(self.segmented, self.state, stacked.view(copies, *self.feature.shape))
         with replace_outputs(self.model, {self.layer: lambda out: _permute_copies(out, perms, channel_of)}):
-            return _check_output(self.model(*inputs), "model_a")
+            return _check_output(self.model(*_tile(self.inputs, copies)), "model_a")
+
+
+def _versions(state: list) -> list[int | None]:
+    return [value._version if isinstance(value, torch.Tensor) else None for value in state]
 
 
 def _permute_copies(tiled: torch.Tensor, perms: torch.Tensor, channel_of: torch.Tensor) -> torch.Tensor:
@@ -336,24 +270,6 @@ class _CopyBuffer:
         self.written = (index, channel_of)
         self.version = self.buffer._version
         return view.reshape(copies * n, *feature.shape[1:])
-
-
-def _nan_like(value):
-    if isinstance(value, torch.Tensor):
-        return torch.full_like(value, float("nan")) if torch.is_floating_point(value) else value
-    return type(value)(_nan_like(v) for v in value)
-
-
-def _all_tensors(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    return isinstance(value, (tuple, list)) and len(value) > 0 and all(_all_tensors(v) for v in value)
-
-
-def _clone(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    return type(value)(_clone(v) for v in value)
 
 
 class _InputRunner:

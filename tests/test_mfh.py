@@ -355,6 +355,51 @@ class _SkipAround(nn.Module):
         return self.head(h + self.block(h))
 
 
+class _BatchSizeAfterCut(nn.Module):
+    """After the ranked layer the forward reads the batch size taken before it and adds a skip tensor from before it:
+    stacking the copies along the batch would break both; one copy per vmap lane keeps them right."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block = nn.Conv1d(2, 4, 3, padding=1), nn.Conv1d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 6, 3)
+
+    def forward(self, x):
+        n = x.size(0)
+        h = torch.tanh(self.stem(x))
+        y = self.block(h) + h
+        return self.head(torch.relu(y).view(n, -1))
+
+
+class _DataDependentForward(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it, so the plain path is taken."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if h.sum() > 0:
+            h = 2 * h
+        return self.fc2(torch.relu(h))
+
+
+class _SuffixWritesPrefixValue(nn.Module):
+    """After the ranked layer the forward writes into a tensor computed before it: a shared carried value would
+    carry that write into the next group, so the plain path is taken."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        y = self.block(h)
+        h.mul_(2)
+        return self.head(h + y)
+
+
 def _mvd_models():
     shapes = {"m1": (12,), "m2": (9,)}
     torch.manual_seed(0)
@@ -380,6 +425,9 @@ def _cases():
         "layer-called-twice": (twice, nn.Linear(9, 2), torch.randn(24, 5), xb, "fc"),
         "inplace-suffix": (_InPlaceSuffix(), head, torch.randn(24, 6), xb, "fc1"),
         "skip-around-layer": (_SkipAround(), head, torch.randn(24, 6), xb, "block"),
+        "batch-size-after-cut": (_BatchSizeAfterCut(), head, torch.randn(24, 2, 6), xb, "block"),
+        "data-dependent-forward": (_DataDependentForward(), head, torch.randn(24, 6), xb, "fc1"),
+        "suffix-writes-prefix-value": (_SuffixWritesPrefixValue(), head, torch.randn(24, 6), xb, "block"),
     }
 
 
@@ -411,16 +459,24 @@ def test_one_copy_per_forward_leaves_the_inputs_alone(case):
     assert torch.equal(inputs_a, before)
 
 
-def test_batched_skips_prefix_and_tiles_only_when_needed():
-    m1, _, fusion = _mvd_models()
-    runner = fr._SuffixRunner(fusion, (torch.randn(8, 12), torch.randn(8, 9)), "fc1")
-    assert not runner.tile_inputs and runner.cache  # the concatenation is recorded; the inputs are not needed
-    assert not runner.tile_prefix  # ... and only fc1 reads it: one copy serves every permuted copy
-    late = _LateBranchFusion()
-    runner = fr._SuffixRunner(late, (torch.randn(8, 6), torch.randn(8, 4)), "a2")
-    assert runner.tile_inputs  # branch b runs after the layer
-    runner = fr._SuffixRunner(_SkipAround(), (torch.randn(8, 6),), "block")
-    assert runner.tile_prefix and not runner.tile_inputs  # the skip connection reads the stem after the layer
+def test_batched_resumes_after_the_layer_when_it_can():
+    """The cut network's suffix runs under vmap for a fusion net, a late-fusion net (branch b after the layer) and a
+    skip connection around the layer; a layer that runs twice per forward takes the plain path."""
+    _, _, fusion = _mvd_models()
+    for model, inputs, layer in ((fusion, (torch.randn(8, 12), torch.randn(8, 9)), "fc1"),
+                                 (_LateBranchFusion(), (torch.randn(8, 6), torch.randn(8, 4)), "a2"),
+                                 (_SkipAround(), (torch.randn(8, 6),), "block")):
+        with torch.no_grad():
+            runner = fr._SuffixRunner(model, inputs, layer)
+        assert runner.vmapped and runner.segmented is not None
+        assert runner.per_copy_elements() == 8 * (runner.feature[0].numel() + runner.output[0].numel())
+    with torch.no_grad():
+        runner = fr._SuffixRunner(_TwiceLayer(), (torch.randn(8, 5),), "fc")
+        assert not runner.vmapped  # SegmentedForward refuses a layer called twice
+        assert runner.per_copy_elements() == 8 * (5 + 2 + 5)  # feature, output and the tiled input
+        assert not fr._SuffixRunner(_DataDependentForward(), (torch.randn(8, 6),), "fc1").vmapped  # untraceable
+        assert not fr._SuffixRunner(_SuffixWritesPrefixValue(), (torch.randn(8, 6),), "block").vmapped
+        assert fr._SuffixRunner(_BatchSizeAfterCut(), (torch.randn(8, 2, 6),), "block").vmapped
 
 
 def test_auto_group_follows_the_problem():
