@@ -1,0 +1,87 @@
+"""What a sweep node costs besides its training: fresh interpreters against the warm start of ``reproduce.py``.
+
+Runs the same small sweep twice into temporary directories, once with ``--no-warm_start`` (a fresh ``python`` per
+node, which imports torch and the project, and ``torch._dynamo`` when the first optimiser is built) and once with
+``--warm_start`` (each node forked from one interpreter that imported them once). For each node it prints the
+node's wall time as the harness measured it (process start to exit, ``status.json``) and the script's own
+``wall_time_s`` (``results.json``: from the script's start to its results, so it excludes the start-up imports
+but includes ``torch._dynamo``'s); the bound is the sum of the scripts' own times with no import at all, which the
+warm start approaches from above. The runs' test metrics are checked equal.
+
+    python benchmarks/bench_sweep.py                          # UCI-MFeat: T, S m1, KD m1, seed 0, 1 job
+    python benchmarks/bench_sweep.py --methods KD RKD --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sweep(out_dir: Path, warm: bool, args) -> float:
+    cmd = [sys.executable, "reproduce.py", "--database", args.database, "--methods", *args.methods, "--modes",
+           args.mode, "--seeds", "0", "--jobs", str(args.jobs), "--out_dir", str(out_dir),
+           "--warm_start" if warm else "--no-warm_start", "--", "--device", "cpu", *args.run_flags]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"sweep failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return wall
+
+
+def node_times(out_dir: Path) -> dict[str, tuple[float, float, dict]]:
+    """node label -> (harness wall s of the last attempt, script wall_time_s, test metrics)."""
+    times = {}
+    for row in csv.DictReader((out_dir / "runs.csv").open()):
+        run_dir = Path(row["run_dir"])
+        status = json.loads((run_dir.parents[2] / "status.json").read_text())
+        results = json.loads((run_dir / "results.json").read_text())
+        label = f"{row['method']} {row['mode']}"
+        times[label] = (status["attempts"][-1]["wall_s"], results["wall_time_s"], results["metrics"]["test"])
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", default="UCI-MFeat")
+    parser.add_argument("--methods", nargs="+", default=["KD"])
+    parser.add_argument("--mode", default="m1")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--run_flags", nargs="*", default=["--no-record"],
+                        help="flags for every run (default: --no-record)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        totals, per_node = {}, {}
+        for name, warm in (("fresh", False), ("warm", True)):
+            out = Path(tmp) / name
+            totals[name] = run_sweep(out, warm, args)
+            per_node[name] = node_times(out)
+    print(f"Sweep nodes on {args.database} ({', '.join(args.methods)}, seed 0, --jobs {args.jobs}), CPU\n")
+    print("| node | fresh: node s | fresh: script s | warm: node s | warm: script s | fresh / warm (node) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label in sorted(per_node["fresh"]):
+        fresh, warm = per_node["fresh"][label], per_node["warm"][label]
+        if fresh[2] != warm[2]:
+            sys.exit(f"{label}: test metrics differ between fresh and warm runs: {fresh[2]} vs {warm[2]}")
+        print(f"| {label} | {fresh[0]:.2f} | {fresh[1]:.2f} | {warm[0]:.2f} | {warm[1]:.2f} | "
+              f"{fresh[0] / warm[0]:.2f}x |")
+    fresh_nodes = sum(v[0] for v in per_node["fresh"].values())
+    warm_nodes = sum(v[0] for v in per_node["warm"].values())
+    bound = sum(v[1] for v in per_node["warm"].values())
+    print(f"\nnodes, summed: fresh {fresh_nodes:.2f} s, warm {warm_nodes:.2f} s ({fresh_nodes / warm_nodes:.2f}x); "
+          f"bound (the warm scripts' own times, no start-up) {bound:.2f} s, warm/bound {warm_nodes / bound:.2f}")
+    print(f"whole sweep command: fresh {totals['fresh']:.1f} s, warm {totals['warm']:.1f} s (harness start-up, "
+          "the warm interpreter's one-time imports and the aggregation included)")
+    print("test metrics: equal for every node")
+
+
+if __name__ == "__main__":
+    main()
