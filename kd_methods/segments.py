@@ -8,7 +8,9 @@ FuseNet's pooling indices and pre-pool sizes, skip tensors, shapes - is carried 
 per-model code. Running the prefix once and then only the segments after the replaced layer gives what a replacing
 forward hook gives. A network that cannot be traced or cut raises :class:`SplitError`; callers fall back to hooks.
 Tracing happens while the network is in eval mode, so a forward that branched on ``self.training`` is traced in
-its eval branch. Used by MST-Distill (:mod:`kd_methods.mst`).
+its eval branch. It is the project's one such mechanism, shared by MST-Distill (:mod:`kd_methods.mst`) and by
+MGDFR and the MFH tools through the permutation saliences of :mod:`kd_methods.feature_ranking`, which run the
+segment after the layer under ``torch.func.vmap`` over the permuted copies.
 """
 from __future__ import annotations
 
