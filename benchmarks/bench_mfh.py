@@ -10,7 +10,8 @@ repeat, as the authors' code), on the same inputs and permutation seeds, so the 
   permutations, as ``main-MFH.py --exp table2`` does for every run. Little work per copy: fixed costs decide.
 * ``ravdess``: the 320 channels of ``fc1`` of the RAVDESS ``AudioBranchNet`` (Conv1d MFCC branch, then the
   320-wide layer) against a second ``AudioBranchNet``, random weights and MFCC inputs. The loop pays the conv
-  branch for every permutation; the batched version records it once and runs only the suffix after ``fc1``.
+  branch for every permutation; the batched version runs it once (the prefix of the network cut by
+  ``SegmentedForward``), then only the suffix after ``fc1``, vmapped over the copies.
 
 Times are the best of ``--trials`` (the variants alternate within each trial), as CPU seconds of this process
 (all threads) and wall seconds; the ratios are loop / batched. Threads: ``table2`` runs with one, as
