@@ -13,7 +13,9 @@ from utils import cli
 from utils.errors import UserError
 
 
-def _mlld_by_hand(student: np.ndarray, teacher: np.ndarray) -> float:
+def _mlld_by_hand(student: np.ndarray, teacher: np.ndarray, class_gram_mean: bool = False) -> float:
+    """The loss in float64 NumPy; ``class_gram_mean``: the class Gram matrices averaged over the batch
+    (``--mlld_class_gram mean``) instead of summed (the reference)."""
     def softmax(z):
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
@@ -22,7 +24,8 @@ def _mlld_by_hand(student: np.ndarray, teacher: np.ndarray) -> float:
     for tau in TEMPERATURES:
         ps, pt = softmax(student / tau), softmax(teacher / tau)
         instance = tau ** 2 * (pt * (np.log(pt) - np.log(ps))).sum() / len(ps)
-        classes = ((ps.T @ ps - pt.T @ pt) ** 2).mean()
+        scale = 1.0 / len(ps) if class_gram_mean else 1.0
+        classes = ((ps.T @ ps * scale - pt.T @ pt * scale) ** 2).mean()
         batch = ((ps @ ps.T - pt @ pt.T) ** 2).mean()
         total += instance + classes + batch
     return total / 5 / 3
@@ -41,26 +44,10 @@ def test_mlld_refuses_nyu_up_front():
         cli.parse_args(get_method("MLLD"), ["--database", "NYU-Depth-V2", "--ckpt_name", "x.pth"])
 
 
-def _class_gram_mean_by_hand(student: np.ndarray, teacher: np.ndarray) -> float:
-    """As :func:`_mlld_by_hand` with the class Gram matrices averaged over the batch (``--mlld_class_gram mean``)."""
-    def softmax(z):
-        e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
-    total, batch_size = 0.0, len(student)
-    for tau in TEMPERATURES:
-        ps, pt = softmax(student / tau), softmax(teacher / tau)
-        instance = tau ** 2 * (pt * (np.log(pt) - np.log(ps))).sum() / batch_size
-        classes = ((ps.T @ ps / batch_size - pt.T @ pt / batch_size) ** 2).mean()
-        batch = ((ps @ ps.T - pt @ pt.T) ** 2).mean()
-        total += instance + classes + batch
-    return total / 5 / 3
-
-
 def test_mlld_class_gram_mean_matches_a_straightforward_computation():
     generator = torch.Generator().manual_seed(4)
     student, teacher = torch.randn(7, 3, generator=generator) * 3, torch.randn(7, 3, generator=generator) * 3
-    expected = _class_gram_mean_by_hand(student.double().numpy(), teacher.double().numpy())
+    expected = _mlld_by_hand(student.double().numpy(), teacher.double().numpy(), class_gram_mean=True)
     assert mlld_loss(student, teacher, class_gram="mean").item() == pytest.approx(expected, rel=1e-5)
     assert mlld_loss(student, teacher, class_gram="sum").item() == pytest.approx(
         _mlld_by_hand(student.double().numpy(), teacher.double().numpy()), rel=1e-5)
