@@ -399,9 +399,11 @@ def test_nan_validation_loss_stops_the_run(tmp_path, capsys):
 
 
 def test_ctrl_c_ends_with_one_line_naming_the_resume_command(tmp_path):
+    # as from a terminal, even when the suite runs in the background (which would leave Ctrl-C ignored)
     process = subprocess.Popen([sys.executable, str(ROOT / "main-S.py"), "--epochs", "100000", "--out_dir",
                                 str(tmp_path), *QUICK], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not list(tmp_path.glob("*/*/*/checkpoint.pth")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -451,14 +453,27 @@ def test_ctrl_c_during_a_file_write_takes_effect_after_it(tmp_path):
 
     from utils.rundir import atomic_write_bytes
 
-    target = tmp_path / "checkpoint.pth"
-
     def writer(handle):
         os.kill(os.getpid(), signals.SIGINT)  # arrives in the middle of the write
         torch.save({"weights": torch.arange(1000)}, handle)
 
-    with pytest.raises(KeyboardInterrupt):
+    inherited = signals.getsignal(signals.SIGINT)  # SIG_IGN when the suite itself runs in the background
+    try:
+        signals.signal(signals.SIGINT, signals.default_int_handler)  # Python's own, as in a terminal
+        target = tmp_path / "interrupted" / "checkpoint.pth"
+        target.parent.mkdir()
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write_bytes(target, writer)
+        assert torch.equal(torch.load(target, weights_only=True)["weights"], torch.arange(1000))
+        assert sorted(p.name for p in target.parent.iterdir()) == ["checkpoint.pth"]  # no temporary file left
+        assert signals.getsignal(signals.SIGINT) is signals.default_int_handler
+
+        # a process that ignores Ctrl-C (started with nohup or &) keeps ignoring it: the write completes, no error
+        signals.signal(signals.SIGINT, signals.SIG_IGN)
+        target = tmp_path / "ignored" / "checkpoint.pth"
+        target.parent.mkdir()
         atomic_write_bytes(target, writer)
-    assert torch.equal(torch.load(target, weights_only=True)["weights"], torch.arange(1000))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left
-    assert signals.getsignal(signals.SIGINT) is signals.default_int_handler
+        assert torch.equal(torch.load(target, weights_only=True)["weights"], torch.arange(1000))
+        assert signals.getsignal(signals.SIGINT) is signals.SIG_IGN
+    finally:
+        signals.signal(signals.SIGINT, inherited)

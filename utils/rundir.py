@@ -67,14 +67,18 @@ def interrupts_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # the process ignores Ctrl-C (e.g. started in the background): nothing to defer
+        yield
+        return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
+    if received:  # delivered again to whatever handled it before: KeyboardInterrupt for Python's default
+        signal.raise_signal(signal.SIGINT)
 
 
 def write_failure(error: BaseException) -> str | None:

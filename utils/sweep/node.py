@@ -236,7 +236,10 @@ def _run_script(argv: list[str], log_fd: int) -> int:
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, write_through=True)
     sys.stdin = open(os.devnull)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # the signal dispositions a fresh interpreter would start with: Ctrl-C ignored if it was ignored when the
+    # harness started (nohup, &), else Python's KeyboardInterrupt; SIGTERM (the wrapper's forwarder) the default
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.argv = list(argv)
     sys.path[0] = str(REPO)  # as for `python main-X.py` run from the repository root
