@@ -378,6 +378,7 @@ class MSTDistill(Method):
             log("warning: --epochs_s2 0: stage 3 uses untrained MaskNets (the reference crashes here)")
 
     def _load_init(self, path: str) -> None:
+        from utils.provenance import check_same_data
         from utils.rundir import full_method_state, load_checkpoint
 
         saved = load_checkpoint(path)
@@ -394,6 +395,7 @@ class MSTDistill(Method):
                   if k in saved_args and saved_args[k] != getattr(self.args, k)]
         if differ:
             raise UserError(f"--init_from {path} was trained with {', '.join(differ)}")
+        check_same_data(saved, path, self.ctx, "--init_from", "a stage file of a run on this data and split")
         own = {k: v for k, v in state.items() if not k.startswith("baseline")}
         mine = self.state_dict()
         missing = [k for k in mine if not k.startswith("baseline") and k not in own]

@@ -704,6 +704,21 @@ def test_start_stage_3_from_a_stage_file(smoke_run, tmp_path):
                       str(tmp_path)])
 
 
+def test_init_from_a_run_on_other_data_is_refused(smoke_run, tmp_path, capsys):
+    """Networks trained on other samples would carry this run's test samples into its training."""
+    _, source = smoke_run
+    other = [*SMOKE, "--start_stage", "3", "--init_from", str(source / "stage2-masknets.pth"), "--no-compare_baseline",
+             "--out_dir", str(tmp_path)]
+    at = other.index("--mvd_samples")
+    other[at + 1] = "500"
+    with pytest.raises(SystemExit) as stop:
+        _run(other)
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: --init_from") and "--mvd_samples 400" in line and "--mvd_samples 500" in line
+    assert not (tmp_path / "MST-Distill").exists()  # refused before any run directory exists
+
+
 # Paper datasets on the tiny on-disk fixtures of tests/fixtures.py (NYU: three FuseNets at 64x96, ~35 s on 2 cores).
 FIXTURE_FACTOR = {"CMMD-V2": "64", "NYU-Depth-V2": "32"}
 

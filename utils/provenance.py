@@ -155,6 +155,19 @@ def check_model_checkpoint(saved, path, ctx, model_name: str, role: str = "teach
                     f"--allow_teacher_mismatch to use it anyway")
 
 
+def check_same_data(saved, path, ctx, flag: str, fix: str) -> None:
+    """Refuse (one line) networks trained on other data or another split than this run's: they would carry this
+    run's test samples into its training (MST-Distill's ``--init_from``). A file without a record is not checked."""
+    record = record_of(saved)
+    if record is None:
+        return
+    current = context_record(ctx)
+    keys = differences(record, current, None)
+    if keys:
+        raise UserError(f"{flag} {path} was trained on {describe(record, keys)}, but this run uses "
+                        f"{describe(current, keys)}; pass {fix}")
+
+
 def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
     """test-T / test-S: take the database, ``--mode``, dataset options, ``--seed`` and model name of the checkpoint
     being tested unless given; a given value that contradicts the checkpoint is refused (one line), since testing
