@@ -359,3 +359,9 @@ def test_warm_start_failure_is_recorded_and_dependents_skipped(tmp_path):
     assert "skipped  KD m1 seed 0 (Synthetic-MVD): teacher T seed 0 (Synthetic-MVD) failed" in proc.stdout
     status = json.loads(next((sweep / "runs").glob("*seed0_T-*/status.json")).read_text())
     assert status["state"] == "failed" and status["rc"] == 2 and "--lr" in status["error"]
+
+
+def test_warm_start_default_follows_the_platform():
+    args, _ = runner.parse([])
+    assert args.warm_start is sys.platform.startswith("linux")
+    assert runner.parse(["--no-warm_start"])[0].warm_start is False

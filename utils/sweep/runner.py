@@ -22,6 +22,11 @@ from utils.sweep import node as node_mod
 from utils.sweep.graph import Node, build_graph, comparison_methods, write_graph
 
 
+#: fork without exec is safe on Linux; macOS's system frameworks may abort a forked child (why Python's own
+#: multiprocessing stopped forking there)
+WARM_START_DEFAULT = sys.platform.startswith("linux")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{message} (see reproduce.py --help)")
@@ -51,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only rebuild runs.csv, table.* from the run directories under --out_dir")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:--flag=value", dest="sets",
                         help="a flag for one method's runs only (repeatable; METHOD may be T or S)")
-    parser.add_argument("--warm_start", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--warm_start", action=argparse.BooleanOptionalAction, default=WARM_START_DEFAULT,
                         help="local launcher: fork each run from one interpreter that has torch and the project "
                              "imported, saving the 3-4 s of imports per run; --no-warm_start starts a fresh python "
-                             "per run (default: on)")
+                             "per run (default: on for Linux, off elsewhere, where forking a process that has "
+                             "loaded system frameworks is not safe)")
     slurm = parser.add_argument_group("submitit launcher")
     slurm.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
     slurm.add_argument("--time", type=int, default=240, help="time limit per job in minutes (default: %(default)s)")
