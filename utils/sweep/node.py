@@ -13,10 +13,10 @@ Each attempt records its wall time and its peak memory: the maximum resident set
 (``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
 library, so the wrapper process costs no torch import.
 
-Warm start (the local launcher's default, ``reproduce.py --warm_start``): the wrapper is forked from an interpreter
-that has already imported torch and the project (:data:`WARM_PRELOAD`), and it forks the script's process from
-itself instead of starting a new interpreter; the child runs the script file as ``__main__`` with the same
-``sys.argv`` (:func:`_run_script`). Same command, same process boundary, same files; what it saves is the 3-4 s of
+Warm start (the local launcher's default on Linux, ``reproduce.py --warm_start``): the wrapper is forked from an
+interpreter that has already imported torch and the project (:data:`WARM_PRELOAD`), and it forks the script's
+process from itself instead of starting a new interpreter; the child runs the script file as ``__main__`` with the
+same ``sys.argv`` (:func:`_run_script`). Same command, same process boundary, same files; what it saves is the 3-4 s of
 imports every run otherwise pays (torch, and the ``torch._dynamo`` that torch's optimisers import on first use),
 which is most of a small run's time on a CPU.
 """
@@ -178,8 +178,8 @@ def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | 
 
 
 class _ForkedScript:
-    """The script's process forked from this (warm) interpreter; the part of ``subprocess.Popen`` the wrapper and
-    the submitit requeue path use (``pid``, ``poll``, ``send_signal``, ``terminate``, ``kill``, ``wait``)."""
+    """The script's process forked from this (warm) interpreter, with the part of ``subprocess.Popen`` the wrapper
+    uses: ``pid`` (waited for with ``os.wait4``), ``poll`` and ``send_signal`` (the SIGTERM forwarder)."""
 
     def __init__(self, cmd: list[str], log_fd: int):
         for stream in (sys.stdout, sys.stderr):  # nothing buffered here may be written twice by the child
@@ -200,23 +200,9 @@ class _ForkedScript:
                 self.returncode = os.waitstatus_to_exitcode(wait_status)
         return self.returncode
 
-    def wait(self, timeout=None):
-        deadline = None if timeout is None else time.time() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.time() > deadline:
-                raise subprocess.TimeoutExpired(["<forked script>"], timeout)
-            time.sleep(0.05)
-        return self.returncode
-
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
             os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 def _run_script(argv: list[str], log_fd: int) -> int:
