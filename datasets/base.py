@@ -173,7 +173,11 @@ class DatasetSpec:
     fit: Callable[[DataSource, dict, argparse.Namespace], DataSource] | None = None
     #: a split of the database's own (e.g. a file in its data folder): ``(args, n, log) -> (train, val, test)``
     resolve_split: Callable | None = None
-    #: the dataset options that change the data, for the run directory name: ``args -> str`` (e.g. ``"fou-pix"``)
+    #: the group id per sample (subject, actor, recording) when ``resolve_split`` keeps each group in one part:
+    #: ``(args, n) -> [N] array or None``; the run's split digest covers them (utils/provenance.py)
+    groups: Callable | None = None
+    #: the dataset options that change the data, for the run directory name: ``args -> str`` (e.g. ``"fou-pix"``;
+    #: ``""`` adds nothing)
     run_tag: Callable[[argparse.Namespace], str] | None = None
     #: per-sample input shapes for offline contexts and tests; ``None``: the default teacher's ``example_inputs``
     input_shapes: dict[str, tuple[int, ...]] | None = None

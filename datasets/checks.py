@@ -57,6 +57,17 @@ def check_splits(database: str, n: int, splits: dict) -> None:
                         f"{'/'.join(sizes)} {shown}; every split needs samples (the 60/20/20 cut: at least 3)")
 
 
+def check_classes(labels: np.ndarray, num_classes: int, splits: list[tuple], where: str, fix: str) -> None:
+    """Every part of every seed's split holds every class: checked for all seeds before the first run starts, so
+    a sweep is not stopped at its thirteenth seed; one line naming the seed, the part and the class."""
+    for seed, parts in enumerate(splits):
+        for name, indices in zip(("train", "val", "test"), parts):
+            present = np.bincount(labels[np.asarray(indices, dtype=np.int64)], minlength=num_classes)
+            if (present == 0).any():
+                missing = int(np.flatnonzero(present == 0)[0])
+                raise UserError(f"the {name} split of seed {seed} of {where} has no sample of class {missing}; {fix}")
+
+
 def check_labels(y, database: str, num_classes: int, splits: dict) -> None:
     """Whole numbers in ``0..num_classes-1`` (``y`` of any shape: per sample, or per pixel for segmentation)."""
     if y is None:

@@ -8,6 +8,9 @@
 * ``DIR/splits.csv`` (optional): columns ``group_0..group_19``, each a permutation of ``0..N-1`` as the reference's
   split files; ``--seed s`` reads ``group_s`` and cuts it 60/20/20. Without it the same 20-permutation procedure
   (seed 19980427) is computed in memory;
+* ``DIR/groups.npy`` (optional): ``[N]`` integer or string ids (subject, actor, recording); the 20 splits then
+  put whole groups into train, val and test (:mod:`datasets.groups`, docs/splits.md), or, with ``splits.csv``,
+  the given splits are checked to keep every group in one part;
 * ``DIR/meta.json`` (optional): ``{"modalities": {"m1": "image", "m2": "text"}, "class_names": [...]}``
   (``num_classes`` may be given too; default: the largest label + 1).
 
@@ -18,8 +21,9 @@ channel (the first per-sample dimension: a vector's columns, an image's channels
 deviation of the training split; ``none`` feeds the values as they are.
 
 Refused with one line, before training: files of different ``N``; labels that are not integers or not in
-``0..K-1``; NaN or infinite values; a split without a sample of some class or with fewer samples than a batch; a
-malformed ``splits.csv`` or ``meta.json``.
+``0..K-1``; NaN or infinite values; a split of any of the 20 seeds without a sample of some class (all seeds are
+checked before the first run), a split with fewer samples than a batch; a malformed ``splits.csv``, ``meta.json``
+or ``groups.npy``; a ``splits.csv`` that puts one group into two parts.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, DataSource
+from datasets.checks import check_classes
+from datasets.groups import check_disjoint, group_splits, read_groups
 from datasets.splits import NUM_GROUPS, check_seed, cut, generate_permutations
 from utils.errors import UserError
 
@@ -196,8 +202,8 @@ def load(args: argparse.Namespace) -> PairedSource:
 
 
 def read_splits_csv(path: Path, n: int, seed: int) -> np.ndarray:
-    """Column ``group_<seed>`` of a split file, checked: a header ``group_0,...``, integers, a permutation of
-    ``0..N-1`` in every column."""
+    """Every column of a split file ``[N, columns]``, checked: a header ``group_0,...``, a column for ``seed``,
+    integers, a permutation of ``0..N-1`` in every column."""
     def malformed(why: str):
         return UserError(f"{path} is malformed: {why}; expected columns group_0..group_19 (one row per sample, each "
                          f"column a permutation of 0..N-1), or delete it to use the generated split")
@@ -218,27 +224,48 @@ def read_splits_csv(path: Path, n: int, seed: int) -> np.ndarray:
     for g in range(len(header)):
         if not np.array_equal(np.sort(table[:, g]), expected):
             raise malformed(f"column group_{g} is not a permutation of 0..{n - 1}")
-    return table[:, seed]
+    return table
+
+
+def split_groups(args: argparse.Namespace, n: int) -> np.ndarray | None:
+    """``DIR/groups.npy`` (``[N]`` ids), or ``None`` when there is none (per-sample splits)."""
+    path = _path(args, "groups.npy")
+    return read_groups(path, n) if path.is_file() else None
 
 
 def resolve_split(args: argparse.Namespace, n: int, log=print):
+    """The split of ``--seed``: ``splits.csv`` (checked to keep groups together when ``groups.npy`` exists), else
+    whole groups of ``groups.npy`` per part, else the reference's permutations; all seeds checked for classes."""
     check_seed(args.seed)
+    root = Path(args.data_root)
+    labels = read_labels(root / "labels.npy")
+    k = num_classes(labels, read_meta(args), root)
+    groups = split_groups(args, n)
     path = _path(args, "splits.csv")
+    fix = "add samples of that class, or give a splits.csv that puts some in every split"
     if path.is_file():
-        return cut(read_splits_csv(path, n, args.seed))
-    log(f"No {path}: split {args.seed} generated in memory (the {NUM_GROUPS}-permutation procedure, seed 19980427)")
-    return cut(generate_permutations(n, args.seed + 1)[args.seed])
+        table = read_splits_csv(path, n, args.seed)
+        splits = [cut(table[:, column]) for column in range(table.shape[1])]
+        if groups is not None:
+            check_disjoint(splits, groups, str(path))
+    elif groups is not None:
+        where = str(root / "groups.npy")
+        splits = group_splits(groups, labels, k, where)
+        fix = f"add samples of that class from more groups ({where})"
+        sizes = "/".join(str(len(part)) for part in splits[args.seed])
+        log(f"No {path}: split {args.seed} keeps the {len(np.unique(groups))} groups of {where} together "
+            f"(train/val/test {sizes} samples; datasets/groups.py)")
+    else:
+        log(f"No {path}: split {args.seed} generated in memory (the {NUM_GROUPS}-permutation procedure, "
+            f"seed 19980427)")
+        splits = [cut(permutation) for permutation in generate_permutations(n)]
+    check_classes(labels, k, splits, str(root), fix)
+    return splits[args.seed]
 
 
 def fit(source: PairedSource, splits: dict, args: argparse.Namespace) -> PairedSource:
-    """Check every split (a sample of each class, at least one batch), then learn the training statistics."""
-    k = num_classes(source.y, read_meta(args), source.root)
-    for name, indices in splits.items():
-        present = np.bincount(source.y[np.asarray(indices)], minlength=k)
-        if (present == 0).any():
-            missing = int(np.flatnonzero(present == 0)[0])
-            raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has no sample of class {missing}; "
-                            f"add samples of that class, or give a splits.csv that puts some in every split")
+    """Check every split holds at least one batch (the classes of all seeds were checked by
+    :func:`resolve_split`), then learn the training statistics."""
     for name, indices in splits.items():
         if len(indices) < args.batch_size:
             raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has {len(indices)} samples, "
@@ -298,6 +325,7 @@ SPEC = DatasetSpec(
     configure=configure,
     fit=fit,
     resolve_split=resolve_split,
+    groups=split_groups,
     run_tag=run_tag,
     input_shapes={"m1": (16,), "m2": (16,)},
 )

@@ -12,6 +12,12 @@ in ``.mstd_stats.json``, keyed by file size and modification time, or under ``~/
 folder is read-only) and every batch is normalised in :meth:`RavdessSource.get_batch` with a 256-entry lookup
 table per channel (bit-identical to the reference's float64 arithmetic cast to float32). The audio (~13 MB) is
 normalised at load time and kept in memory.
+
+Splits: ``--ravdess_split clip`` (default) is the reference's per-clip split (``metadata/RAVDESS_indices.csv``),
+which puts clips of one actor into train and test alike. ``--ravdess_split actor`` keeps each actor's clips in one
+part (:mod:`datasets.groups`, docs/splits.md): the actor of every clip comes from ``sample_order.txt``, which
+``data_preprocess/ravdess.py`` writes next to the arrays (one RAVDESS file name per clip, in the arrays' order; the
+last of its seven fields is the actor), checked against ``label_data.npy`` through the emotion field.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import torch
 
 from datasets.base import DataSource, DatasetSpec, check_shape, require_file
 from datasets.checks import integer_labels
+from datasets.groups import group_splits
+from datasets.splits import resolve_split as reference_split
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
 from utils.errors import UserError
@@ -42,7 +50,7 @@ STATS_CHUNK = 16
 def paths(data_root: str | Path) -> dict[str, Path]:
     folder = Path(data_root) / FOLDER
     return {"video": folder / "video_data.npy", "audio": folder / "audio_data.npy",
-            "label": folder / "label_data.npy"}
+            "label": folder / "label_data.npy", "order": folder / "sample_order.txt"}
 
 
 def _open(path: Path, description: str) -> np.ndarray:
@@ -194,6 +202,69 @@ def load(args: argparse.Namespace) -> RavdessSource:
     return RavdessSource(files["video"], mins, maxs, mfcc, y)
 
 
+# ----------------------------------------------------------------------------------------------- splits
+
+def _labels(args) -> np.ndarray:
+    path = paths(args.data_root)["label"]
+    return integer_labels(_open(path, "emotion labels 0..7, [N]"), path)
+
+
+def actor_groups(args: argparse.Namespace, n: int) -> np.ndarray | None:
+    """The actor (1..24) of each clip from ``sample_order.txt`` under ``--ravdess_split actor``, else ``None``.
+
+    Refused with one line: a missing file (data packed by other scripts), another number of lines than clips, a line
+    that is not a RAVDESS file name, or an emotion field that disagrees with ``label_data.npy`` (the file then
+    describes another order than the arrays').
+    """
+    if getattr(args, "ravdess_split", "clip") != "actor":
+        return None
+    from data_preprocess.ravdess import parse_name
+
+    path = paths(args.data_root)["order"]
+    fix = "rerun the pack step of data_preprocess/ravdess.py, which writes the arrays and this file together"
+    if not path.is_file():
+        raise UserError(f"--ravdess_split actor needs {path}, the RAVDESS file name of each clip in the arrays' order "
+                        f"(the actor is its last field); {fix}, or use --ravdess_split clip")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != n:
+        raise UserError(f"{path} names {len(names)} clips but the arrays hold {n}; {fix}")
+    labels = _labels(args)
+    actors = np.empty(n, dtype=np.int64)
+    for i, name in enumerate(names):
+        try:
+            fields = parse_name(name)
+        except ValueError:
+            raise UserError(f"line {i + 1} of {path} is not a RAVDESS file name ({name!r}: seven dash-separated "
+                            f"numbers, the last the actor); {fix}") from None
+        if fields["emotion"] - 1 != labels[i]:
+            raise UserError(f"line {i + 1} of {path} names emotion {fields['emotion']} (class "
+                            f"{fields['emotion'] - 1}) but label_data.npy has class {labels[i]} for clip {i}: the file "
+                            f"lists another order than the arrays'; {fix}")
+        actors[i] = fields["actor"]
+    return actors
+
+
+def resolve_split(args: argparse.Namespace, n: int, log=print):
+    """``--ravdess_split clip``: the reference's per-clip split file; ``actor``: whole actors per part."""
+    if args.ravdess_split != "actor":
+        return reference_split(NAME, n, args.seed, metadata_dir=args.metadata_dir, log=log, data_root=args.data_root)
+    actors = actor_groups(args, n)
+    splits = group_splits(actors, _labels(args), 8, str(paths(args.data_root)["order"]))
+    train, val, test = splits[args.seed]
+    log(f"Actor-disjoint split {args.seed} (--ravdess_split actor): actors {sorted(set(actors[train].tolist()))} "
+        f"train, {sorted(set(actors[val].tolist()))} val, {sorted(set(actors[test].tolist()))} test "
+        f"({len(train)}/{len(val)}/{len(test)} clips)")
+    return train, val, test
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("RAVDESS")
+    group.add_argument("--ravdess_split", default="clip", choices=["clip", "actor"],
+                       help="clip: the reference's per-clip split (clips of one actor in train and test alike); "
+                            "actor: each actor's clips in one of train/val/test, from sample_order.txt "
+                            "(docs/splits.md) (default: %(default)s)")
+
+
 SPEC = DatasetSpec(
     name=NAME,
     task="classification",
@@ -205,6 +276,10 @@ SPEC = DatasetSpec(
     lr=1e-4,
     epochs=100,
     load=load,
+    add_arguments=add_arguments,
+    resolve_split=resolve_split,
+    groups=actor_groups,
+    run_tag=lambda args: "actors" if args.ravdess_split == "actor" else "",
     how_to_obtain="download the RAVDESS speech audio and video files (zenodo.org/record/1188976) and run "
                   "data_preprocess/ravdess.py, which writes <data_root>/RAVDESS_preprocessed_npy/",
 )

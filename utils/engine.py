@@ -73,7 +73,8 @@ def build_context(args, device, log=print) -> RunContext:
 def run_tag(args) -> str:
     names = [getattr(args, flag) for flag in ("Tmodel", "Smodel") if getattr(args, flag, None)]
     spec = get_spec(args.database)
-    options = f"_{spec.run_tag(args)}" if spec.run_tag is not None else ""  # e.g. UCI-MFeat's view pair
+    tag = spec.run_tag(args) if spec.run_tag is not None else ""  # e.g. UCI-MFeat's view pair
+    options = f"_{tag}" if tag else ""
     return f"{'--'.join(names)}{options}_{args.mode}_seed{args.seed}"
 
 

@@ -2,7 +2,8 @@
 
 Every ``best.pth``, ``checkpoint.pth`` and stage file of a run carries a ``provenance`` record: the method, the
 database and every option of its dataset (all flags the dataset's ``add_arguments`` defines, e.g. Synthetic-MVD's
-``--mvd_*``), ``--mode``, the model names, ``--seed`` and the SHA-256 of the train/val/test index arrays.
+``--mvd_*``), ``--mode``, the model names, ``--seed`` and the SHA-256 of the train/val/test index arrays (and of the sample groups
+when the split keeps groups together, so a changed ``groups.npy`` refuses checkpoints of the old split).
 ``best.pth`` adds the name of the saved model and the modalities it takes. Loading a model checkpoint
 (``--ckpt_name``) compares that record with the current run, so a teacher that saw this run's test samples, or a
 model of another name whose tensor shapes happen to fit, is refused instead of silently used (README, section
@@ -37,14 +38,30 @@ def dataset_options(database: str, args) -> dict:
     return {action.dest: values.get(action.dest) for action in parser._actions}
 
 
-def split_digest(splits: dict) -> str:
-    """SHA-256 of the train, val and test index arrays (as int64, in order, with their lengths)."""
+def split_digest(splits: dict, groups: np.ndarray | None = None) -> str:
+    """SHA-256 of the train, val and test index arrays (as int64, in order, with their lengths), then of the
+    sample groups, if any, as each sample's rank among the sorted group ids (runs without groups keep their
+    digest)."""
     digest = hashlib.sha256()
     for name in ("train", "val", "test"):
         indices = np.ascontiguousarray(np.asarray(splits[name]).astype(np.int64, copy=False))
         digest.update(f"{name}:{len(indices)}:".encode())
         digest.update(indices.tobytes())
+    if groups is not None:
+        from datasets.groups import group_codes
+
+        codes = group_codes(np.asarray(groups))[1]
+        digest.update(f"groups:{len(codes)}:".encode())
+        digest.update(np.ascontiguousarray(codes).tobytes())
     return digest.hexdigest()
+
+
+def split_groups(spec_name: str, args, n: int) -> np.ndarray | None:
+    """The group per sample of the run's split (``DatasetSpec.groups``), ``None`` for a per-sample split."""
+    from datasets import get_spec
+
+    hook = get_spec(spec_name).groups
+    return hook(args, n) if hook is not None else None
 
 
 def run_record(method: str | None, args, spec_name: str, splits: dict) -> dict:
@@ -53,7 +70,8 @@ def run_record(method: str | None, args, spec_name: str, splits: dict) -> dict:
         "version": RECORD_VERSION, "method": method, "database": spec_name, "mode": getattr(args, "mode", None),
         "models": {flag: getattr(args, flag) for flag in MODEL_FLAGS if getattr(args, flag, None)},
         "dataset_options": dataset_options(spec_name, args), "seed": getattr(args, "seed", None),
-        "split_sha256": split_digest(splits), "split_sizes": {k: int(len(splits[k])) for k in ("train", "val", "test")},
+        "split_sha256": split_digest(splits, split_groups(spec_name, args, sum(len(splits[k]) for k in splits))),
+        "split_sizes": {k: int(len(splits[k])) for k in ("train", "val", "test")},
     }
 
 
