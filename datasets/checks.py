@@ -57,11 +57,15 @@ def check_splits(database: str, n: int, splits: dict) -> None:
                         f"{'/'.join(sizes)} {shown}; every split needs samples (the 60/20/20 cut: at least 3)")
 
 
-def check_classes(labels: np.ndarray, num_classes: int, splits: list[tuple], where: str, fix: str) -> None:
-    """Every part of every seed's split holds every class: checked for all seeds before the first run starts, so
-    a sweep is not stopped at its thirteenth seed; one line naming the seed, the part and the class."""
-    for seed, parts in enumerate(splits):
-        for name, indices in zip(("train", "val", "test"), parts):
+def check_classes(labels: np.ndarray, num_classes: int, splits: dict, where: str, fix: str,
+                  parts: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Each of ``parts`` of every split (``{seed: (train, val, test)}``) holds every class; one line naming the
+    seed, the part and the class. Given all 20 seeds, a sweep is refused before its first run, not at its
+    thirteenth seed."""
+    for seed, split in splits.items():
+        for name, indices in zip(("train", "val", "test"), split):
+            if name not in parts:
+                continue
             present = np.bincount(labels[np.asarray(indices, dtype=np.int64)], minlength=num_classes)
             if (present == 0).any():
                 missing = int(np.flatnonzero(present == 0)[0])

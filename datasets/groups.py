@@ -131,7 +131,7 @@ def check_disjoint(splits: list[tuple], groups: np.ndarray, where: str) -> None:
             clash = seen[owner[seen] >= 0]
             if clash.size:
                 group = clash[0]
-                raise UserError(f"{where}: column group_{seed} puts group {ids[group]!r} into both "
+                raise UserError(f"{where}: column group_{seed} puts group {ids[group].item()!r} into both "
                                 f"{PARTS[owner[group]]} and {PARTS[p]}; a group's samples must all be in one part: "
                                 f"rewrite the splits so they keep groups together, or delete the file to use the "
                                 f"group split generated from the groups")

@@ -21,8 +21,9 @@ channel (the first per-sample dimension: a vector's columns, an image's channels
 deviation of the training split; ``none`` feeds the values as they are.
 
 Refused with one line, before training: files of different ``N``; labels that are not integers or not in
-``0..K-1``; NaN or infinite values; a split of any of the 20 seeds without a sample of some class (all seeds are
-checked before the first run), a split with fewer samples than a batch; a malformed ``splits.csv``, ``meta.json``
+``0..K-1``; NaN or infinite values; a train split of any of the 20 seeds without a sample of some class (all seeds
+checked before the first run), a val or test split of ``--seed`` without one, a split with fewer samples than a
+batch; a malformed ``splits.csv``, ``meta.json``
 or ``groups.npy``; a ``splits.csv`` that puts one group into two parts.
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ from datasets.splits import NUM_GROUPS, check_seed, cut, generate_permutations
 from utils.errors import UserError
 
 NAME = "Paired"
+#: how to mend a split without some class
+SPLIT_FIX = "add samples of that class, or give a splits.csv that puts some in every split"
 #: rows per chunk of the passes over memory-mapped files (NaN scan, statistics)
 CHUNK_ROWS = 4096
 
@@ -242,7 +245,6 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
     k = num_classes(labels, read_meta(args), root)
     groups = split_groups(args, n)
     path = _path(args, "splits.csv")
-    fix = "add samples of that class, or give a splits.csv that puts some in every split"
     if path.is_file():
         table = read_splits_csv(path, n, args.seed)
         splits = [cut(table[:, column]) for column in range(table.shape[1])]
@@ -251,7 +253,6 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
     elif groups is not None:
         where = str(root / "groups.npy")
         splits = group_splits(groups, labels, k, where)
-        fix = f"add samples of that class from more groups ({where})"
         sizes = "/".join(str(len(part)) for part in splits[args.seed])
         log(f"No {path}: split {args.seed} keeps the {len(np.unique(groups))} groups of {where} together "
             f"(train/val/test {sizes} samples; datasets/groups.py)")
@@ -259,13 +260,15 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
         log(f"No {path}: split {args.seed} generated in memory (the {NUM_GROUPS}-permutation procedure, "
             f"seed 19980427)")
         splits = [cut(permutation) for permutation in generate_permutations(n)]
-    check_classes(labels, k, splits, str(root), fix)
+    check_classes(labels, k, dict(enumerate(splits)), str(root), SPLIT_FIX, parts=("train",))  # all seeds, before any run
     return splits[args.seed]
 
 
 def fit(source: PairedSource, splits: dict, args: argparse.Namespace) -> PairedSource:
-    """Check every split holds at least one batch (the classes of all seeds were checked by
-    :func:`resolve_split`), then learn the training statistics."""
+    """Check every split (a sample of each class, at least one batch), then learn the training statistics."""
+    check_classes(source.y, num_classes(source.y, read_meta(args), source.root),
+                  {args.seed: tuple(splits[name] for name in ("train", "val", "test"))}, str(source.root),
+                  SPLIT_FIX)
     for name, indices in splits.items():
         if len(indices) < args.batch_size:
             raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has {len(indices)} samples, "
