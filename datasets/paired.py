@@ -260,7 +260,8 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
         log(f"No {path}: split {args.seed} generated in memory (the {NUM_GROUPS}-permutation procedure, "
             f"seed 19980427)")
         splits = [cut(permutation) for permutation in generate_permutations(n)]
-    check_classes(labels, k, dict(enumerate(splits)), str(root), SPLIT_FIX, parts=("train",))  # all seeds, before any run
+    # every seed's train split before any run, so a sweep is not stopped at a later seed
+    check_classes(labels, k, dict(enumerate(splits)), str(root), SPLIT_FIX, parts=("train",))
     return splits[args.seed]
 
 

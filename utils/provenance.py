@@ -2,8 +2,9 @@
 
 Every ``best.pth``, ``checkpoint.pth`` and stage file of a run carries a ``provenance`` record: the method, the
 database and every option of its dataset (all flags the dataset's ``add_arguments`` defines, e.g. Synthetic-MVD's
-``--mvd_*``), ``--mode``, the model names, ``--seed`` and the SHA-256 of the train/val/test index arrays (and of the sample groups
-when the split keeps groups together, so a changed ``groups.npy`` refuses checkpoints of the old split).
+``--mvd_*``), ``--mode``, the model names, ``--seed`` and the SHA-256 of the train/val/test index arrays (and of
+the sample groups when the split keeps groups together, so a changed ``groups.npy`` refuses checkpoints of the old
+split).
 ``best.pth`` adds the name of the saved model and the modalities it takes. Loading a model checkpoint
 (``--ckpt_name``) compares that record with the current run, so a teacher that saw this run's test samples, or a
 model of another name whose tensor shapes happen to fit, is refused instead of silently used (README, section
