@@ -67,6 +67,7 @@ def _fill(order: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _tries(seed: int, count: int, first: np.ndarray):
+    """The group permutations tried for ``seed``: ``first`` (the reference procedure's), then seeded others."""
     yield first
     for attempt in range(1, MAX_TRIES):
         yield np.random.RandomState([INDEX_SEED, seed, attempt]).permutation(count)
@@ -88,14 +89,15 @@ def _assign(seed: int, first: np.ndarray, sizes: np.ndarray, class_counts: np.nd
             continue
         if present.all():
             return order, part
-        fallback = fallback or (order, part)
+        if fallback is None:  # val or test lacks a class: kept in case no try gives every part every class
+            fallback = (order, part)
     if fallback is not None:
         return fallback
     if missing:
         cls = max(missing, key=missing.get)
         holders = int((class_counts[:, cls] > 0).sum())
         raise UserError(f"{where}: no split of seed {seed} puts class {cls} into train ({MAX_TRIES} seeded tries of "
-                        f"whole groups within {TOLERANCE:.0%} of 60/20/20; class {cls} is in {holders} of "
+                        f"whole groups within {TOLERANCE * 100:.0f} points of 60/20/20; class {cls} is in {holders} of "
                         f"{len(sizes)} groups); add samples of class {cls} from more groups")
     largest = sizes.max() / n if len(sizes) else 0.0
     raise UserError(f"{where}: no split of seed {seed} into whole groups has train/val/test within "
