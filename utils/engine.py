@@ -46,7 +46,7 @@ def main(method_name: str, argv=None) -> dict | None:
 def build_context(args, device, log=print) -> RunContext:
     spec = get_spec(args.database).configured(args)
     source = spec.load(args)
-    if spec.resolve_split is not None:  # a split of the database's own (Paired: DIR/splits.csv)
+    if spec.resolve_split is not None:  # a split of the database's own (Paired: DIR/splits.csv or groups.npy)
         train, val, test = spec.resolve_split(args, len(source), log)
     else:
         train, val, test = resolve_split(spec.name, len(source), args.seed, from_file=spec.split == "index_file",
