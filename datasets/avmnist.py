@@ -71,6 +71,7 @@ def load(args: argparse.Namespace) -> TensorSource:
 
 
 SPEC = DatasetSpec(
+    data_files=lambda args: [f for files in paths(args.data_root).values() for f in files.values()],
     name=NAME,
     task="classification",
     num_classes=10,

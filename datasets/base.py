@@ -179,6 +179,12 @@ class DatasetSpec:
     #: the dataset options that change the data, for the run directory name: ``args -> str`` (e.g. ``"fou-pix"``;
     #: ``""`` adds nothing)
     run_tag: Callable[[argparse.Namespace], str] | None = None
+    #: the files holding the data (``args -> [Path]``): their contents' SHA-256 is the data's identity in a run's
+    #: configuration (utils.provenance.data_digest); ``None`` for generated or embedded data
+    data_files: Callable[[argparse.Namespace], list] | None = None
+    #: for data without ``data_files``: what identifies it besides the dataset options (``args -> dict``, e.g. the
+    #: digest of an embedded file)
+    data_identity: Callable[[argparse.Namespace], dict] | None = None
     #: per-sample input shapes for offline contexts and tests; ``None``: the default teacher's ``example_inputs``
     input_shapes: dict[str, tuple[int, ...]] | None = None
 

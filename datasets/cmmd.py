@@ -77,6 +77,7 @@ def load(args: argparse.Namespace) -> TensorSource:
 
 
 SPEC = DatasetSpec(
+    data_files=lambda args: [path(args.data_root)],
     name=NAME,
     task="classification",
     num_classes=8,

@@ -73,6 +73,7 @@ def load(args: argparse.Namespace) -> TensorSource:
 
 
 SPEC = DatasetSpec(
+    data_files=lambda args: [path(args.data_root)],
     name=NAME,
     task="segmentation",
     num_classes=41,

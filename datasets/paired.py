@@ -311,7 +311,15 @@ def run_tag(args: argparse.Namespace) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.data_root).resolve().name) or "data"
 
 
+def data_files(args: argparse.Namespace) -> list[Path]:
+    """The arrays, and the split, groups and meta files where they exist (the data's identity)."""
+    root = Path(args.data_root)
+    return [root / name for name in ("m1.npy", "m2.npy", "labels.npy", "splits.csv", "groups.npy", "meta.json")
+            if name in ("m1.npy", "m2.npy", "labels.npy") or (root / name).is_file()]
+
+
 SPEC = DatasetSpec(
+    data_files=data_files,
     name=NAME,
     task="classification",
     num_classes=2,

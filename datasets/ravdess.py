@@ -36,6 +36,7 @@ from datasets.groups import group_splits
 from datasets.splits import resolve_split as reference_split
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
+from utils.data_digest import cache_dir
 from utils.errors import UserError
 
 NAME = "RAVDESS"
@@ -62,10 +63,6 @@ def _open(path: Path, description: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- statistics cache
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mstd"
-
 
 def stats_cache_paths(video_path: Path) -> list[Path]:
     """Where the statistics may be cached, in order of preference: next to the data, then the user cache."""
@@ -266,6 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SPEC = DatasetSpec(
+    data_files=lambda args: list(paths(args.data_root).values()),
     name=NAME,
     task="classification",
     num_classes=8,

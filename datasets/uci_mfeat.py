@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -85,7 +86,16 @@ def configure(args: argparse.Namespace) -> DatasetSpec:
                                input_shapes={"m1": (VIEWS[views[0]],), "m2": (VIEWS[views[1]],)})
 
 
+@functools.lru_cache(maxsize=1)
+def embedded_digest() -> str:
+    """SHA-256 of the embedded ``.npz`` (small: hashed directly, no cache file in the repository)."""
+    from utils.data_digest import file_sha256
+
+    return file_sha256(DATA_FILE)
+
+
 SPEC = DatasetSpec(
+    data_identity=lambda args: {"embedded": embedded_digest()},
     name=NAME,
     task="classification",
     num_classes=NUM_CLASSES,

@@ -132,7 +132,17 @@ def load(args: argparse.Namespace) -> VGGSoundSource:
     return VGGSoundSource(base, names, classes)
 
 
+def data_files(args: argparse.Namespace) -> list[Path]:
+    """The metadata file and the two feature files of every sample it lists (the data's identity)."""
+    base = root(args.data_root)
+    if not (base / METADATA).is_file():
+        return [base / METADATA]
+    names, _ = read_metadata(base / METADATA)
+    return [base / METADATA, *(f(base, name) for name in names for f in (visual_path, audio_path))]
+
+
 SPEC = DatasetSpec(
+    data_files=data_files,
     name=NAME,
     task="classification",
     num_classes=NUM_CLASSES,

@@ -103,7 +103,9 @@ def run(method_cls: type[Method], args) -> dict:
     try:
         ctx = build_context(args, device, log=run_dir.log)
         ctx.run_path = run_dir.path
-        ctx.provenance = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec.name, ctx.splits)
+        ctx.provenance = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec, ctx.splits)
+        if resume is not None:
+            _check_same_inputs(resume, ctx.provenance, run_dir.path, args)
         method = method_cls(ctx).to(device)
         stages = method.stages()
         if resume is not None:
@@ -113,7 +115,7 @@ def run(method_cls: type[Method], args) -> dict:
         run_dir.log(f"{method_cls.name} on {args.database} ({device}); run directory {run_dir.path}")
         run_dir.log(threads)
         best_epoch = fit(method, stages, ctx, run_dir, resume)
-        results = finish(method, ctx, run_dir, best_epoch, time.time() - started, device)
+        results = finish(method, ctx, run_dir, best_epoch, time.time() - started, device, stages)
     except BaseException as error:
         resumable = run_dir.has_checkpoint
         _record_failure(run_dir, error, new_run=resume is None)
@@ -125,6 +127,34 @@ def run(method_cls: type[Method], args) -> dict:
         run_dir.close()
     print(f"Run directory: {run_dir.path}", flush=True)
     return results
+
+
+def _check_same_inputs(resume: dict, current: dict, path, args) -> None:
+    """A resumed run continues on the data and from the checkpoints it started with: a file changed since (another
+    teacher written over its best.pth, other data under the same folder) is refused, as it would mix two runs."""
+    saved = resume.get("provenance") or {}
+    changed = []
+    if saved.get("data_digest") and saved["data_digest"] != current.get("data_digest"):
+        changed.append(f"the data (sha256 {saved['data_digest'][:12]} then, {current['data_digest'][:12]} now)")
+    for flag, entry in (saved.get("checkpoints") or {}).items():
+        now = current.get("checkpoints", {}).get(flag, {}).get("sha256")
+        if now is not None and now != entry.get("sha256"):
+            changed.append(f"--{flag} {getattr(args, flag, None)} (sha256 {entry.get('sha256', '?')[:12]} then, "
+                           f"{now[:12]} now)")
+    if changed and not getattr(args, "allow_teacher_mismatch", False):
+        raise UserError(f"{path} started from other inputs than it would resume from: {'; '.join(changed)}; start "
+                        f"a new run (or pass --allow_teacher_mismatch to resume anyway)")
+
+
+def budget(stages: list[Stage], ctx: RunContext) -> dict:
+    """``{"epochs": {stage: epochs}, "steps": optimiser steps in all}``: the training a run was given, counted as
+    the engine runs it (a last batch of one joins the one before in stages that train BatchNorm layers)."""
+    loader = ctx.make_loader("train")
+    steps = 0
+    for stage in stages:
+        loader.min_batch = 2 if _trains_batchnorm(stage) else 1
+        steps += stage.epochs * len(loader)
+    return {"epochs": {stage.name: stage.epochs for stage in stages}, "steps": steps}
 
 
 def _record_failure(run_dir: RunDir, error: BaseException, new_run: bool) -> None:
@@ -421,8 +451,10 @@ def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
     return metrics
 
 
-def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device) -> dict:
-    """Evaluate the selected model on val and test, save ``best.pth`` and ``results.json``."""
+def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device,
+           stages: list[Stage] = ()) -> dict:
+    """Evaluate the selected model on val and test, save ``best.pth`` and ``results.json`` (with the run's
+    configuration and its digest, the data digest, split sizes, budget and code version: docs/sweep.md)."""
     args = ctx.args
     model, modalities = method.evaluation_model()
     metrics = evaluate_splits(model, modalities, ctx)
@@ -432,14 +464,25 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
         "method": method.name, "database": args.database, "mode": args.mode, "models": method.model_names(),
         "seed": args.seed, "epochs": args.epochs, "best_epoch": best_epoch, "device": str(device),
         "wall_time_s": round(wall_time, 2), "metrics": metrics, "extra": method.extra_results(),
+        **identity_results(ctx, stages),
     }
     for name, (side, side_modalities) in method.side_models().items():  # e.g. MST-Distill's no-KD baseline
         results["extra"][name] = method.side_model_results(name, evaluate_splits(side, side_modalities, ctx), metrics)
     run_dir.write_results(results)
     test = metrics["test"]
     shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU"))
-    run_dir.log(f"Test ({model.model_name}, best epoch {best_epoch}): loss {test['loss']:.4f}, {shown}")
+    selected = f", best epoch {best_epoch}" if best_epoch is not None else ""
+    run_dir.log(f"Test ({model.model_name}{selected}): loss {test['loss']:.4f}, {shown}")
     return results
+
+
+def identity_results(ctx: RunContext, stages: list[Stage]) -> dict:
+    """The part of ``results.json`` that says which experiment a run is: its configuration (digest), data digest,
+    split sizes, budget, the checkpoints it started from and the code that ran it."""
+    record = provenance.context_record(ctx)
+    return {"config": record["config"], "config_digest": record["config_digest"],
+            "data_digest": record["data_digest"], "split_sizes": record["split_sizes"],
+            "checkpoints": record["checkpoints"], "budget": budget(stages, ctx), "code": provenance.code_version()}
 
 
 def _format_row(row: dict) -> str:

@@ -9,18 +9,31 @@ split).
 (``--ckpt_name``) compares that record with the current run, so a teacher that saw this run's test samples, or a
 model of another name whose tensor shapes happen to fit, is refused instead of silently used (README, section
 "Checkpoints and resuming").
+
+The record also carries the run's configuration (:func:`run_config`): every argument that can change its result, the
+identity of its data (:func:`data_digest`) and the configuration digests of the checkpoints it starts from, with its
+SHA-256 (:func:`config_digest`), the one definition of "the same experiment" that ``results.json``, the sweep and
+its table use (docs/sweep.md).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
 from utils.errors import UserError
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 MODEL_FLAGS = ("Tmodel", "Smodel", "AUXmodel")
+#: flags naming a checkpoint a run starts from (a teacher, networks to test, MST-Distill's --init_from)
+CHECKPOINT_INPUTS = ("ckpt_name", "ckpt_a", "ckpt_b", "init_from")
+#: arguments that do not change a run's result: where and how it runs, where it writes, the paths of its data and
+#: checkpoints (their contents count, through the data digest and the checkpoints' configurations) and the seed
+#: (runs of one configuration differ by their seed)
+NOT_IN_CONFIG = ("device", "cuda_id", "num_workers", "threads", "data_on_device", "record", "resume", "out_dir",
+                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", "resume_changes", *CHECKPOINT_INPUTS)
 
 
 def dataset_options(database: str, args) -> dict:
@@ -65,21 +78,120 @@ def split_groups(spec_name: str, args, n: int) -> np.ndarray | None:
     return hook(args, n) if hook is not None else None
 
 
-def run_record(method: str | None, args, spec_name: str, splits: dict) -> dict:
-    """The record of a run: what every checkpoint it writes was trained on."""
+def data_digest(spec, args) -> str:
+    """SHA-256 identifying a run's data: of the data files' contents for file-backed databases
+    (``spec.data_files``, hashed once and cached: utils/data_digest.py), of the options that generate it otherwise
+    (with ``spec.data_identity``, e.g. the digest of an embedded file). Paths do not count: moved data keeps its
+    digest, other data in the same folder gets another."""
+    from utils.data_digest import canonical_digest, files_sha256
+
+    if spec.data_files is not None:
+        files = [Path(f) for f in spec.data_files(args)]
+        root = Path(getattr(args, "data_root", ".")).resolve()
+        hashes = files_sha256(files)
+        named = {}
+        for path in files:
+            resolved = path.resolve()
+            name = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path.name
+            named[name] = hashes[str(path)]
+        return canonical_digest({"files": named})
+    identity = {"options": dataset_options(spec.name, args)}
+    if spec.data_identity is not None:
+        identity.update(spec.data_identity(args))
+    return canonical_digest({"generated": spec.name, **identity})
+
+
+def checkpoint_inputs(args) -> dict:
+    """``{flag: {"sha256", "config_digest"}}`` of every checkpoint the run starts from: the file's SHA-256 and the
+    configuration digest its record names (``None`` for a bare state dict or a file written before records had
+    one)."""
+    from utils.data_digest import file_sha256
+    from utils.rundir import load_checkpoint
+
+    out = {}
+    for flag in CHECKPOINT_INPUTS:
+        path = getattr(args, flag, None)
+        if not path or not Path(path).is_file():
+            continue
+        record = record_of(load_checkpoint(path)) or {}
+        out[flag] = {"sha256": file_sha256(Path(path)), "config_digest": record.get("config_digest")}
+    return out
+
+
+def run_config(method: str | None, args, spec_name: str, data: str, checkpoints: dict) -> dict:
+    """What defines a run's result, seed aside: the method, database, every argument but those of
+    :data:`NOT_IN_CONFIG`, the model names (arguments too), the data digest and, per checkpoint it starts from, that
+    checkpoint's configuration digest (its file's SHA-256 where it has no record). Equal across the seeds of one
+    experiment, different for anything else."""
+    values = vars(args) if not isinstance(args, dict) else args
+    others = _other_datasets_options(spec_name)
+    arguments = {k: v for k, v in sorted(values.items())
+                 if k not in NOT_IN_CONFIG and k not in others and not k.startswith("_")}
+    starts_from = {flag: entry.get("config_digest") or f"file:{entry['sha256']}" for flag, entry in
+                   sorted(checkpoints.items())}
+    return {"method": method, "database": spec_name, "arguments": arguments, "data_digest": data,
+            "starts_from": starts_from}
+
+
+def _other_datasets_options(spec_name: str) -> set:
+    """Options every script takes for the other datasets (they do not change this run's data)."""
+    from datasets import DATASETS
+
+    mine = set(dataset_options(spec_name, {}))
+    return {dest for name in DATASETS for dest in dataset_options(name, {})} - mine
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 hex of the canonical JSON of a :func:`run_config`."""
+    from utils.data_digest import canonical_digest
+
+    return canonical_digest(config)
+
+
+def code_version() -> dict:
+    """``{"commit", "dirty", "torch"}``: the git commit of the checkout the code runs from and whether tracked files
+    differ from it (``None`` for both outside a checkout or without git), and the torch version."""
+    import subprocess
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=30)
+            dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
+
+
+def run_record(method: str | None, args, spec, splits: dict) -> dict:
+    """The record of a run: what every checkpoint it writes was trained on, and the run's configuration."""
+    spec_name = spec if isinstance(spec, str) else spec.name
+    data = data_digest(spec, args) if not isinstance(spec, str) else None
+    checkpoints = checkpoint_inputs(args)
+    config = run_config(method, args, spec_name, data, checkpoints)
+    data_root = getattr(args, "data_root", None)
     return {
         "version": RECORD_VERSION, "method": method, "database": spec_name, "mode": getattr(args, "mode", None),
         "models": {flag: getattr(args, flag) for flag in MODEL_FLAGS if getattr(args, flag, None)},
         "dataset_options": dataset_options(spec_name, args), "seed": getattr(args, "seed", None),
         "split_sha256": split_digest(splits, split_groups(spec_name, args, sum(len(splits[k]) for k in splits))),
         "split_sizes": {k: int(len(splits[k])) for k in ("train", "val", "test")},
+        "data_digest": data, "data_root": str(Path(data_root).resolve()) if data_root else None,
+        "checkpoints": checkpoints, "config": config, "config_digest": config_digest(config),
+        "batch_size": getattr(args, "batch_size", None),
     }
 
 
 def context_record(ctx) -> dict:
     """The record of the run behind ``ctx`` (computed once; the engine stores it with the method name)."""
     if ctx.provenance is None:
-        ctx.provenance = run_record(None, ctx.args, ctx.spec.name, ctx.splits)
+        ctx.provenance = run_record(None, ctx.args, ctx.spec, ctx.splits)
     return ctx.provenance
 
 
@@ -112,6 +224,9 @@ def describe(record: dict, keys) -> str:
             parts.append(str(record.get("database")))
         elif key == "model":
             parts.append(f"model {record.get('model_name')}")
+        elif key == "data":
+            digest = record.get("data_digest") or "?"
+            parts.append(f"the data in {record.get('data_root')} (sha256 {digest[:12]})")
         elif key == "split":
             digest = record.get("split_sha256") or "?"
             parts.append(f"the --seed {record.get('seed')} split (sha256 {digest[:12]})")
@@ -127,6 +242,9 @@ def differences(saved: dict, current: dict, model_name: str | None) -> list[str]
     else:
         mine, theirs = current.get("dataset_options", {}), saved.get("dataset_options", {})
         keys = [k for k in mine if k in theirs and theirs[k] != mine[k]]
+        if not keys and saved.get("data_digest") and current.get("data_digest") \
+                and saved["data_digest"] != current["data_digest"]:
+            keys.append("data")
         if saved.get("split_sha256") and saved["split_sha256"] != current["split_sha256"]:
             keys.append("split")
         elif not saved.get("split_sha256") and saved.get("seed") is not None and saved["seed"] != current["seed"]:
@@ -191,15 +309,14 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
     """test-T / test-S: take the database, ``--mode``, dataset options, ``--seed`` and model name of the checkpoint
     being tested unless given; a given value that contradicts the checkpoint is refused (one line), since testing
     on another split would count samples the model was trained on (``--allow_teacher_mismatch`` overrides)."""
-    from pathlib import Path
-
     from datasets import get_spec
     from utils.rundir import load_checkpoint
 
     path = getattr(args, "ckpt_name", None)
     if not path or not Path(path).is_file():
         return  # a missing file is reported when the model is loaded
-    record = record_of(load_checkpoint(path))
+    saved = load_checkpoint(path)
+    record = record_of(saved)
     if record is None:
         return
     allow = getattr(args, "allow_teacher_mismatch", False)
@@ -223,6 +340,13 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
         same_database = False
     for key in ("mode", "seed"):
         adopt(key, record.get(key))
+    # its own data where it still is (other data given is compared by content when the model loads) and the batch
+    # size it trained with, which fits; both may be given
+    if "data_root" not in given and record.get("data_root") and Path(record["data_root"]).exists():
+        args.data_root = record["data_root"]
+    batch_size = record.get("batch_size") or (saved.get("args") or {}).get("batch_size")
+    if "batch_size" not in given and batch_size:  # the size it trained with fits; any other may be given
+        args.batch_size = batch_size
     if same_database:
         for key, value in (record.get("dataset_options") or {}).items():
             adopt(key, value)
