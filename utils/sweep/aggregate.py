@@ -1,19 +1,25 @@
 """Collect a sweep's run directories into ``runs.csv`` and ``table.csv`` (paired statistics against no-KD).
 
-Works on whatever has finished (``results.json`` present) under ``DIR/runs/``, so partial sweeps aggregate too.
+Works on whatever has finished (``results.json`` present) under ``DIR/runs/``, so partial sweeps aggregate too
+(utils/sweep/collect.py reads the runs; docs/sweep.md says how runs are grouped).
 
-* ``runs.csv``: one row per run, ``database,mode,seed,method,role,<every scalar test metric>,best_epoch,
-  wall_time_s,peak_mem_mb,run_dir``. ``role``: ``teacher-mm`` (``main-T.py``, ``mode`` ``m1+m2``), ``no-kd``
-  (``main-S.py``, also the other mode's cross-modal teacher) or ``method``. ``wall_time_s`` is the script's own
-  ``results.json`` figure plus the wall time of earlier attempts of the node that ended without results (a run
-  resumed after a crash); ``peak_mem_mb`` the largest resident set size of the script's process over its attempts,
-  measured by the harness (host memory, not GPU memory; empty where the measuring node process was killed after
-  its run had finished).
-* ``table.csv``: one row per (database, mode, method) with the headline metric in percent (test accuracy; mIoU for
-  segmentation datasets): ``n, mean, std`` (ddof=1), the paired difference against the no-KD run of the same seed
-  (``delta_mean, delta_std``), ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon`` p-values (empty below two
-  paired seeds), ``wins, losses, ties`` over the paired seeds, mean ``wall_time_s`` and ``peak_mem_mb``. Rows
-  ``T`` (multimodal teacher) and ``S-<other mode>`` (cross-modal teacher) come first, group ``teacher``.
+* ``runs.csv``: one row per run and configuration, ``database,mode,seed,method,role,<every scalar test metric>,
+  best_epoch,config,config_digest,n_train,n_val,n_test,epochs,steps,commit,wall_time_s,peak_mem_mb,run_dir``.
+  ``role``: ``teacher-mm`` (``main-T.py``, ``mode`` ``m1+m2``), ``no-kd`` (``main-S.py``, also the other mode's
+  cross-modal teacher) or ``method``. ``config``: the sweep configuration(s) of the run's node; ``config_digest``:
+  the run's configuration (results.json), equal across seeds; ``epochs``: per stage (``20+5+3``); ``steps``:
+  optimiser steps in all; ``commit``: the code's git commit (``+dirty`` with uncommitted changes).
+  ``wall_time_s`` is the script's own ``results.json`` figure plus the wall time of earlier attempts of the node
+  that ended without results (a run resumed after a crash); ``peak_mem_mb`` the largest resident set size of the
+  script's process over its attempts, measured by the harness (host memory, not GPU memory; empty where the
+  measuring node process was killed after its run had finished).
+* ``table.csv``: one row per (database, mode, sweep configuration, method configuration) with the headline metric
+  in percent (test accuracy; mIoU for segmentation datasets): ``n, mean, std`` (ddof=1), the paired difference
+  against the no-KD run of the same seed, sweep configuration and data (``delta_mean, delta_std``),
+  ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon`` p-values (empty below two paired seeds), ``wins, losses,
+  ties`` over the paired seeds, the budget (``epochs`` per stage, optimiser ``steps``), the split sizes ``n_train``
+  and ``n_test``, mean ``wall_time_s`` and ``peak_mem_mb``. Rows ``T`` (multimodal teacher) and ``S-<other mode>``
+  (cross-modal teacher) come first, group ``teacher``.
   When every paired difference is zero, both tests are undefined (scipy returns NaN or raises): the p-values are
   reported as 1.0, no evidence of a difference.
 """
@@ -21,20 +27,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.sweep.collect import TEACHER_MODES, collect_runs
 from utils.sweep.graph import BASELINE, TEACHER
 from utils.sweep.node import atomic_write_text
 
 GROUP_ORDER = ("teacher", "no-kd", "multimodal-teacher", "crossmodal-teacher", "teacher-free", "MST-Distill", "other")
 METRIC_ORDER = ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU", "loss")
-TABLE_COLUMNS = ("database", "mode", "method", "group", "n", "mean", "std", "delta_mean", "delta_std", "p_ttest",
-                 "p_wilcoxon", "wins", "losses", "ties", "wall_time_s", "peak_mem_mb")
-TEACHER_MODES = "m1+m2"
+TABLE_COLUMNS = ("database", "mode", "config", "method", "group", "n", "mean", "std", "delta_mean", "delta_std",
+                 "p_ttest", "p_wilcoxon", "wins", "losses", "ties", "epochs", "steps", "n_train", "n_test",
+                 "wall_time_s", "peak_mem_mb")
+#: runs.csv columns besides the metrics, in order
+RUN_COLUMNS = ("database", "mode", "seed", "method", "role")
+RUN_TAIL = ("best_epoch", "config", "config_digest", "n_train", "n_val", "n_test", "epochs", "steps", "commit",
+            "wall_time_s", "peak_mem_mb", "run_dir")
 
 
 def headline_metric(database: str) -> str:
@@ -45,44 +55,6 @@ def headline_metric(database: str) -> str:
         return "mIoU" if get_spec(database).is_segmentation else "accuracy"
     except Exception:  # noqa: BLE001 - a database no longer registered: its runs still aggregate
         return "accuracy"
-
-
-def collect_runs(sweep: Path) -> list[dict]:
-    """One row per finished run under ``sweep/runs`` (the newest when a node holds several)."""
-    rows = {}
-    for results_path in sorted(Path(sweep, "runs").glob("*/*/*/*/results.json")):
-        run_dir = results_path.parent
-        try:
-            results = json.loads(results_path.read_text())
-        except ValueError:
-            continue
-        method = results.get("method")
-        role = {TEACHER: "teacher-mm", BASELINE: "no-kd"}.get(method, "method")
-        mode = TEACHER_MODES if role == "teacher-mm" else results.get("mode")
-        test = results.get("metrics", {}).get("test", {})
-        sweep_info = _read(run_dir / "sweep.json")
-        row = {"database": results.get("database"), "mode": mode, "seed": results.get("seed"), "method": method,
-               "role": role, **{k: v for k, v in test.items() if isinstance(v, (int, float)) and not
-                                isinstance(v, bool)},
-               "best_epoch": results.get("best_epoch"),
-               "wall_time_s": round(float(results.get("wall_time_s") or 0.0)
-                                    + float(sweep_info.get("killed_attempts_wall_s") or 0.0), 2),
-               "peak_mem_mb": results.get("peak_mem_mb", sweep_info.get("peak_mem_mb")),
-               "run_dir": str(run_dir), "_mtime": results_path.stat().st_mtime}
-        key = (row["database"], row["mode"], row["seed"], method)
-        if key not in rows or rows[key]["_mtime"] < row["_mtime"]:
-            rows[key] = row
-    out = sorted(rows.values(), key=lambda r: (r["database"], r["mode"], _method_rank(r["method"]), r["seed"]))
-    for row in out:
-        row.pop("_mtime")
-    return out
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _registry() -> dict[str, type]:
@@ -154,41 +126,102 @@ class Column:
     metric: str
 
 
-def build_table(runs: list[dict], metric_for=headline_metric) -> list[dict]:
-    """``table.csv`` rows: per (database, student mode) the teachers, no-KD and every method present."""
-    table = []
-    by = {}
+def build_table(runs: list[dict], metric_for=headline_metric, notes: list[str] | None = None) -> list[dict]:
+    """``table.csv`` rows: per (database, sweep configuration, student mode) the teachers, no-KD and every method
+    present, one row per configuration of a method (seed aside: the runs of one row differ only by their seed).
+
+    A method's paired differences use the no-KD run of the same seed, sweep configuration and data; a run whose
+    no-KD run saw other data (a ``--set S:`` view change) has none, and ``notes`` says so. With several sweep
+    configurations in the directory each row's key carries its label (``KD [cfg-…]``); with several
+    configurations of one method in one sweep configuration (another ``--set`` of that method), its own flags.
+    """
+    notes = [] if notes is None else notes
+    blocks: dict[tuple, list[dict]] = {}
     for row in runs:
-        by.setdefault((row["database"], row["mode"], row["method"]), {})[row["seed"]] = row
+        for label in row.get("_configs") or [row.get("config", "")]:
+            blocks.setdefault((row["database"], label), []).append(row)
     databases = list(dict.fromkeys(r["database"] for r in runs))
-    for database in databases:
-        metric = metric_for(database)
-        modes = sorted({r["mode"] for r in runs if r["database"] == database and r["mode"] != TEACHER_MODES})
-        for mode in modes:
-            other = "m2" if mode == "m1" else "m1"
-            baseline = {s: r[metric] for s, r in by.get((database, mode, BASELINE), {}).items() if metric in r}
-            entries = [(TEACHER, by.get((database, TEACHER_MODES, TEACHER), {})),
-                       (f"{BASELINE}-{other}", by.get((database, other, BASELINE), {}))]
-            methods = [m for (d, mo, m) in by if d == database and mo == mode]
-            for method in sorted(methods, key=_method_rank):
-                entries.append((method, by[(database, mode, method)]))
-            for method, seeds in entries:
+    labels = sorted({label for _, label in blocks})
+    several = len(labels) > 1
+    if several:
+        texts = {label: next((r["_config_text"] for (_, lb), rs in blocks.items() if lb == label for r in rs
+                              if r.get("_config_text")), "") for label in labels}
+        notes.append(f"{len(labels)} sweep configurations in this directory, each with its own rows [label]: "
+                     + "; ".join(f"{label or 'unlabelled runs'}: {texts[label] or 'runs without a sweep node'}"
+                                 for label in labels))
+    table = []
+    for (database, label), rows in blocks.items():
+        table += _block_rows(database, label, rows, metric_for(database), several, notes)
+    table.sort(key=lambda r: (databases.index(r["database"]), r["mode"], labels.index(r["config"]),
+                              GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 99,
+                              _method_rank(r["method"]), r["row"]))
+    return table
+
+
+def _newest_per_seed(rows: list[dict]) -> dict:
+    out = {}
+    for row in sorted(rows, key=lambda r: r["run_dir"]):
+        out[row["seed"]] = row
+    return out
+
+
+def _block_rows(database, label, rows, metric, several, notes) -> list[dict]:
+    """The rows of one sweep configuration of one database."""
+    suffix = f" [{label}]" if several else ""
+    by: dict[tuple, dict[str, list[dict]]] = {}
+    for row in rows:
+        by.setdefault((row["mode"], row["method"]), {}).setdefault(row["config_digest"], []).append(row)
+    out = []
+    modes = sorted({r["mode"] for r in rows if r["mode"] != TEACHER_MODES})
+    for mode in modes:
+        other = "m2" if mode == "m1" else "m1"
+        baseline_runs = _newest_per_seed([r for runs in by.get((mode, BASELINE), {}).values() for r in runs])
+        entries = [(TEACHER, f"{TEACHER}", by.get((TEACHER_MODES, TEACHER), {})),
+                   (f"{BASELINE}-{other}", f"{BASELINE}-other", by.get((other, BASELINE), {}))]
+        methods = sorted({m for (mo, m) in by if mo == mode}, key=_method_rank)
+        entries += [(method, method, by[(mode, method)]) for method in methods]
+        for method, key, variants in entries:
+            for digest, runs in variants.items():
+                seeds = _newest_per_seed(runs)
                 values = {s: r[metric] for s, r in seeds.items() if r.get(metric) is not None}
                 if not values:
                     continue
-                row = {"database": database, "mode": mode, "method": method, "group": group_of(method),
+                own = f" ({runs[0]['_own'] or digest[:8]})" if len(variants) > 1 else ""
+                baseline = {s: b[metric] for s, b in baseline_runs.items() if metric in b
+                            and s in seeds and b["_data"] == seeds[s]["_data"]}
+                if method not in (TEACHER, BASELINE) and not method.startswith(f"{BASELINE}-") and not baseline \
+                        and baseline_runs:
+                    notes.append(f"{database} {mode} {method}{own}{suffix}: no paired figures, its no-KD runs were "
+                                 f"trained on other data or data options (a --set S: changed them)")
+                row = {"database": database, "mode": mode, "config": label, "method": method,
+                       "row": key + own + suffix, "group": group_of(method),
                        **paired_stats(values, baseline), "metric": metric,
                        "wall_time_s": _mean([r["wall_time_s"] for r in seeds.values()]),
-                       "peak_mem_mb": _mean([r["peak_mem_mb"] for r in seeds.values()])}
+                       "peak_mem_mb": _mean([r["peak_mem_mb"] for r in seeds.values()]),
+                       "epochs": "/".join(sorted({str(r["epochs"]) for r in seeds.values() if r.get("epochs")})),
+                       "steps": _same([r.get("steps") for r in seeds.values()]),
+                       "n_train": _same([r.get("n_train") for r in seeds.values()]),
+                       "n_test": _same([r.get("n_test") for r in seeds.values()]),
+                       "_runs": [seeds[s] for s in sorted(seeds)]}
+                commits = sorted({r["commit"] for r in seeds.values() if r.get("commit")})
+                if len(commits) > 1:
+                    notes.append(f"{database} {mode} {row['row']}: its runs come from different code versions "
+                                 f"({', '.join(commits)})")
                 for extra in METRIC_ORDER:  # secondary metrics for the report (OA and AA on segmentation data)
                     vals = {s: r[extra] for s, r in seeds.items() if r.get(extra) is not None}
                     if vals:
                         pct = [100.0 * v for v in vals.values()]
                         row[f"_{extra}"] = (sum(pct) / len(pct), _sd(pct))
-                table.append(row)
-    table.sort(key=lambda r: (databases.index(r["database"]), r["mode"], GROUP_ORDER.index(r["group"])
-                              if r["group"] in GROUP_ORDER else 99, _method_rank(r["method"])))
-    return table
+                out.append(row)
+    return out
+
+
+def _same(values):
+    """The value all runs share; their mean where they differ (``None`` without values)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return values[0] if len(set(values)) == 1 else _mean(values)
 
 
 def _mean(values) -> float:
@@ -216,25 +249,30 @@ def _fmt(value):
 
 
 def runs_columns(runs: list[dict]) -> list[str]:
-    metrics = list(dict.fromkeys(k for r in runs for k in r if k not in (
-        "database", "mode", "seed", "method", "role", "best_epoch", "wall_time_s", "peak_mem_mb", "run_dir")))
+    fixed = set(RUN_COLUMNS) | set(RUN_TAIL)
+    metrics = list(dict.fromkeys(k for r in runs for k in r if k not in fixed and not k.startswith("_")))
     metrics.sort(key=lambda m: METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER))
-    return ["database", "mode", "seed", "method", "role", *metrics, "best_epoch", "wall_time_s", "peak_mem_mb",
-            "run_dir"]
+    return [*RUN_COLUMNS, *metrics, *RUN_TAIL]
 
 
-def write_all(sweep: Path, log=print) -> list[dict]:
-    """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep``."""
+def write_all(sweep: Path, log=print, problems: list[str] | None = None) -> list[dict]:
+    """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep``; runs that
+    cannot be read and nodes without a finished run are appended to ``problems`` (and the tables' notes)."""
     from utils.errors import UserError
     from utils.sweep.report import write_reports
 
     sweep = Path(sweep)
     if not (sweep / "runs").is_dir():
         raise UserError(f"{sweep} is not a sweep directory (no runs/ folder); pass the --out_dir of a sweep")
-    runs = collect_runs(sweep)
+    problems = [] if problems is None else problems
+    runs = collect_runs(sweep, problems)
+    runs.sort(key=lambda r: (r["database"], r["mode"], _method_rank(r["method"]), r["config"], r["seed"]))
     atomic_write_text(sweep / "runs.csv", _csv(runs, runs_columns(runs)))
-    table = build_table(runs)
+    notes: list[str] = []
+    table = build_table(runs, notes=notes)
     atomic_write_text(sweep / "table.csv", _csv(table, list(TABLE_COLUMNS)))
-    write_reports(sweep, table)
+    write_reports(sweep, table, problems + notes)
     log(f"Aggregated {len(runs)} runs into {sweep}/runs.csv, table.csv, table.md, table.tex, table.png")
+    for line in problems:
+        log(f"warning: {line}")
     return table

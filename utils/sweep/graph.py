@@ -7,9 +7,14 @@ its ``teacher_kind`` names: the ``main-T.py`` node (``"multimodal"``) or the ``m
 (``"crossmodal"``). ``Method.sweep_flags`` are added to the method's runs. Nothing here names a method, so a newly
 registered method joins the sweep as it is.
 
-A node's identity is its script and the flags that define what it computes (runtime flags such as ``--device`` or
-``--threads`` excluded, the teacher's checkpoint replaced by the teacher node's id); its directory
-``DIR/runs/<id>`` carries a hash of that identity, so a changed command line never reuses a stale run.
+A node's identity is its script, the flags that define what it computes (runtime flags such as ``--device`` or
+``--threads`` excluded, the teacher's checkpoint replaced by the teacher node's id) and the digest of its data
+(utils.provenance.data_digest: the data files' contents, so another ``--data_root`` holding other data is another
+node); its directory ``DIR/runs/<id>`` carries a hash of that identity, so a changed command line or changed data
+never reuses a stale run. ``-- --epochs N`` gives every training stage N epochs: each stage-epoch flag a script has
+(``--epochs_*``, ``--*_epochs``: MST-Distill's ``--epochs_s1``/``--epochs_s2``, FitNets' ``--hint_epochs``, MGDFR's
+``--co_epochs``) gets N unless given itself or by the method's ``--set``. Every node also names its sweep
+configuration (:func:`sweep_config`), by which the table pairs a method with its baseline (docs/sweep.md).
 """
 from __future__ import annotations
 
@@ -44,6 +49,14 @@ class Node:
     #: id of the node whose best.pth is this node's --ckpt_name
     teacher: str | None = None
     deps: list[str] = field(default_factory=list)
+    #: SHA-256 of the node's data (utils.provenance.data_digest)
+    data_digest: str | None = None
+    #: the sweep configuration: shared flags, the baselines' --set and the data (:func:`sweep_config`)
+    config: str = ""
+    #: what the configuration is, for the table's notes: the shared flags, the baselines' --set, the data digest
+    config_text: str = ""
+    #: the flags that are the method's own (its sweep_flags and --set), not the sweep configuration's
+    own: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -55,7 +68,8 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Node":
-        return cls(**data)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def comparison_methods() -> dict[str, type]:
@@ -118,9 +132,56 @@ def parse_sets(items: list[str], names: list[str]) -> dict[str, list[list[str]]]
     return out
 
 
-def _node_id(label: str, script: str, args: list[str], teacher: str | None) -> str:
-    digest = hashlib.sha1(json.dumps([script, args, teacher]).encode()).hexdigest()[:8]
+def _node_id(label: str, script: str, args: list[str], teacher: str | None, data: str | None) -> str:
+    digest = hashlib.sha1(json.dumps([script, args, teacher, data]).encode()).hexdigest()[:8]
     return f"{label}-{digest}"
+
+
+def is_stage_epochs(flag: str) -> bool:
+    """A flag setting the epochs of one training stage (``--epochs_s1``, ``--hint_epochs``), not ``--epochs``."""
+    return flag.startswith("--epochs_") or flag.endswith("_epochs")
+
+
+def _normalised(groups: list[list[str]]) -> list[list[str]]:
+    """``--lr=0.1`` and ``--lr 0.1`` alike."""
+    return [[*g[0].split("=", 1), *g[1:]] for g in groups]
+
+
+def sweep_config(database: str, shared: list[list[str]], baseline_sets: list[list[str]], data: str | None) -> str:
+    """The label of a sweep configuration: ``cfg-`` and a hash of the flags given to every script, the ``--set`` of
+    the teacher and no-KD scripts (they define every method's baseline) and the data. Methods run with the same
+    label are compared with the same no-KD runs; a method's own ``--set`` does not change the label."""
+    digest = hashlib.sha256(json.dumps([database, _normalised(shared), _normalised(baseline_sets), data])
+                            .encode()).hexdigest()[:8]
+    return f"cfg-{digest}"
+
+
+def config_text(shared: list[list[str]], sets: dict, data: str | None) -> str:
+    """``-- --epochs 2; --set S:--mfeat_m1=kar; data 214098b17455``."""
+    parts = [f"-- {' '.join(t for g in shared for t in g)}" if shared else "no flags after --"]
+    parts += [f"--set {method}:{'='.join(g)}" for method in (TEACHER, BASELINE) for g in sets.get(method, [])]
+    return "; ".join(parts + [f"data {(data or '?')[:12]}"])
+
+
+def node_data_digest(method: str, tokens: list[str], cache: dict) -> str | None:
+    """The data digest of a node whose script gets ``tokens`` (defining and runtime flags): its script's parser
+    fills the defaults (``--data_root`` included) and the dataset says what its data is. ``None`` where the
+    options cannot be read (the run itself then reports why)."""
+    from datasets import get_spec
+    from kd_methods import get_method
+    from utils.cli import build_parser
+    from utils.provenance import data_digest
+
+    try:
+        args, _ = build_parser(get_method(method)).parse_known_args(tokens)
+        spec = get_spec(args.database).configured(args)
+        key = (spec.name, str(Path(args.data_root).resolve()), json.dumps(vars(args), sort_keys=True, default=str)
+               if spec.data_files is None else "")
+        if key not in cache:
+            cache[key] = data_digest(spec, args)
+        return cache[key]
+    except (UserError, OSError, ValueError):
+        return None
 
 
 def default_threads(jobs: int) -> int:
@@ -179,28 +240,48 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
     user_threads = any(flag_name(g) == "--threads" for g in passthrough + sum(per_method.values(), []))
     threads = [] if user_threads else ["--threads", str(default_threads(jobs))]
 
-    def flags_for(method: str, base: list[str]) -> tuple[list[str], list[str]]:
+    def epochs_of(groups: list[list[str]]) -> str | None:
+        values = [(g[0].split("=", 1) + g[1:])[1:] for g in groups if flag_name(g) == "--epochs"]
+        return values[-1][0] if values and values[-1] else None
+
+    def flags_for(method: str, base: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """The node's defining flags, runtime flags and own flags (its sweep_flags and --set)."""
         from kd_methods import get_method
 
         args, extra = list(base), list(threads)
-        groups = [[flag] for flag in get_method(method).sweep_flags]
-        groups += [g for g in passthrough if flag_name(g) in accepted[method]] + per_method.get(method, [])
-        for group in groups:
+        fixed, sets = [[flag] for flag in get_method(method).sweep_flags], per_method.get(method, [])
+        shared = [g for g in passthrough if flag_name(g) in accepted[method]]
+        epochs = epochs_of(sets) or epochs_of(passthrough)
+        given = {flag_name(g) for g in passthrough + sets}
+        stages = [[flag, epochs] for flag in sorted(accepted[method])
+                  if epochs is not None and is_stage_epochs(flag) and flag not in given]
+        for group in fixed + shared + stages + sets:
             (extra if flag_name(group) in runtime else args).extend(group)
-        return args, extra
+        return args, extra, sum(fixed + sets, [])
 
+    shared_flags = [g for g in passthrough if flag_name(g) not in runtime]
+    baseline_sets = per_method.get(TEACHER, []) + per_method.get(BASELINE, [])
+    digests: dict = {}
     nodes: list[Node] = []
 
     def add(method, spec, mode, seed, teacher=None) -> Node:
         base = ["--database", spec.name, *(["--mode", mode] if mode else []), "--seed", str(seed)]
-        args, extra = flags_for(method, base)
+        args, extra, own = flags_for(method, base)
+        data = node_data_digest(method, args + extra, digests)
         label = "_".join([spec.name, *([mode] if mode else []), f"seed{seed}", method])
-        node = Node(id=_node_id(label, script_of(method), args, teacher.id if teacher else None), method=method,
+        node = Node(id=_node_id(label, script_of(method), args, teacher.id if teacher else None, data), method=method,
                     script=script_of(method), database=spec.name, mode=mode, seed=seed,
                     role=ROLES.get(method, "method"), args=args, runtime=extra,
-                    teacher=teacher.id if teacher else None, deps=[teacher.id] if teacher else [])
+                    teacher=teacher.id if teacher else None, deps=[teacher.id] if teacher else [], data_digest=data,
+                    config=sweep_config(spec.name, shared_flags, baseline_sets, configs.get(spec.name)), own=own,
+                    config_text=config_text(shared_flags, per_method, configs.get(spec.name)))
         nodes.append(node)
         return node
+
+    configs = {}
+    for spec in specs:  # a sweep configuration's data: that of its teacher runs (the shared flags, no --set)
+        tokens = ["--database", spec.name] + [t for g in passthrough if flag_name(g) in accepted[TEACHER] for t in g]
+        configs[spec.name] = node_data_digest(TEACHER, tokens, digests)
 
     for spec in specs:
         needed_modes = list(modes)

@@ -74,10 +74,12 @@ def run_dirs(node_dir: Path, method: str, database: str) -> list[Path]:
 def node_state(node_dir: Path, method: str, database: str) -> tuple[str, Path | None]:
     """``("done", run dir)``, ``("resume", run dir)`` or ``("new", None)`` from the files on disk."""
     dirs = run_dirs(node_dir, method, database)
-    done = [d for d in dirs if (d / "results.json").is_file()]
+    done = [d for d in dirs if isinstance(read_json(d / "results.json"), dict)]
     if done:
         return "done", done[-1]
-    resumable = [d for d in dirs if (d / "checkpoint.pth").is_file()]
+    # a results.json that cannot be read is no finished run, and its directory cannot be resumed (--resume would
+    # call it finished): the node runs afresh
+    resumable = [d for d in dirs if (d / "checkpoint.pth").is_file() and not (d / "results.json").exists()]
     if resumable:
         return "resume", resumable[-1]
     return "new", None

@@ -28,19 +28,31 @@ def row_key(method: str) -> str:
     return f"{BASELINE}-other" if method.startswith(f"{BASELINE}-") else method
 
 
+def key_of(row: dict) -> str:
+    """The table row a ``table.csv`` row belongs to: the method, with its configuration where several are shown
+    (``KD [cfg-1a2b3c4d]``)."""
+    return row.get("row") or row_key(row["method"])
+
+
+def base_of(key: str) -> str:
+    return key.split(" ", 1)[0]
+
+
 def row_label(key: str) -> str:
-    return {TEACHER: "Teacher, multimodal (T)", f"{BASELINE}-other": "Teacher, cross-modal (S of the other mode)",
-            BASELINE: "w/o KD (S)"}.get(key, key)
+    base, _, rest = key.partition(" ")
+    label = {TEACHER: "Teacher, multimodal (T)", f"{BASELINE}-other": "Teacher, cross-modal (S of the other mode)",
+             BASELINE: "w/o KD (S)"}.get(base, base)
+    return f"{label} {rest}" if rest else label
 
 
 def _layout(table: list[dict]):
     columns = list(dict.fromkeys((r["database"], r["mode"]) for r in table))
-    cells = {(row_key(r["method"]), r["database"], r["mode"]): r for r in table}
+    cells = {(key_of(r), r["database"], r["mode"]): r for r in table}
     groups: dict[str, list[str]] = {}
     for r in table:
         keys = groups.setdefault(r["group"], [])
-        if row_key(r["method"]) not in keys:
-            keys.append(row_key(r["method"]))
+        if key_of(r) not in keys:
+            keys.append(key_of(r))
     ordered = [(g, groups[g]) for g in GROUP_ORDER if g in groups] + [(g, k) for g, k in groups.items()
                                                                        if g not in GROUP_ORDER]
     return columns, cells, ordered
@@ -101,7 +113,7 @@ def tables(table: list[dict]) -> list[dict]:
         for group, keys in groups:
             rows = []
             for key in keys:
-                if key in skip:
+                if base_of(key) in skip:
                     continue
                 row_cells, styles = [], []
                 for column in columns:
@@ -122,6 +134,9 @@ def tables(table: list[dict]) -> list[dict]:
          lambda r: (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} ({_p(r['p_ttest'])}; "
                     f"{_p(r['p_wilcoxon'])}; {r['wins']}/{r['losses']}/{r['ties']})") if r.get("n_paired", 1)
          else MISSING, skip=(BASELINE,))
+    if len({(r.get("epochs"), r.get("steps")) for r in table}) > 1:  # budgets differ: on the page, per cell
+        grid("Budget per run: epochs per training stage (optimiser steps in all; the steps are the budget)",
+             lambda r: f"{r.get('epochs') or MISSING} ({_steps(r.get('steps'))})")
     grid("Cost per run: mean wall time (s) / peak memory of the run's process (MB, host RSS)",
          lambda r: f"{r['wall_time_s']:.1f} s / " + (MISSING if math.isnan(r["peak_mem_mb"]) else
                                                       f"{r['peak_mem_mb']:.0f} MB"))
@@ -130,6 +145,19 @@ def tables(table: list[dict]) -> list[dict]:
             grid(f"{name} (%), datasets whose headline is mIoU",
                  lambda r, e=extra: _pm(*r[f"_{e}"]) if r.get("metric") != "accuracy" and f"_{e}" in r else MISSING)
     return out
+
+
+def _steps(steps) -> str:
+    return MISSING if steps is None or (isinstance(steps, float) and math.isnan(steps)) else f"{steps:.0f} steps"
+
+
+def budget_note(table: list[dict]) -> list[str]:
+    """One line when every run had the same budget (else the budget table shows each)."""
+    budgets = {(r.get("epochs"), r.get("steps")) for r in table}
+    if len(budgets) != 1:
+        return []
+    epochs, steps = budgets.pop()
+    return [f"Budget: every run trained {epochs or MISSING} epochs per stage, {_steps(steps)} in all"]
 
 
 def to_markdown(report: list[dict]) -> str:
@@ -212,8 +240,22 @@ def plot(table: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def write_reports(sweep: Path, table: list[dict]) -> None:
+def notes_markdown(notes: list[str]) -> str:
+    return "\n**Notes**\n\n" + "".join(f"- {line}\n" for line in notes) if notes else ""
+
+
+def notes_latex(notes: list[str]) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"  \\item {_tex_escape(line)}\n" for line in notes)
+    return f"\n\\paragraph{{Notes}}\n\\begin{{itemize}}\n{items}\\end{{itemize}}\n"
+
+
+def write_reports(sweep: Path, table: list[dict], notes: list[str] = ()) -> None:
+    """``table.md``, ``table.tex`` (the tables, then ``notes``: what was left out, what is not paired and why,
+    budgets) and ``table.png``."""
     report = tables(table)
-    atomic_write_text(Path(sweep) / "table.md", to_markdown(report))
-    atomic_write_text(Path(sweep) / "table.tex", to_latex(report))
+    notes = [*budget_note(table), *notes]
+    atomic_write_text(Path(sweep) / "table.md", to_markdown(report) + notes_markdown(notes))
+    atomic_write_text(Path(sweep) / "table.tex", to_latex(report) + notes_latex(notes))
     plot(table, Path(sweep) / "table.png")

@@ -95,9 +95,10 @@ def main(argv=None) -> int:
         if args.aggregate:
             from utils.sweep.aggregate import write_all
 
-            write_all(Path(args.out_dir), log=print)
+            problems: list[str] = []
+            write_all(Path(args.out_dir), log=print, problems=problems)
             print(f"Sweep directory: {args.out_dir}")
-            return 0
+            return 1 if problems else 0
         return run_sweep(args, run_flags)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -129,8 +130,11 @@ def write_node_files(sweep: Path, nodes: list[Node]) -> None:
     for node in nodes:
         node_dir = runs / node.id
         node_dir.mkdir(exist_ok=True)
-        if node_mod.read_json(node_dir / "node.json") != node.to_dict():
-            node_mod.write_json(node_dir / "node.json", node.to_dict())
+        old = node_mod.read_json(node_dir / "node.json") or {}
+        # a node shared by sweeps of several configurations (e.g. the no-KD runs of two method sets) belongs to each
+        data = {**node.to_dict(), "configs": list(dict.fromkeys([*old.get("configs", []), node.config]))}
+        if old != data:
+            node_mod.write_json(node_dir / "node.json", data)
     write_commands(sweep, nodes)
 
 

@@ -1,0 +1,103 @@
+"""Read a sweep's run directories: one row per finished run, and what could not be read (docs/sweep.md).
+
+A row is one run of one configuration: runs are told apart by ``(database, mode, seed, method, config_digest)``,
+so a second sweep with other flags or other data on the same directory adds rows instead of replacing (or
+silently joining) the first one's; of the runs of one configuration and seed the newest counts. Each row names
+the sweep configurations its node belongs to (``configs``, from ``node.json``), its budget and code version. A
+``results.json`` that cannot be read, and a node of the last sweep (``graph.json``) without a finished run, are
+returned as problems: the tables are written from the readable runs and ``--aggregate`` exits 1.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from utils.sweep.graph import BASELINE, TEACHER
+from utils.sweep.node import node_state, read_json
+
+TEACHER_MODES = "m1+m2"
+
+
+def _budget(results: dict) -> tuple[str | None, int | None]:
+    budget = results.get("budget") or {}
+    epochs = budget.get("epochs") or {}
+    return ("+".join(str(e) for e in epochs.values()) if epochs else results.get("epochs")), budget.get("steps")
+
+
+def _commit(results: dict) -> str | None:
+    code = results.get("code") or {}
+    if not code.get("commit"):
+        return None
+    return code["commit"][:10] + ("+dirty" if code.get("dirty") else "")
+
+
+def _data_key(results: dict) -> str:
+    """What "the same data" means for pairing: the data digest and the dataset's options (preprocessing)."""
+    config = results.get("config") or {}
+    arguments = config.get("arguments") or {}
+    try:
+        from utils.provenance import dataset_options
+
+        options = dataset_options(results.get("database"), arguments)
+    except Exception:  # noqa: BLE001 - a database no longer registered: its digest alone
+        options = {}
+    return json.dumps([results.get("data_digest"), options], sort_keys=True, default=str)
+
+
+def run_row(results: dict, run_dir: Path, node: dict) -> dict:
+    """The ``runs.csv`` row of a run (plus private fields for the table, which start with ``_``)."""
+    method = results.get("method")
+    role = {TEACHER: "teacher-mm", BASELINE: "no-kd"}.get(method, "method")
+    sizes = results.get("split_sizes") or {}
+    sweep_info = read_json(run_dir / "sweep.json", {}) or {}
+    test = results.get("metrics", {}).get("test", {})
+    epochs, steps = _budget(results)
+    configs = node.get("configs") or ([node["config"]] if node.get("config") else [""])
+    return {"database": results.get("database"), "mode": TEACHER_MODES if role == "teacher-mm" else results.get("mode"),
+            "seed": results.get("seed"), "method": method, "role": role,
+            **{k: v for k, v in test.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "best_epoch": results.get("best_epoch"),
+            "wall_time_s": round(float(results.get("wall_time_s") or 0.0)
+                                 + float(sweep_info.get("killed_attempts_wall_s") or 0.0), 2),
+            "peak_mem_mb": results.get("peak_mem_mb", sweep_info.get("peak_mem_mb")),
+            "config": ";".join(configs), "config_digest": results.get("config_digest") or "",
+            "n_train": sizes.get("train"), "n_val": sizes.get("val"), "n_test": sizes.get("test"),
+            "epochs": epochs, "steps": steps, "commit": _commit(results), "run_dir": str(run_dir),
+            "_configs": configs, "_data": _data_key(results), "_own": " ".join(node.get("own") or []),
+            "_config_text": node.get("config_text", "")}
+
+
+def collect_runs(sweep: Path, problems: list[str] | None = None) -> list[dict]:
+    """One row per finished run and configuration under ``sweep/runs`` (the newest of one configuration and seed);
+    what cannot be read is appended to ``problems``."""
+    problems = [] if problems is None else problems
+    rows: dict[tuple, tuple[float, dict]] = {}
+    for results_path in sorted(Path(sweep, "runs").glob("*/*/*/*/results.json")):
+        run_dir = results_path.parent
+        try:
+            results = json.loads(results_path.read_text())
+            if not isinstance(results, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            problems.append(f"{results_path} cannot be read ({type(error).__name__}); left out; running the sweep "
+                            f"again redoes that run")
+            continue
+        row = run_row(results, run_dir, read_json(run_dir.parents[2] / "node.json", {}) or {})
+        key = (row["database"], row["mode"], row["seed"], row["method"], row["config_digest"])
+        mtime = results_path.stat().st_mtime
+        if key not in rows or rows[key][0] < mtime:
+            rows[key] = (mtime, row)
+    missing_nodes(Path(sweep), problems)
+    return [row for _, row in rows.values()]
+
+
+def missing_nodes(sweep: Path, problems: list[str]) -> None:
+    """Nodes of the last sweep (``graph.json``) without a finished run."""
+    graph = read_json(sweep / "graph.json", []) or []
+    missing = [node for node in graph if isinstance(node, dict) and
+               node_state(sweep / "runs" / node.get("id", ""), node.get("method"), node.get("database"))[0] != "done"]
+    if missing:
+        shown = ", ".join(node["id"] for node in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                                                 else "")
+        problems.append(f"{len(missing)} node(s) of the last sweep have no finished run ({shown}); their cells are "
+                        f"missing or have fewer seeds; running the sweep again runs them")
