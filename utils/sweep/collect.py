@@ -79,6 +79,9 @@ def collect_runs(sweep: Path, problems: list[str] | None = None) -> list[dict]:
             if not isinstance(results, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as error:
+            node = read_json(run_dir.parents[2] / "node.json", {}) or {}
+            if node and node_state(run_dir.parents[2], node.get("method"), node.get("database"))[0] == "done":
+                continue  # the node was run again since: its readable run counts
             problems.append(f"{results_path} cannot be read ({type(error).__name__}); left out; running the sweep "
                             f"again redoes that run")
             continue

@@ -59,17 +59,23 @@ def _layout(table: list[dict]):
 
 
 def _ranks(table, columns, cells, groups) -> dict:
-    """(row key, column) -> 1 (best) or 2 (second) among the student rows of each column."""
+    """(row key, column) -> 1 (best) or 2 (second) among the student rows of each column and sweep configuration
+    (rows of different configurations are not ranked against each other)."""
     ranks = {}
     for column in columns:
-        scored = [(cells[(k, *column)]["mean"], k) for g, keys in groups if g != "teacher" for k in keys
-                  if (k, *column) in cells and not math.isnan(cells[(k, *column)]["mean"])]
-        values = sorted({v for v, _ in scored}, reverse=True)
-        for value, key in scored:
-            if values and value == values[0]:
-                ranks[(key, column)] = 1
-            elif len(values) > 1 and value == values[1]:
-                ranks[(key, column)] = 2
+        by_config: dict[str, list] = {}
+        for g, keys in groups:
+            for k in keys:
+                cell = cells.get((k, *column))
+                if g != "teacher" and cell is not None and not math.isnan(cell["mean"]):
+                    by_config.setdefault(cell.get("config", ""), []).append((cell["mean"], k))
+        for scored in by_config.values():
+            values = sorted({v for v, _ in scored}, reverse=True)
+            for value, key in scored:
+                if value == values[0]:
+                    ranks[(key, column)] = 1
+                elif len(values) > 1 and value == values[1]:
+                    ranks[(key, column)] = 2
     return ranks
 
 
