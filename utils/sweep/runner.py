@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reproduce.py", description=(
         "Run the comparison sweep (teachers, no-KD baselines, every method, modes, seeds) as a dependency graph "
         "and aggregate it into tables with paired statistics. Flags after -- go to every run whose script "
-        "accepts them."))
+        "accepts them; -- --epochs N gives every training stage of every method N epochs (MST-Distill's "
+        "--epochs_s1 and --epochs_s2, FitNets' --hint_epochs, MGDFR's --co_epochs and any other --epochs_* / "
+        "--*_epochs flag) unless that flag is given itself or by the method's --set. A table cell holds runs of "
+        "one configuration only, paired with the no-KD runs of the same flags and data (docs/sweep.md)."))
     parser.add_argument("--database", nargs="+", default=["Synthetic-MVD"], metavar="NAME",
                         help="datasets (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", default=["m1", "m2"], help="student modalities (default: m1 m2)")
