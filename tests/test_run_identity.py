@@ -142,6 +142,23 @@ def test_test_t_takes_the_checkpoints_folder_and_batch_size_and_prints_no_best_e
     assert tested["data_digest"] == json.loads((paired_runs["teacher"] / "results.json").read_text())["data_digest"]
 
 
+def test_a_resumed_run_refuses_a_teacher_file_changed_since_it_started(paired_runs, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "teacher.pth"
+    shutil.copy(paired_runs["teacher"] / "best.pth", teacher)
+    run = run_dir_of(run_script("main-KD.py", "--database", "Paired", "--data_root", paired_runs["A"], "--ckpt_name",
+                                teacher, "--out_dir", tmp_path / "kd", *QUICK, in_process=True))
+    (run / "results.json").unlink()  # as if it had died after its last checkpoint
+    other = run_dir_of(run_script("main-T.py", "--database", "Paired", "--data_root", paired_runs["A"], "--lr", "0.01",
+                                  "--out_dir", tmp_path / "t2", *QUICK, in_process=True))
+    shutil.copy(other / "best.pth", teacher)  # another teacher written over the file the run started from
+    resumed = run_script("main-KD.py", "--resume", run, "--device", "cpu", check=False, in_process=True)
+    assert resumed.returncode == 2
+    line = resumed.stderr.strip().splitlines()[-1]
+    assert "started from other inputs" in line and f"--ckpt_name {teacher}" in line
+
+
 # -- the sweep -------------------------------------------------------------------------------------------------
 def test_epochs_after_the_separator_set_every_training_stage():
     nodes = sweep_graph.build_graph(["UCI-MFeat"], ["m1"], [0], ["MST-Distill", "FitNets", "MGDFR", "KD"],
