@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.base import DatasetSpec, TensorSource, check_shape, open_npy
 from datasets.checks import integer_labels
 from datasets.minmax import normalise_per_sample
-from utils.errors import UserError
 
 NAME = "AV-MNIST"
 FOLDER = "avmnist"
@@ -35,20 +34,12 @@ def paths(data_root: str | Path) -> dict[str, dict[str, Path]]:
                    "label": root / f"{part}_labels.npy"} for part in PARTS}
 
 
-def _open(path: Path, description: str) -> np.ndarray:
-    require_file(path, description, NAME)
-    try:
-        return np.load(path, mmap_mode="r")
-    except ValueError as error:
-        raise UserError(f"{path} is not a readable .npy file ({error}) for {NAME}") from None
-
-
 def load(args: argparse.Namespace) -> TensorSource:
     images, audios, labels = [], [], []
     for part, files in paths(args.data_root).items():
-        image = _open(files["image"], f"{part} images, [n, 784]")
-        audio = _open(files["audio"], f"{part} audio spectrograms, [n, 112, 112]")
-        label = _open(files["label"], f"{part} digit labels, [n]")
+        image = open_npy(files["image"], f"{part} images, [n, 784]")
+        audio = open_npy(files["audio"], f"{part} audio spectrograms, [n, 112, 112]", NAME)
+        label = open_npy(files["label"], f"{part} digit labels, [n]", NAME)
         n = image.shape[0] if image.ndim else None
         check_shape(image.shape, (n, 28, 28) if image.ndim == 3 else (n, 784), files["image"], NAME)
         check_shape(audio.shape, (n, 112, 112), files["audio"], NAME)

@@ -11,6 +11,7 @@ finite values); what is read from files per batch is checked by :class:`BatchLoa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -222,6 +223,53 @@ def require_file(path: Path, description: str, spec_name: str) -> Path:
             f"put it there or pass --data_root (README, section 'Data: {spec_name}')"
         )
     return Path(path)
+
+
+def open_npy(path: Path, description: str, spec_name: str, mmap: bool = True, fix: str | None = None) -> np.ndarray:
+    """The one reader of ``.npy`` data files for every database: the array (memory-mapped unless ``mmap`` is
+    False), or one :class:`UserError` line naming the file and what is wrong with it: missing, empty (0 bytes),
+    cut short, a ``.npz`` archive saved under a ``.npy`` name, pickled Python objects (never loaded: they could run
+    code), or not a NumPy file at all. ``fix`` says how to write it properly (default: the dataset's README
+    section)."""
+    fix = fix or f"README, section 'Data: {spec_name}'"
+    path = Path(path)
+    require_file(path, description, spec_name)
+    what = f"{path} ({description}) for {spec_name}"
+    try:
+        size = path.stat().st_size
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False) if size else None
+    except ValueError as error:
+        text = str(error)
+        if "pickle" in text:
+            raise UserError(f"{what} is not a NumPy .npy array: it holds pickled Python objects (or no .npy header "
+                            f"at all), which are never loaded; save a numeric array with numpy.save ({fix})") from None
+        raise UserError(f"{what} is truncated or malformed ({text.splitlines()[0]}); write it again with "
+                        f"numpy.save ({fix})") from None
+    except (OSError, EOFError) as error:
+        text = getattr(error, "strerror", None) or str(error)
+        detail = text.splitlines()[0] if text else "it ended early"
+        raise UserError(f"{what} cannot be read ({detail}); it may be truncated: write it again with numpy.save "
+                        f"({fix})") from None
+    if array is None:
+        raise UserError(f"{what} is empty (0 bytes); write it again with numpy.save ({fix})")
+    if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for a zip archive, whatever its name
+        with contextlib.suppress(Exception):
+            array.close()
+        raise UserError(f"{what} is a .npz archive (numpy.savez) saved under a .npy name; save the array itself "
+                        f"with numpy.save ({fix})")
+    return array
+
+
+def read_text(path: Path, expected: str) -> str:
+    """A text file of a dataset (split file, metadata) as UTF-8, or one :class:`UserError` line: unreadable, or
+    binary content where ``expected`` text was meant."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {error.start}); expected "
+                        f"{expected}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}; expected {expected}") from None
 
 
 def check_shape(array_shape, expected: tuple, path, spec_name: str) -> None:

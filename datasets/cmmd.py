@@ -51,10 +51,10 @@ def read_tuple(file_path: Path):
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(file_path, weights_only=True)
     except Exception as error:  # noqa: BLE001 -- any unpickling failure is a bad file for the user
-        reason = str(error).strip().splitlines()
-        reason = next((line for line in reason if "Unsupported global" in line), reason[-1] if reason else "")
+        from utils.rundir import torch_load_failure
+
         raise UserError(f"{file_path} could not be read as a tuple of NumPy arrays with torch.load(weights_only="
-                        f"True) ({reason.strip()}); rebuild it with data_preprocess/crisismmd.py") from None
+                        f"True): {torch_load_failure(error)}; rebuild it with data_preprocess/crisismmd.py") from None
 
 
 def load(args: argparse.Namespace) -> TensorSource:

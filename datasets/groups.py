@@ -39,11 +39,9 @@ PARTS = ("train", "val", "test")
 def read_groups(path: Path, n: int) -> np.ndarray:
     """``[N]`` group ids (integers or strings) from a ``.npy`` file; refuses pickled objects and other shapes."""
     fix = "save one integer or string id per sample with numpy.save (e.g. the subject of each sample)"
-    try:
-        groups = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UserError(f"{path} is not a readable .npy array of group ids ({str(error).splitlines()[0]}); "
-                        f"{fix}") from None
+    from datasets.base import open_npy
+
+    groups = open_npy(path, "group id per sample, [N]", "Paired", mmap=False, fix=fix)
     if groups.ndim != 1 or len(groups) != n:
         raise UserError(f"{path} has shape {list(groups.shape)}, expected [{n}] (one group id per sample); {fix}")
     if groups.dtype.kind not in "iuUS":

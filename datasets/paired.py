@@ -3,7 +3,8 @@
 ``--database Paired --data_root DIR`` reads
 
 * ``DIR/m1.npy``, ``DIR/m2.npy``: ``[N, ...]`` arrays of any per-sample shape and numeric dtype, memory-mapped (read a
-  batch at a time, so they may be larger than memory); row ``i`` of both is the same sample;
+  batch at a time, so they may be larger than memory); row ``i`` of both is the same sample; ``[N]`` is one value
+  per sample (read as ``[N, 1]``);
 * ``DIR/labels.npy``: ``[N]`` integer class ids ``0..K-1``;
 * ``DIR/splits.csv`` (optional): columns ``group_0..group_19``, each a permutation of ``0..N-1`` as the reference's
   split files; ``--seed s`` reads ``group_s`` and cuts it 60/20/20. Without it the same 20-permutation procedure
@@ -21,10 +22,12 @@ channel (the first per-sample dimension: a vector's columns, an image's channels
 deviation of the training split; ``none`` feeds the values as they are.
 
 Refused with one line, before training: files of different ``N``; labels that are not integers or not in
-``0..K-1``; NaN or infinite values; a train split of any of the 20 seeds without a sample of some class (all seeds
-checked before the first run), a val or test split of ``--seed`` without one, a split with fewer samples than a
-batch; a malformed ``splits.csv``, ``meta.json``
-or ``groups.npy``; a ``splits.csv`` that puts one group into two parts.
+``0..K-1``; NaN or infinite values, or values too large for float32; a train split of any of the 20 seeds without a
+sample of some class (all seeds checked before the first run), a val or test split of ``--seed`` without one; a
+malformed ``splits.csv``, ``meta.json`` or ``groups.npy``; a ``splits.csv`` that puts one group into two parts;
+files that are empty, truncated, ``.npz`` archives or pickles. A split smaller than a batch is evaluated as one
+short batch. ``python check_data.py DIR`` runs every check and prints a summary without training
+(:mod:`utils.datacheck`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import DatasetSpec, DataSource
+from datasets.base import DatasetSpec, DataSource, open_npy, read_text
 from datasets.checks import check_classes
 from datasets.groups import check_disjoint, group_splits, read_groups
 from datasets.splits import NUM_GROUPS, check_seed, cut, generate_permutations
@@ -54,21 +57,30 @@ def _path(args, name: str) -> Path:
     return Path(args.data_root) / name
 
 
+FIX = "README, section 'Use your own data'"
+
+
 def _open(path: Path, description: str) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"missing data file {path} ({description}) for Paired; write it with numpy.save or pass "
-                        f"--data_root (README, section 'Use your own data')")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UserError(f"{path} is not a readable .npy array ({str(error).splitlines()[0]}); write it with "
-                        f"numpy.save") from None
+                        f"--data_root ({FIX})")
+    return open_npy(path, description, NAME, fix=FIX)
 
 
-def _numeric(array: np.ndarray, path: Path) -> None:
-    if array.dtype.kind not in "biuf" or array.ndim < 2:
+def read_features(root: Path, modality: str) -> np.ndarray:
+    """``DIR/<modality>.npy`` as ``[N, ...]``: a numeric array with at least one value per sample; ``[N]`` (one
+    value per sample) is read as ``[N, 1]``."""
+    path = root / f"{modality}.npy"
+    array = _open(path, f"modality {modality}, [N, ...]")
+    if array.dtype.kind not in "biuf" or array.ndim < 1:
         raise UserError(f"{path} has dtype {array.dtype} and shape {list(array.shape)}; expected a numeric array "
-                        f"[N, ...] with one row per sample")
+                        f"[N, ...] (bool, integer or float) with one row per sample")
+    if array.ndim == 1:
+        array = array.reshape(len(array), 1)
+    if 0 in array.shape[1:]:
+        raise UserError(f"{path} has shape {list(array.shape)}: its samples hold no values; expected [N, ...] with "
+                        f"at least one value per sample")
+    return array
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -88,40 +100,72 @@ def read_labels(path: Path) -> np.ndarray:
 
 
 def read_meta(args) -> dict:
+    """``meta.json``, checked: a JSON object with ``modalities`` (``{"m1": str, "m2": str}``), ``class_names`` (a
+    list of strings) and ``num_classes`` (an integer), each optional."""
     path = _path(args, "meta.json")
     if not path.is_file():
         return {}
     try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); see README, section 'Use your own data'") from None
+        meta = json.loads(read_text(path, f"a JSON object ({FIX})"))
+    except ValueError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); see {FIX}") from None
+    example = '{"modalities": {"m1": "image", "m2": "text"}, "class_names": ["cat", "dog"]}'
     if not isinstance(meta, dict):
-        raise UserError(f"{path} must hold a JSON object such as {{\"modalities\": {{\"m1\": \"image\", "
-                        f"\"m2\": \"text\"}}, \"class_names\": [...]}}")
+        raise UserError(f"{path} must hold a JSON object such as {example}")
     unknown = set(meta) - {"modalities", "class_names", "num_classes"}
     if unknown:
         raise UserError(f"{path} has unknown keys {sorted(unknown)}; known: modalities, class_names, num_classes")
+    modalities = meta.get("modalities", {})
+    if not isinstance(modalities, dict) or set(modalities) - {"m1", "m2"} or not all(
+            isinstance(v, str) for v in modalities.values()):
+        raise UserError(f"{path}: \"modalities\" must map m1 and m2 to names (strings), e.g. {example}; got "
+                        f"{json.dumps(modalities)[:80]}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise UserError(f"{path}: \"class_names\" must be a list of strings, one per class 0..K-1; got "
+                        f"{json.dumps(names)[:80]}")
+    k = meta.get("num_classes")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise UserError(f"{path}: \"num_classes\" must be an integer; got {json.dumps(k)[:40]}")
     return meta
 
 
 def num_classes(labels: np.ndarray, meta: dict, root: Path) -> int:
     """``K``: meta.json's ``num_classes`` or ``len(class_names)``, else the largest label + 1; labels in 0..K-1."""
     names = meta.get("class_names")
+    meta_path, labels_path = root / "meta.json", root / "labels.npy"
+    if names is not None and meta.get("num_classes", len(names)) != len(names):
+        raise UserError(f"{meta_path}: num_classes is {meta['num_classes']} but class_names lists {len(names)} "
+                        f"names; give one name per class")
     k = meta.get("num_classes", len(names) if names is not None else (int(labels.max()) + 1 if len(labels) else 0))
-    if not isinstance(k, int) or k < 2 or (names is not None and len(names) != k):
-        raise UserError(f"{root / 'meta.json'}: num_classes must be an integer >= 2 equal to len(class_names)")
-    if len(labels) and (labels.min() < 0 or labels.max() >= k):
-        value = int(labels.min()) if labels.min() < 0 else int(labels.max())
+    if len(labels) and labels.min() < 0:
+        value = int(labels.min())
         sample = int(np.flatnonzero(labels == value)[0])
-        raise UserError(f"{root / 'labels.npy'} has label {value} at sample {sample}, outside 0..{k - 1} "
-                        f"({k} classes); class ids must be 0..K-1")
+        raise UserError(f"{labels_path} has label {value} at sample {sample}, outside 0..K-1; class ids must be "
+                        f"0..K-1")
+    if len(labels) and labels.max() >= k and ("num_classes" in meta or names is not None):
+        value = int(labels.max())
+        sample = int(np.flatnonzero(labels == value)[0])
+        declared = f"num_classes {k}" if "num_classes" in meta else f"{k} class_names"
+        raise UserError(f"{meta_path} declares {declared}, but {labels_path} has label {value} (sample {sample}); "
+                        f"list one class name per class 0..{value} in meta.json (or fix the labels)")
+    if k < 2 and len(labels):  # no samples at all: the engine says so (datasets/checks.py)
+        where = meta_path if ("num_classes" in meta or names is not None) else labels_path
+        raise UserError(f"{where}: {k} class(es); classification needs at least 2 classes (labels.npy holds "
+                        f"{len(np.unique(labels)) if len(labels) else 0} distinct label(s))")
     return k
 
 
+#: the largest magnitude a value may have: batches are read as float32, where anything larger becomes infinite
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(array: np.ndarray, path: Path) -> None:
-    """One chunked pass: the first sample holding NaN or an infinite value ends the run with one line."""
+    """One chunked pass: the first sample holding NaN or an infinite value, or a value too large for float32 (it
+    would become infinite when read), ends the run with one line."""
     if array.dtype.kind != "f":
         return
+    wide = array.dtype.itemsize > 4
     for start in range(0, len(array), CHUNK_ROWS):
         chunk = np.asarray(array[start:start + CHUNK_ROWS]).reshape(min(CHUNK_ROWS, len(array) - start), -1)
         finite = np.isfinite(chunk).all(axis=1)
@@ -129,6 +173,14 @@ def check_finite(array: np.ndarray, path: Path) -> None:
             row = start + int(np.flatnonzero(~finite)[0])
             raise UserError(f"{path} has NaN or infinite values (first at sample {row}); replace or drop those "
                             f"samples")
+        if wide:
+            too_large = (np.abs(chunk) > FLOAT32_MAX).any(axis=1)
+            if too_large.any():
+                row = start + int(np.flatnonzero(too_large)[0])
+                value = float(chunk[row - start][np.abs(chunk[row - start]) > FLOAT32_MAX][0])
+                raise UserError(f"{path} has values beyond the float32 range (first at sample {row}: {value:.3g}; "
+                                f"largest allowed {FLOAT32_MAX:.3g}), which become infinite when read as float32; "
+                                f"rescale the data")
 
 
 class PairedSource(DataSource):
@@ -190,10 +242,7 @@ class PairedSource(DataSource):
 
 def load(args: argparse.Namespace) -> PairedSource:
     root = Path(args.data_root)
-    m1 = _open(root / "m1.npy", "modality m1, [N, ...]")
-    m2 = _open(root / "m2.npy", "modality m2, [N, ...]")
-    _numeric(m1, root / "m1.npy")
-    _numeric(m2, root / "m2.npy")
+    m1, m2 = read_features(root, "m1"), read_features(root, "m2")
     labels = read_labels(root / "labels.npy")
     if not len(m1) == len(m2) == len(labels):
         raise UserError(f"{root}: m1.npy has N={len(m1)}, m2.npy N={len(m2)} and labels.npy N={len(labels)} "
@@ -211,7 +260,7 @@ def read_splits_csv(path: Path, n: int, seed: int) -> np.ndarray:
         return UserError(f"{path} is malformed: {why}; expected columns group_0..group_19 (one row per sample, each "
                          f"column a permutation of 0..N-1), or delete it to use the generated split")
 
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "columns group_0..group_19 of sample indices").splitlines()
     header = [h.strip() for h in lines[0].split(",")] if lines else []
     if not header or header != [f"group_{g}" for g in range(len(header))]:
         raise malformed(f"header {','.join(header[:4])}{'...' if len(header) > 4 else ''}")
@@ -240,6 +289,12 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
     """The split of ``--seed``: ``splits.csv`` (checked to keep groups together when ``groups.npy`` exists), else
     whole groups of ``groups.npy`` per part, else the reference's permutations; all seeds checked for classes."""
     check_seed(args.seed)
+    return all_splits(args, n, log)[args.seed]
+
+
+def all_splits(args: argparse.Namespace, n: int, log=print) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(train, val, test)`` of every seed (as :func:`resolve_split` chooses them), every train split checked to
+    hold every class."""
     root = Path(args.data_root)
     labels = read_labels(root / "labels.npy")
     k = num_classes(labels, read_meta(args), root)
@@ -262,19 +317,15 @@ def resolve_split(args: argparse.Namespace, n: int, log=print):
         splits = [cut(permutation) for permutation in generate_permutations(n)]
     # every seed's train split before any run, so a sweep is not stopped at a later seed
     check_classes(labels, k, dict(enumerate(splits)), str(root), SPLIT_FIX, parts=("train",))
-    return splits[args.seed]
+    return splits
 
 
 def fit(source: PairedSource, splits: dict, args: argparse.Namespace) -> PairedSource:
-    """Check every split (a sample of each class, at least one batch), then learn the training statistics."""
+    """Check every split (a sample of each class), then learn the training statistics. A split smaller than a batch
+    is one short batch."""
     check_classes(source.y, num_classes(source.y, read_meta(args), source.root),
                   {args.seed: tuple(splits[name] for name in ("train", "val", "test"))}, str(source.root),
                   SPLIT_FIX)
-    for name, indices in splits.items():
-        if len(indices) < args.batch_size:
-            raise UserError(f"the {name} split of {source.root} (seed {args.seed}) has {len(indices)} samples, "
-                            f"fewer than a batch (--batch_size {args.batch_size}); pass a smaller --batch_size or "
-                            f"add samples")
     if args.paired_norm == "standardize":
         source.fit_statistics(np.asarray(splits["train"]))
     return source
@@ -291,7 +342,7 @@ def configure(args: argparse.Namespace) -> DatasetSpec:
     root = Path(args.data_root)
     if not all((root / f).is_file() for f in ("m1.npy", "m2.npy", "labels.npy")):
         return SPEC
-    shapes = {m: tuple(_open(root / f"{m}.npy", f"modality {m}").shape[1:]) for m in ("m1", "m2")}
+    shapes = {m: tuple(read_features(root, m).shape[1:]) for m in ("m1", "m2")}
     meta = read_meta(args)
     k = num_classes(read_labels(root / "labels.npy"), meta, root)
     modalities = {**SPEC.modalities, **meta.get("modalities", {})}
@@ -341,3 +392,4 @@ SPEC = DatasetSpec(
     run_tag=run_tag,
     input_shapes={"m1": (16,), "m2": (16,)},
 )
+

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import DataSource, DatasetSpec, check_shape, require_file
+from datasets.base import DataSource, DatasetSpec, check_shape, open_npy
 from datasets.checks import integer_labels
 from datasets.groups import group_splits
 from datasets.splits import resolve_split as reference_split
@@ -55,11 +55,7 @@ def paths(data_root: str | Path) -> dict[str, Path]:
 
 
 def _open(path: Path, description: str) -> np.ndarray:
-    require_file(path, description, NAME)
-    try:
-        return np.load(path, mmap_mode="r")
-    except ValueError as error:
-        raise UserError(f"{path} is not a readable .npy file ({error}) for {NAME}") from None
+    return open_npy(path, description, NAME)
 
 
 # ----------------------------------------------------------------------------------------- statistics cache

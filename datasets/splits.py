@@ -44,8 +44,10 @@ def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
 def read_group(path: str | Path, seed: int, regenerate: str = "") -> np.ndarray:
     """Column ``group_<seed>`` of a split file; ``regenerate`` is the command that rewrites it, for messages."""
     path = Path(path)
-    with open(path) as handle:
-        header = [name.strip() for name in handle.readline().strip().split(",")]
+    from datasets.base import read_text
+
+    lines = read_text(path, f"a split file with the columns group_0..group_{NUM_GROUPS - 1}").splitlines()
+    header = [name.strip() for name in (lines[0] if lines else "").strip().split(",")]
     column = f"group_{seed}"
     if column not in header:
         found = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "") if any(header) else "none"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import DataSource, DatasetSpec, check_shape, require_file
+from datasets.base import DataSource, DatasetSpec, check_shape, open_npy, read_text, require_file
 from utils.errors import UserError
 
 NAME = "VGGSound-50k"
@@ -59,30 +59,26 @@ def seg_label_path(base: Path, sample: str) -> Path:
 def read_metadata(path: Path, num_classes: int = NUM_CLASSES) -> tuple[list[str], np.ndarray]:
     """Sample names and int64 class ids in file order; blank lines are skipped, anything else malformed fails."""
     names, classes = [], []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            name, sep, class_id = line.rpartition("&")
-            try:
-                value = int(class_id) if sep and name else -1
-            except ValueError:
-                value = -1
-            if not 0 <= value < num_classes:
-                raise UserError(f"{path}, line {number}: expected '<sample_name>&<class_id>' with a class id in "
-                                f"0..{num_classes - 1}, got {line[:80]!r}")
-            names.append(name)
-            classes.append(value)
+    text = read_text(path, "one '<sample_name>&<class_id>' line per sample")
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, class_id = line.rpartition("&")
+        try:
+            value = int(class_id) if sep and name else -1
+        except ValueError:
+            value = -1
+        if not 0 <= value < num_classes:
+            raise UserError(f"{path}, line {number}: expected '<sample_name>&<class_id>' with a class id in "
+                            f"0..{num_classes - 1}, got {line[:80]!r}")
+        names.append(name)
+        classes.append(value)
     return names, np.asarray(classes, dtype=np.int64)
 
 
 def _read(path: Path, expected: tuple, description: str) -> np.ndarray:
-    require_file(path, description, NAME)
-    try:
-        array = np.load(path)
-    except (ValueError, OSError) as error:
-        raise UserError(f"{path} is not a readable .npy file ({error}) for {NAME}") from None
+    array = open_npy(path, description, NAME, mmap=False)
     check_shape(array.shape, expected, path, NAME)
     return array
 

@@ -20,75 +20,15 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from utils.atomic import atomic_write_bytes, interrupts_deferred, write_failure  # noqa: F401 - re-exported
 from utils.errors import UserError
-
-
-def atomic_write_bytes(path: Path, writer, fix: str = "check the free space and permissions there, or pass "
-                                                    "another --out_dir", make_parents: bool = False) -> None:
-    """Write through ``writer(handle)`` into a temporary file, then rename it over ``path``. On any failure the
-    temporary file is removed (a full disk must not keep a half-written checkpoint of a gigabyte), and a failed
-    write is one :class:`UserError` line naming the file and ``fix``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if make_parents:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        with interrupts_deferred():
-            with open(tmp, "wb") as handle:
-                writer(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        reason = write_failure(error)
-        if reason is None:
-            raise
-        raise UserError(f"cannot write {path}: {reason}; {fix}") from None
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C during the block takes effect when it ends (as KeyboardInterrupt), so a file is never left half-written.
-
-    An interrupted ``torch.save`` also leaves its C++ stream writer behind, whose destructor later writes to the
-    closed file and aborts the interpreter (``terminate called after throwing ... write to closed file``). Only the
-    main thread receives signals; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:  # the process ignores Ctrl-C (e.g. started in the background): nothing to defer
-        yield
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if received:  # delivered again to whatever handled it before: KeyboardInterrupt for Python's default
-        signal.raise_signal(signal.SIGINT)
-
-
-def write_failure(error: BaseException) -> str | None:
-    """Why a write failed, for an error the user can fix (no space, no permission, not a directory), else None.
-    ``torch.save`` reports a failed write as a RuntimeError of its stream writer."""
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    if isinstance(error, RuntimeError) and "write" in str(error).lower():
-        return str(error).strip().splitlines()[0]
-    return None
 
 
 def check_writable(folder: str | Path) -> None:
@@ -118,6 +58,14 @@ def _make_run_path(out_dir, method: str, database: str, tag: str) -> Path:
         raise UserError(f"cannot create the run directory {path}: {error.strerror or error}; pass a writable "
                         f"--out_dir") from None
     return path
+
+
+def _remove_run_path(path: Path) -> None:
+    """Delete a run directory and its ``<method>/<database>`` folders when that leaves them empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    for folder in (path.parent, path.parent.parent):
+        with contextlib.suppress(OSError):  # not empty: other runs live there
+            folder.rmdir()
 
 
 class _NotLocked:
@@ -182,7 +130,30 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise UserError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {torch_load_failure(error)}") from None
+
+
+#: what torch's zip reader says about a file cut short or not a zip archive at all
+_TRUNCATED = ("failed finding central directory", "failed reading zip archive", "invalid header",
+              "unexpected eof", "ran out of input", "file not found", "truncated")
+
+
+def torch_load_failure(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words that name the real problem: a file cut short (an
+    interrupted copy) or not a checkpoint, or content the safe loader refuses (Python objects beyond tensors and
+    plain data). torch's own advice to retry with ``weights_only=False`` is not passed on: that runs any code the
+    file holds."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines).lower()
+    if "weights only load failed" in text or "weights_only" in text:
+        unsupported = next((line for line in lines if "unsupported" in line.lower()), None)
+        detail = f" ({unsupported.rstrip('.')})" if unsupported else ""
+        return (f"it holds Python objects beyond tensors and plain data{detail}, which the safe loader "
+                f"(weights_only=True) refuses; only checkpoints of plain data are read")
+    if isinstance(error, (OSError, EOFError)) or any(marker in text for marker in _TRUNCATED):
+        detail = lines[0].split(". ")[0].rstrip(".") if lines else "the file ended early"
+        return f"the file is truncated or not a torch checkpoint ({detail}); copy it again or use another file"
+    return lines[0] if lines else type(error).__name__
 
 
 def full_method_state(saved: dict, path: str | Path) -> dict | None:
@@ -320,14 +291,21 @@ class RunDir:
         out_dir, method, database, tag, args_dict = pending
         path = _make_run_path(out_dir, method, database, tag)
         early = "".join(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} {m}\n" for t, m in self._early)
-        atomic_write_bytes(path / "log.txt", lambda handle: handle.write(early.encode()))
-        kept = {k: v for k, v in vars(self).items() if v is not None and k not in ("path", "logger", "_writer")}
-        self.__init__(path, self.record)
-        for key, value in kept.items():  # attributes set while deferred (e.g. by the engine)
-            if getattr(self, key, None) is None:
-                setattr(self, key, value)
-        self._pending, self._early = None, []
-        atomic_write_json(args_dict, path / "args.json")
+        try:
+            atomic_write_bytes(path / "log.txt", lambda handle: handle.write(early.encode()))
+            kept = {k: v for k, v in vars(self).items() if v is not None and k not in ("path", "logger", "_writer")}
+            self.__init__(path, self.record)
+            for key, value in kept.items():  # attributes set while deferred (e.g. by the engine)
+                if getattr(self, key, None) is None:
+                    setattr(self, key, value)
+            self._pending, self._early = None, []
+            atomic_write_json(args_dict, path / "args.json")
+        except BaseException:  # e.g. a full disk: the directory just created holds nothing to resume
+            if self.logger is not None:
+                self.close()
+            _remove_run_path(path)
+            self.path = None
+            raise
         return path
 
     @property
@@ -343,10 +321,7 @@ class RunDir:
         ``<method>/<database>`` folders when that leaves them empty."""
         self.close()
         if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            for folder in (self.path.parent, self.path.parent.parent):
-                with contextlib.suppress(OSError):  # not empty: other runs live there
-                    folder.rmdir()
+            _remove_run_path(self.path)
 
     @classmethod
     def reopen(cls, path: Path, record: bool = True, keep_metrics=lambda row: True):
