@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
                 for item in value if isinstance(value, list) else [value]:
                     check_number(flag_name(action), item, action.dest)
             elif isinstance(value, str) and is_path_flag(action.dest):
-                setattr(namespace, action.dest, os.path.expanduser(value))
+                setattr(namespace, action.dest, checked_path(flag_name(action), os.path.expanduser(value)))
         for dest in CHECKPOINT_FLAGS:
             check_checkpoint_path(namespace, dest)
         return namespace, extras
@@ -39,9 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 #: numeric flags by name (shell-style patterns, first match wins): (lowest value, whether it is allowed). Every
 #: float must also be finite. Integers not listed are counts and must be >= 1; learning rates must be > 0.
+#: ``--epochs 0`` would test an untrained model; a stage's own epoch count (MST-Distill's ``--epochs_s2 0``,
+#: FitNets' ``--hint_epochs 0``) may be 0 to skip that stage.
 NUMBER_RULES = (
     ("cuda_id", 0, True), ("num_workers", 0, True), ("seed", 0, True), ("*_seed", 0, True),
-    ("epochs", 0, True), ("epochs_*", 0, True), ("*_epochs", 0, True),
+    ("epochs", 1, True), ("epochs_*", 0, True), ("*_epochs", 0, True),
     ("mvd_decisive_*", 0, True), ("mvd_shared", 0, True),
     ("lr", 0, False), ("*_lr", 0, False), ("*_mb", 0, True), ("w_*", 0, True), ("*_weight", 0, True),
     ("*temperature", 0, False), ("*_T", 0, False), ("*_t", 0, False),
@@ -74,6 +76,39 @@ def check_number(flag: str, value, dest: str) -> None:
         bound = f">= {low}" if inclusive else f"> {low}"
         hint = "; leave it out for no cap" if dest == "max_steps" else ""
         raise UserError(f"{flag} must be {bound}, got {value}{hint}")
+
+
+def checked_path(flag: str, value: str) -> str:
+    """``value`` unless it is a symbolic link that never reaches a file or folder (a loop, or a dangling link)."""
+    if value and os.path.islink(value) and not os.path.exists(value):
+        try:
+            os.stat(value)
+        except OSError as error:
+            raise UserError(f"{flag} {value} is a symbolic link that leads nowhere ({error.strerror}); point it at "
+                            f"an existing file or folder") from None
+    return value
+
+
+def dataset_options() -> dict[str, str]:
+    """Option destination -> the database whose ``add_arguments`` defines it (e.g. ``mfeat_m1`` -> UCI-MFeat)."""
+    owners = {}
+    for spec in DATASETS.values():
+        if spec.add_arguments is not None:
+            probe = argparse.ArgumentParser(add_help=False)
+            spec.add_arguments(probe)
+            owners.update({action.dest: spec.name for action in probe._actions})
+    return owners
+
+
+def check_dataset_options(args: argparse.Namespace, given: dict) -> None:
+    """A dataset's options given for another database are refused: they would be silently ignored (``--mfeat_m1
+    kar`` with ``--database Synthetic-MVD`` trains on Synthetic-MVD)."""
+    database = get_spec(args.database).name
+    for dest, owner in dataset_options().items():
+        if dest in given and owner != database:
+            flag = "--" + dest
+            raise UserError(f"{flag} is an option of --database {owner}, but this run uses {database}; pass "
+                            f"--database {owner}, or drop {flag}")
 
 
 def check_checkpoint_path(namespace, dest: str) -> None:
@@ -176,10 +211,12 @@ def parse_args(method_cls, argv=None) -> argparse.Namespace:
         from utils.resume import resume_args
 
         return resume_args(method_cls, parser, args, given_flags(method_cls, argv))
+    given = given_flags(method_cls, argv)
     if method_cls.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
         from utils.provenance import adopt_checkpoint_settings
 
-        adopt_checkpoint_settings(method_cls, args, given_flags(method_cls, argv))
+        adopt_checkpoint_settings(method_cls, args, given)
+    check_dataset_options(args, given)
     return finalize_args(method_cls, args)
 
 
@@ -198,8 +235,8 @@ def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
     if method_cls.needs_checkpoint and not getattr(args, "ckpt_name", None):
         raise UserError(f"{method_cls.name} needs a pre-trained teacher: pass --ckpt_name PATH "
                         f"(a best.pth from main-T.py / main-S.py, or a reference state dict)")
-    if args.batch_size < 1 or args.epochs < 0 or args.lr <= 0:
-        raise UserError("--batch_size must be >= 1, --epochs >= 0 and --lr > 0")
+    if args.batch_size < 1 or args.epochs < 1 or args.lr <= 0:
+        raise UserError("--batch_size must be >= 1, --epochs >= 1 and --lr > 0")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1")
     method_cls.check_args(args, spec)

@@ -23,6 +23,7 @@ from datasets.splits import resolve_split
 from kd_methods.base import Method, RunContext, Stage
 from utils import cli
 from utils.errors import NonFiniteLossError, RunInterrupted, UserError
+from utils.health import read_metrics, training_warnings
 from utils.metrics import ConfusionMatrix
 from utils import provenance
 from utils.rundir import RunDir, full_method_state, load_checkpoint
@@ -468,6 +469,10 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
     }
     for name, (side, side_modalities) in method.side_models().items():  # e.g. MST-Distill's no-KD baseline
         results["extra"][name] = method.side_model_results(name, evaluate_splits(side, side_modalities, ctx), metrics)
+    results["warnings"] = training_warnings(read_metrics(run_dir.path), metrics["val"], ctx.spec.num_classes,
+                                            ctx.spec.is_segmentation)
+    for warning in results["warnings"]:
+        run_dir.log(f"warning: {warning}")
     run_dir.write_results(results)
     test = metrics["test"]
     shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU"))

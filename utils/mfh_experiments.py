@@ -34,7 +34,7 @@ from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_k
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
 from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN, SWEEP_FIXED, TABLE2_ROWS,
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
-from utils.errors import UserError
+from utils.errors import NonFiniteLossError, UserError
 from utils.rundir import RunDir, atomic_save, atomic_write_bytes, atomic_write_json
 from utils.script import exit_on_error
 
@@ -273,6 +273,8 @@ def compute_ranking(args, ctx, run_dir: RunDir) -> dict:
     teacher_mod = ctx.spec.other_modality(student_mod)
     model_a, inputs_a = load_network(ctx, args.model_a, args.ckpt_a, teacher_mod, "a")
     model_b, inputs_b = load_network(ctx, args.model_b, args.ckpt_b, student_mod, "b")
+    layer = args.layer if args.layer is not None else default_layer(model_a)
+    layer_arg = check_layer(model_a, inputs_a, layer)  # before the joint training, which may take a while
     if not args.ckpt_a:  # Synthetic-MVD only (checked by parse_args)
         run_dir.log(f"Algorithm 1 step 1: joint training of {model_a.model_name} ({'+'.join(inputs_a)}) and "
                     f"{model_b.model_name} ({'+'.join(inputs_b)}), full batch, SGD lr {args.joint_lr} momentum "
@@ -280,8 +282,6 @@ def compute_ranking(args, ctx, run_dir: RunDir) -> dict:
         train_joint_networks(ctx, model_a, inputs_a, model_b, inputs_b, args.joint_epochs, args.joint_lr, run_dir.log)
     model_a.eval()
     model_b.eval()
-    layer = args.layer if args.layer is not None else default_layer(model_a)
-    layer_arg = check_layer(model_a, inputs_a, layer)
     ranked = rank_channels(ctx, model_a, inputs_a, model_b, inputs_b, layer_arg, args.repeats, args.salience_samples,
                            args.salience_batch, args.seed)
     salience, normalised, order, rank = ranked["salience"], ranked["normalised"], ranked["order"], ranked["rank"]
@@ -525,6 +525,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seed = args.seed if args.seed is not None else 0
     args.runs = args.runs or 3
     args.repeats = args.repeats or 10
+    cli.check_dataset_options(args, cli.given_flags(ExperimentCommand, argv))
     args = cli.finalize_args(ExperimentCommand, args)
     if bool(args.ckpt_a) != bool(args.ckpt_b):
         raise UserError("pass both --ckpt_a and --ckpt_b (networks on modality a and b), or neither")
@@ -535,7 +536,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_experiment(args) -> dict:
-    from utils.runtime import resolve_device, seed_everything
+    from utils.runtime import configure_threads, resolve_device, seed_everything
 
     device = resolve_device(args.device)
     seed_everything(args.seed)
@@ -544,8 +545,7 @@ def run_experiment(args) -> dict:
         # the Gaussian models are tiny ([10, 200, 50] matmuls): intra-op threads only add synchronisation, which
         # made them up to ~100x slower on a loaded 2-core machine
         threads = 1
-    if threads is not None and device.type == "cpu":
-        torch.set_num_threads(threads)
+    threads_line = configure_threads(threads) if threads is not None and device.type == "cpu" else None
     if args.exp in LR_EXPERIMENTS:
         tag = f"runs{args.runs}_seed{args.seed}_ep{args.epochs}"
     else:
@@ -555,6 +555,8 @@ def run_experiment(args) -> dict:
     started = time.time()
     try:
         run_dir.log(f"MFH --exp {args.exp} on {device}; run directory {run_dir.path}")
+        if threads_line is not None:
+            run_dir.log(threads_line)
         if args.exp in ("gamma", "alpha"):
             results = run_sweep(args, run_dir, device)
         elif args.exp == "table2":
@@ -569,6 +571,10 @@ def run_experiment(args) -> dict:
         results["device"] = str(device)
         atomic_write_json(results, run_dir.path / "results.json")
         run_dir.log(f"Done in {results['wall_time_s']:.1f}s")
+    except BaseException as error:  # refused input, full disk, Ctrl-C: nothing worth keeping, except how it diverged
+        if not isinstance(error, NonFiniteLossError):
+            run_dir.remove()
+        raise
     finally:
         run_dir.close()
     print(f"Run directory: {run_dir.path}")

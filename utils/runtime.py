@@ -58,6 +58,11 @@ def default_threads() -> tuple[int, str]:
 def configure_threads(requested: int | None) -> str:
     """Set torch's CPU threads to ``--threads`` or :func:`default_threads`; returns a line for the log."""
     if requested:
+        cpus = cpu_load()[0]
+        if requested > cpus:  # more threads than CPUs only adds contention
+            torch.set_num_threads(cpus)
+            return (f"CPU threads: {cpus} (warning: --threads {requested} exceeds the {cpus} CPUs this process may "
+                    f"use; capped)")
         torch.set_num_threads(requested)
         return f"CPU threads: {requested} (--threads)"
     threads, why = default_threads()
