@@ -108,3 +108,17 @@ def make_dirs(path: Path, fix: str = OUT_DIR_FIX) -> Path:
     except OSError as error:
         raise UserError(f"cannot create the folder {path}: {error.strerror or error}; {fix}") from None
     return Path(path)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail at once, with one line, when run directories cannot be created under ``folder`` (a regular file in
+    the way, no permission, a read-only file system), rather than after the data has loaded."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:  # mkdir -p writes into the first existing ancestor
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out_dir {folder} cannot be created: {probe} is not a directory; pass another --out_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out_dir {folder} is not writable ({probe}: permission denied or a read-only file "
+                        f"system); pass another --out_dir")

@@ -32,9 +32,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.atomic import atomic_write_text
 from utils.sweep.collect import TEACHER_MODES, collect_runs
 from utils.sweep.graph import BASELINE, TEACHER
-from utils.sweep.node import atomic_write_text
 
 GROUP_ORDER = ("teacher", "no-kd", "multimodal-teacher", "crossmodal-teacher", "teacher-free", "MST-Distill", "other")
 METRIC_ORDER = ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU", "loss")

@@ -67,6 +67,30 @@ def run_row(results: dict, run_dir: Path, node: dict) -> dict:
             "_config_text": node.get("config_text", "")}
 
 
+def results_problem(results) -> str | None:
+    """Why a ``results.json`` is not what the scripts write (None when it is): not a JSON object, or fields of the
+    wrong type (``method``/``database``/``mode`` strings, ``seed`` an integer, ``metrics.test`` an object, the
+    timings numbers), which would otherwise end the aggregation in a traceback."""
+    if not isinstance(results, dict):
+        return f"a JSON {type(results).__name__}, not an object"
+    for key in ("method", "database"):
+        if not isinstance(results.get(key), str):
+            return f"'{key}' is {json.dumps(results.get(key))[:40]}, not a string"
+    seed = results.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"'seed' is {json.dumps(seed)[:40]}, not an integer"
+    if results.get("mode") is not None and not isinstance(results.get("mode"), str):
+        return f"'mode' is {json.dumps(results.get('mode'))[:40]}, not a string"
+    metrics = results.get("metrics", {})
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("test", {}), dict):
+        return "'metrics' is not an object with a 'test' object"
+    for key in ("wall_time_s", "peak_mem_mb", "best_epoch"):
+        value = results.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"'{key}' is {json.dumps(value)[:40]}, not a number"
+    return None
+
+
 def collect_runs(sweep: Path, problems: list[str] | None = None) -> list[dict]:
     """One row per finished run and configuration under ``sweep/runs`` (the newest of one configuration and seed);
     what cannot be read is appended to ``problems``."""
@@ -76,14 +100,16 @@ def collect_runs(sweep: Path, problems: list[str] | None = None) -> list[dict]:
         run_dir = results_path.parent
         try:
             results = json.loads(results_path.read_text())
-            if not isinstance(results, dict):
-                raise ValueError("not a JSON object")
+            problem = results_problem(results)
+            if problem is not None:
+                raise ValueError(problem)
         except (OSError, ValueError) as error:
             node = read_json(run_dir.parents[2] / "node.json", {}) or {}
             if node and node_state(run_dir.parents[2], node.get("method"), node.get("database"))[0] == "done":
                 continue  # the node was run again since: its readable run counts
-            problems.append(f"{results_path} cannot be read ({type(error).__name__}); left out; running the sweep "
-                            f"again redoes that run")
+            why = str(error).splitlines()[0][:80] if str(error) else ""
+            problems.append(f"{results_path} cannot be read ({type(error).__name__}{': ' + why if why else ''}); "
+                            f"left out; running the sweep again redoes that run")
             continue
         row = run_row(results, run_dir, read_json(run_dir.parents[2] / "node.json", {}) or {})
         key = (row["database"], row["mode"], row["seed"], row["method"], row["config_digest"])

@@ -132,6 +132,21 @@ def parse_sets(items: list[str], names: list[str]) -> dict[str, list[list[str]]]
     return out
 
 
+def check_script_flags(method: str, tokens: list[str]) -> None:
+    """The flags a node's script would get, parsed by that script's own parser now: a flag without its value
+    (``--set KD:--alpha``), a value of the wrong type or range (``-- --epochs 0``) is one line before any node runs,
+    not a failure of every node."""
+    from kd_methods import get_method
+    from utils.cli import build_parser
+
+    parser = build_parser(get_method(method))
+    parser.prog = script_of(method)
+    try:
+        parser.parse_args(tokens)
+    except UserError as error:
+        raise UserError(f"{script_of(method)} would refuse the flags the sweep gives it: {error}") from None
+
+
 def _node_id(label: str, script: str, args: list[str], teacher: str | None, data: str | None) -> str:
     digest = hashlib.sha1(json.dumps([script, args, teacher, data]).encode()).hexdigest()[:8]
     return f"{label}-{digest}"
@@ -210,6 +225,12 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
             raise UserError(f"unknown method '{name}'; valid methods: {', '.join(registry)}")
     if not modes or not seeds or not specs:
         raise UserError("--database, --modes and --seeds need at least one value each")
+    from datasets.splits import NUM_GROUPS
+
+    bad_seeds = [seed for seed in seeds if not 0 <= seed < NUM_GROUPS]
+    if bad_seeds:  # before any node runs: each would fail on its own, leaving an empty table
+        raise UserError(f"--seeds {' '.join(map(str, bad_seeds))}: valid seeds are 0..{NUM_GROUPS - 1} (a seed also "
+                        f"selects the split column group_<seed>)")
     modes = list(dict.fromkeys(modes))
     seeds = list(dict.fromkeys(seeds))
     for name in methods:
@@ -263,10 +284,14 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
     baseline_sets = per_method.get(TEACHER, []) + per_method.get(BASELINE, [])
     digests: dict = {}
     nodes: list[Node] = []
+    checked: set = set()
 
     def add(method, spec, mode, seed, teacher=None) -> Node:
         base = ["--database", spec.name, *(["--mode", mode] if mode else []), "--seed", str(seed)]
         args, extra, own = flags_for(method, base)
+        if (method, spec.name, mode) not in checked:  # every seed gets the same flags
+            check_script_flags(method, args + extra)
+            checked.add((method, spec.name, mode))
         data = node_data_digest(method, args + extra, digests)
         label = "_".join([spec.name, *([mode] if mode else []), f"seed{seed}", method])
         node = Node(id=_node_id(label, script_of(method), args, teacher.id if teacher else None, data), method=method,
@@ -304,6 +329,6 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
 
 
 def write_graph(nodes: list[Node], path: Path) -> None:
-    from utils.sweep.node import atomic_write_text
+    from utils.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps([n.to_dict() for n in nodes], indent=1) + "\n")

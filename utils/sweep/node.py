@@ -11,7 +11,8 @@ creates under it (``--out_dir`` is the node directory). Under an exclusive lock 
 
 Each attempt records its wall time and its peak memory: the maximum resident set size of the script's process
 (``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
-library, so the wrapper process costs no torch import.
+library (and the project's equally light :mod:`utils.atomic`), so the wrapper process costs no torch
+import.
 
 Warm start (the local launcher's default on Linux, ``reproduce.py --warm_start``): the wrapper is forked from an
 interpreter that has already imported torch and the project (:data:`WARM_PRELOAD`), and it forks the script's
@@ -32,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from utils.atomic import atomic_write_text  # the standard library only, as this module
+
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR_PREFIX = "Run directory: "
 #: what a warm interpreter imports before it forks runs: what every script imports (torch's optimisers import
@@ -40,17 +43,6 @@ WARM_PRELOAD = ["torch", "torch._dynamo", "torch.utils.tensorboard", "utils.engi
                 "datasets"]
 #: the script process of the attempt in progress (so a preemption handler can stop it)
 CURRENT: dict[str, subprocess.Popen] = {}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temporary file, fsync, rename (as utils/rundir.py, which imports torch: this module must stay light)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils.sweep.aggregate import GROUP_ORDER
 from utils.sweep.graph import BASELINE, TEACHER
-from utils.sweep.node import atomic_write_text
+from utils.atomic import atomic_write_bytes, atomic_write_text
 
 GROUP_TITLES = {"teacher": "Teachers", "no-kd": "Without KD", "multimodal-teacher": "Multimodal teacher",
                 "crossmodal-teacher": "Cross-modal teacher", "teacher-free": "Teacher-free",
@@ -240,10 +240,10 @@ def plot(table: list[dict], path: Path) -> None:
             ax.set_xlabel(_metric_note([r for r in table if (r["database"], r["mode"]) == column]))
             ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write_bytes(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def notes_markdown(notes: list[str]) -> str:

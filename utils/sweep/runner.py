@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from utils.atomic import atomic_write_bytes, check_writable, make_dirs
 from utils.errors import UserError
 from utils.sweep import node as node_mod
 from utils.sweep.graph import Node, build_graph, comparison_methods, write_graph
@@ -85,9 +86,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
         raise UserError("--jobs must be >= 1")
+    if args.out_dir is not None and not args.out_dir.strip():
+        raise UserError("--out_dir is empty; pass the sweep's folder (default: runs/sweeps/<databases>)")
     if args.out_dir is None:
         args.out_dir = os.path.join("runs", "sweeps", "+".join(args.database))
-    args.out_dir = str(Path(args.out_dir).resolve())
+    args.out_dir = str(Path(os.path.expanduser(args.out_dir)).resolve())
     return args, run_flags
 
 
@@ -105,6 +108,11 @@ def main(argv=None) -> int:
         return run_sweep(args, run_flags)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
+    except OSError as error:  # a file the sweep reads or creates outside the guarded writes (utils/atomic.py)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; check the free space and permissions of --out_dir",
+              file=sys.stderr)
         sys.exit(UserError.exit_code)
     except KeyboardInterrupt:  # the nodes got the same Ctrl-C; their checkpoints are complete
         print("interrupted; run the same command again to resume the sweep", file=sys.stderr)
@@ -127,12 +135,10 @@ def prepare(args, run_flags) -> tuple[Path, list[Node]]:
 
 
 def write_node_files(sweep: Path, nodes: list[Node]) -> None:
-    runs = sweep / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = make_dirs(sweep / "runs")
     write_graph(nodes, sweep / "graph.json")
     for node in nodes:
-        node_dir = runs / node.id
-        node_dir.mkdir(exist_ok=True)
+        node_dir = make_dirs(runs / node.id)
         old = node_mod.read_json(node_dir / "node.json") or {}
         # a node shared by sweeps of several configurations (e.g. the no-KD runs of two method sets) belongs to each
         data = {**node.to_dict(), "configs": list(dict.fromkeys([*old.get("configs", []), node.config]))}
@@ -165,8 +171,8 @@ def write_commands(sweep: Path, nodes: list[Node]) -> None:
     for node in nodes:
         lines.append(f"# {node.id}")
         lines.append(display_command(sweep, node))
-    node_mod.atomic_write_text(sweep / "commands.sh", "\n".join(lines) + "\n")
-    os.chmod(sweep / "commands.sh", 0o755)
+    atomic_write_bytes(sweep / "commands.sh", lambda handle: (handle.write(("\n".join(lines) + "\n").encode()),
+                                                              os.fchmod(handle.fileno(), 0o755)))
 
 
 def run_sweep(args, run_flags) -> int:
@@ -182,9 +188,11 @@ def run_sweep(args, run_flags) -> int:
             print(display_command(sweep, node, for_shell=False))
         print(f"Sweep directory: {sweep}")
         return 0
-    write_node_files(sweep, nodes)
+    check_writable(sweep)
+    # the launcher first: a launcher that cannot start (no SLURM) leaves no sweep directory behind
     launcher = (SubmititLauncher(sweep, args) if args.launcher == "submitit"
                 else LocalLauncher(sweep, args.devices, warm=args.warm_start))
+    write_node_files(sweep, nodes)
     # commands.sh is rewritten as teachers finish, so it names their real checkpoint paths
     ok = Scheduler(sweep, nodes, launcher, args.jobs, on_done=lambda: write_commands(sweep, nodes)).run()
     write_commands(sweep, nodes)
@@ -345,8 +353,18 @@ class LocalLauncher:
         rc = proc.poll() if isinstance(proc, subprocess.Popen) else proc.exitcode
         if rc is None:
             return None
-        status = node_mod.read_json(self.sweep / "runs" / handle["node"].id / "status.json", {}) or {}
+        node = handle["node"]
+        node_dir = self.sweep / "runs" / node.id
+        status = node_mod.read_json(node_dir / "status.json", {}) or {}
         if status.get("token") != handle["token"]:
+            # another reproduce.py on this sweep directory ran, resumed or skipped the node under the same per-node
+            # lock and wrote status.json after this one's wrapper: what counts is the node's state on disk
+            state, run_dir = node_mod.node_state(node_dir, node.method, node.database)
+            if state == "done":
+                return {"state": "done", "rc": 0, "error": "", "run_dir": str(run_dir), "token": handle["token"],
+                        "attempts": status.get("attempts", [])}
+            if status.get("state") == "failed" and status.get("token"):
+                return status
             return {"state": "failed", "rc": rc, "error": f"node process ended with code {rc} before recording"}
         return status
 
@@ -394,7 +412,12 @@ class SubmititLauncher:
         except ImportError:
             raise UserError("--launcher submitit needs the optional package submitit: pip install submitit") from None
         cluster = None if args.cluster == "auto" else args.cluster
-        self.executor = submitit.AutoExecutor(folder=str(sweep / "submitit" / "%j"), cluster=cluster)
+        try:
+            self.executor = submitit.AutoExecutor(folder=str(sweep / "submitit" / "%j"), cluster=cluster)
+        except (RuntimeError, ValueError) as error:  # e.g. 'Could not detect "srun", are you indeed on a slurm...'
+            raise UserError(f"--launcher submitit --cluster {args.cluster}: no such cluster here ("
+                            f"{str(error).splitlines()[0].rstrip('.?')}); run reproduce.py on a SLURM login node, or "
+                            f"pass --cluster local or --launcher local") from None
         params = {"timeout_min": args.time, "name": "mstd-sweep", "gpus_per_node": args.gpus_per_job or None,
                   "cpus_per_task": args.cpus_per_job}
         if args.partition:
