@@ -37,7 +37,7 @@ def paths(data_root: str | Path) -> dict[str, dict[str, Path]]:
 def load(args: argparse.Namespace) -> TensorSource:
     images, audios, labels = [], [], []
     for part, files in paths(args.data_root).items():
-        image = open_npy(files["image"], f"{part} images, [n, 784]")
+        image = open_npy(files["image"], f"{part} images, [n, 784]", NAME)
         audio = open_npy(files["audio"], f"{part} audio spectrograms, [n, 112, 112]", NAME)
         label = open_npy(files["label"], f"{part} digit labels, [n]", NAME)
         n = image.shape[0] if image.ndim else None

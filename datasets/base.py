@@ -240,7 +240,7 @@ def open_npy(path: Path, description: str, spec_name: str, mmap: bool = True, fi
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False) if size else None
     except ValueError as error:
         text = str(error)
-        if "pickle" in text:
+        if "pickle" in text or "Python objects" in text:
             raise UserError(f"{what} is not a NumPy .npy array: it holds pickled Python objects (or no .npy header "
                             f"at all), which are never loaded; save a numeric array with numpy.save ({fix})") from None
         raise UserError(f"{what} is truncated or malformed ({text.splitlines()[0]}); write it again with "

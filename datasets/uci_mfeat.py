@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import functools
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,13 @@ def read_views(path: Path = DATA_FILE) -> tuple[dict[str, np.ndarray], np.ndarra
     """Every view as float64 ``[2000, D]`` and the labels int64 ``[2000]``."""
     if not Path(path).is_file():
         raise UserError(f"the embedded file {path} is missing; restore it from the repository (git checkout)")
-    with np.load(path) as archive:
-        views = {view: archive[view].astype(np.float64) for view in VIEWS}
-        labels = archive["labels"].astype(np.int64)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            views = {view: archive[view].astype(np.float64) for view in VIEWS}
+            labels = archive["labels"].astype(np.int64)
+    except (ValueError, OSError, EOFError, KeyError, AttributeError, zipfile.BadZipFile) as error:
+        raise UserError(f"the embedded file {path} is damaged ({type(error).__name__}: {str(error)[:80]}); restore "
+                        f"it from the repository (git checkout)") from None
     return views, labels
 
 

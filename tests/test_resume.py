@@ -207,11 +207,11 @@ def test_first_log_line_of_mst_names_the_stage_epochs(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "main-MST-Distill.py"), "--help"], capture_output=True,
                             text=True, timeout=120)
     assert "does not shorten stages 1-2" in " ".join(result.stdout.split())
-    engine.main("MST-Distill", [*MST, "--epochs_s1", "0", "--epochs_s2", "0", "--epochs", "0",
+    engine.main("MST-Distill", [*MST, "--epochs_s1", "0", "--epochs_s2", "0", "--epochs", "1",
                                 "--out_dir", str(tmp_path)])
     (run,) = (tmp_path / "MST-Distill" / "Synthetic-MVD").iterdir()
     first = (run / "log.txt").read_text().splitlines()[0]
-    assert "0 co-training (--epochs_s1) + 0 masknets (--epochs_s2) + 0 distillation (--epochs)" in first
+    assert "0 co-training (--epochs_s1) + 0 masknets (--epochs_s2) + 1 distillation (--epochs)" in first
     assert "--epochs sets stage 3 only" in first
 
 

@@ -173,8 +173,6 @@ def _corrupt(root: Path, case: str) -> list[str]:
         labels = labels.copy()
         labels[labels == 2] = 0
         labels[0] = 2  # one sample of class 2: some split has none
-    elif case == "split smaller than a batch":
-        extra = ["--batch_size", "20"]
     write_paired(root, m1, m2, labels)
     if case == "splits.csv header":
         (root / "splits.csv").write_text("a,b\n" + "\n".join(f"{i},{i}" for i in range(60)))
@@ -194,7 +192,6 @@ def _corrupt(root: Path, case: str) -> list[str]:
     ("NaN", "NaN or infinite values (first at sample 11)"),
     ("inf", "m2.npy has NaN or infinite values (first at sample 4)"),
     ("class missing from a split", "has no sample of class 2"),
-    ("split smaller than a batch", "fewer than a batch (--batch_size 20)"),
     ("splits.csv header", "splits.csv is malformed: header a,b"),
     ("splits.csv not a permutation", "column group_0 is not a permutation"),
     ("meta.json", "meta.json is not valid JSON"),

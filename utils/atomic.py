@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import threading
@@ -89,8 +90,8 @@ def write_failure(error: BaseException, path: Path | None = None) -> str | None:
             return None
         if path is not None and _disk_full(Path(path).parent):
             return os.strerror(errno.ENOSPC)
-        detail = text.splitlines()[0] if text else type(error).__name__
-        return f"the file system refused the write (torch.save: {detail}); the disk may be full"
+        detail = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", text.splitlines()[0]) if text else ""
+        return f"the file system refused the write (torch.save: {detail or type(error).__name__}); the disk may be full"
     return None
 
 
