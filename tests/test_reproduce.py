@@ -277,11 +277,11 @@ def test_submitit_local_executor_failure_propagates(tmp_path):
     """Nodes as submitit jobs (LocalExecutor): a failing teacher's dependents are skipped, the rest runs."""
     sweep = tmp_path / "sw"
     proc = reproduce("--launcher", "submitit", "--cluster", "local", "--time", "10", "--jobs", "2", "--methods",
-                     "KD", "--modes", "m1", "--seeds", "0", "--out_dir", str(sweep), "--set", "T:--lr=-1", "--", *BASE,
-                     check=False)
+                     "KD", "--modes", "m1", "--seeds", "0", "--out_dir", str(sweep), "--set", "T:--Tmodel=CNN-I", "--",
+                     *BASE, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "FAILED   T seed 0 (Synthetic-MVD): error: " in out and "--lr" in out
+    assert "FAILED   T seed 0 (Synthetic-MVD): error: " in out and "CNN-I" in out
     assert "skipped  KD m1 seed 0 (Synthetic-MVD): teacher T seed 0 (Synthetic-MVD) failed" in out
     assert "done     S m1 seed 0 (Synthetic-MVD)" in out
     assert "Nodes: 1 done, 1 failed, 1 skipped (of 3)" in out
@@ -353,12 +353,12 @@ def test_warm_start_gives_the_runs_of_a_fresh_interpreter(tmp_path):
 def test_warm_start_failure_is_recorded_and_dependents_skipped(tmp_path):
     sweep = tmp_path / "sw"
     proc = reproduce("--methods", "KD", "--modes", "m1", "--seeds", "0", "--jobs", "2", "--out_dir", str(sweep),
-                     "--set", "T:--lr=-1", "--", *BASE, check=False)
+                     "--set", "T:--Tmodel=CNN-I", "--", *BASE, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAILED   T seed 0 (Synthetic-MVD): error: " in proc.stdout and "--lr" in proc.stdout
+    assert "FAILED   T seed 0 (Synthetic-MVD): error: " in proc.stdout and "CNN-I" in proc.stdout
     assert "skipped  KD m1 seed 0 (Synthetic-MVD): teacher T seed 0 (Synthetic-MVD) failed" in proc.stdout
     status = json.loads(next((sweep / "runs").glob("*seed0_T-*/status.json")).read_text())
-    assert status["state"] == "failed" and status["rc"] == 2 and "--lr" in status["error"]
+    assert status["state"] == "failed" and status["rc"] == 2 and "CNN-I" in status["error"]
 
 
 def test_warm_start_default_follows_the_platform():
