@@ -84,6 +84,6 @@ def test_results_json_layout(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"method", "database", "mode", "models", "seed", "epochs", "best_epoch", "device",
                             "wall_time_s", "metrics", "extra", "config", "config_digest", "data_digest",
-                            "split_sizes", "checkpoints", "budget", "code"}
+                            "split_sizes", "checkpoints", "budget", "code", "warnings"}
     assert set(results["metrics"]) == {"val", "test"}
     assert all(0 <= results["metrics"]["test"][k] <= 1 for k in METRICS)
