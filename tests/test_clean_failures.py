@@ -451,7 +451,19 @@ def test_check_data_fails_in_one_line(tmp_path, capsys):
     from utils.datacheck import main
 
     root = paired(tmp_path / "d")
-    assert "seed 16) has no sample of class 1" in one_line(capsys, lambda: main([str(root)]))  # 12 test samples
+    assert "has no sample of class" in one_line(capsys, lambda: main([str(root)]))  # 12 test samples per seed
     (root / "labels.npy").write_bytes(b"")
     line = one_line(capsys, lambda: main([str(root)]))
     assert "labels.npy" in line and "is empty (0 bytes)" in line, line
+
+
+def test_check_data_covers_groups_npy(tmp_path, capsys):
+    from utils.datacheck import main
+
+    root = paired(tmp_path / "d", n=150)
+    np.save(root / "groups.npy", np.arange(150) // 5)
+    main([str(root)])
+    assert "whole groups of" in capsys.readouterr().out
+    (root / "groups.npy").write_bytes(b"")
+    line = one_line(capsys, lambda: main([str(root)]))
+    assert "groups.npy" in line and "is empty (0 bytes)" in line, line

@@ -148,7 +148,8 @@ def _first_seed_without_class_in_train(sample: int) -> int:
 @pytest.mark.parametrize("case,message", [
     ("splits.csv straddles groups", r"splits.csv: column group_0 puts group \d+ into both train and (val|test)"),
     ("groups.npy too short", r"groups.npy has shape \[59\], expected \[60\]"),
-    ("groups.npy pickled objects", r"groups.npy is not a readable .npy array of group ids \(Object arrays"),
+    ("groups.npy pickled objects", r"groups.npy \(group id per sample, \[N\]\) for Paired is not a NumPy .npy "
+                                   r"array: it holds pickled Python objects"),
     ("groups.npy floats", r"groups.npy holds float64 values; group ids must be integers or strings"),
     ("groups.npy 2-d", r"groups.npy has shape \[60, 1\], expected \[60\]"),
     ("one huge group", r"groups.npy: no split of seed 0 into whole groups .* largest holds 80% of the samples"),

@@ -3,7 +3,7 @@ with every check a run makes before its first epoch, and print what a run would 
 
 The checks are the run's own (the same loader, split and checks as ``main-*.py --database Paired``): readable,
 numeric ``.npy`` files of the same ``N``, finite values within the float32 range, integer labels ``0..K-1``, a
-valid ``meta.json`` and ``splits.csv``; and for every seed (``--seeds``, default all 20 split columns) non-empty
+valid ``meta.json``, ``splits.csv`` and ``groups.npy`` (no group in two parts); and for every seed (``--seeds``, default all 20 split columns) non-empty
 train/val/test splits that hold every class. Exit code 0 when everything passes, else one ``error:`` line and 2.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "st
     import torch
 
     from datasets import get_spec
-    from datasets.checks import check_splits
-    from datasets.paired import NAME, check_split_classes, read_meta
+    from datasets.checks import check_classes, check_splits
+    from datasets.paired import NAME, SPLIT_FIX, all_splits, read_meta, split_groups
     from datasets.splits import NUM_GROUPS, check_seed
     from kd_methods import get_method
     from utils import cli
@@ -54,14 +54,14 @@ def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "st
     args = cli.parse_args(get_method("S"), argv)
     ctx = build_context(args, torch.device("cpu"), log=notes.append)  # loader, split, every check, statistics
     spec, source = ctx.spec, ctx.source
-    sizes = {}
-    for seed in seeds:
-        args.seed = seed
-        splits = dict(zip(("train", "val", "test"), spec.resolve_split(args, len(source), lambda _: None)))
-        check_splits(spec.name, len(source), splits)
-        check_split_classes(source, splits, spec.num_classes, seed)
-        sizes[seed] = "/".join(str(len(splits[name])) for name in ("train", "val", "test"))
+    every = all_splits(args, len(source), lambda _: None)
+    chosen = {seed: every[seed] for seed in seeds}
+    for seed, split in chosen.items():
+        check_splits(spec.name, len(source), dict(zip(("train", "val", "test"), split)))
+    check_classes(source.labels(), spec.num_classes, chosen, data_root, SPLIT_FIX)
+    sizes = {seed: "/".join(str(len(part)) for part in split) for seed, split in chosen.items()}
     root = Path(data_root)
+    groups = split_groups(args, len(source))
     names = read_meta(args).get("class_names") or [str(k) for k in range(spec.num_classes)]
     counts = np.bincount(source.labels(), minlength=spec.num_classes)
     lines = [f"{root}: every check passed (Paired, as a run would read it)",
@@ -73,7 +73,13 @@ def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "st
     lines.append(f"  labels: {spec.num_classes} classes: " + ", ".join(
         f"{k} {name!r} {int(counts[k])}" if name != str(k) else f"{k}: {int(counts[k])}"
         for k, name in enumerate(names)))
-    origin = root / "splits.csv" if (root / "splits.csv").is_file() else "generated in memory (no splits.csv)"
+    if (root / "splits.csv").is_file():
+        origin = f"{root / 'splits.csv'}" + (f", checked to keep the {len(np.unique(groups))} groups of groups.npy "
+                                              f"together" if groups is not None else "")
+    elif groups is not None:
+        origin = f"whole groups of {root / 'groups.npy'} ({len(np.unique(groups))} groups) per part"
+    else:
+        origin = "generated in memory (no splits.csv, no groups.npy)"
     shown = ", ".join(f"seed {seed} {size}" for seed, size in sizes.items()) if len(set(sizes.values())) > 1 else \
         f"{next(iter(sizes.values()))} for each of seeds {_seed_range(seeds)}"
     lines.append(f"  splits (train/val/test, 60/20/20): {origin}; {shown}; every split holds every class")
