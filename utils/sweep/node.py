@@ -50,10 +50,13 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path, default=None):
+    """The JSON object in ``path``; ``default`` when it is missing, unreadable or not an object (a file changed by
+    hand must not end the sweep in a traceback)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
+    return data if isinstance(data, dict) else default
 
 
 def run_dirs(node_dir: Path, method: str, database: str) -> list[Path]:
