@@ -260,6 +260,18 @@ def open_npy(path: Path, description: str, spec_name: str, mmap: bool = True, fi
     return array
 
 
+@contextlib.contextmanager
+def reading(path: Path, spec_name: str):
+    """A block that reads ``path`` (an HDF5 file read dataset by dataset): a read that fails part-way (a file cut
+    short) is one :class:`UserError` line instead of the reader's traceback."""
+    try:
+        yield
+    except OSError as error:
+        detail = str(error).splitlines()[0] if str(error) else "I/O error"
+        raise UserError(f"{path} cannot be read to the end ({detail}) for {spec_name}; it may be truncated: copy it "
+                        f"again (README, section 'Data: {spec_name}')") from None
+
+
 def read_text(path: Path, expected: str) -> str:
     """A text file of a dataset (split file, metadata) as UTF-8, or one :class:`UserError` line: unreadable, or
     binary content where ``expected`` text was meant."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
+from datasets.base import DatasetSpec, TensorSource, check_shape, reading, require_file
 from datasets.checks import integer_labels
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
@@ -43,7 +43,7 @@ def load(args: argparse.Namespace) -> TensorSource:
         handle = h5py.File(file_path, "r")
     except OSError as error:
         raise UserError(f"{file_path} is not a readable HDF5/MATLAB-v7.3 file ({error}) for {NAME}") from None
-    with handle:
+    with handle, reading(file_path, NAME):
         for key, description in KEYS.items():
             if key not in handle:
                 raise UserError(f"{file_path} has no dataset '{key}' ({description}) for {NAME} "

@@ -263,6 +263,22 @@ def test_paper_loaders_read_through_the_one_guard(tmp_path, capsys, database, re
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("args.json"))
 
 
+def test_a_truncated_hdf5_file_is_one_line(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    root = make_fixture("NYU-Depth-V2", tmp_path / "data")
+    (path,) = root.rglob("*.mat")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    line = refused(capsys, "S", ["--database", "NYU-Depth-V2", "--data_root", root, "--metadata_dir",
+                                 tmp_path / "meta", "--out_dir", tmp_path / "runs", "--no-record", "--device", "cpu"])
+    assert "is not a readable HDF5/MATLAB-v7.3 file" in line and "truncated file" in line, line
+
+
+def test_an_empty_out_dir_is_refused_by_the_scripts_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--out_dir is empty" in refused(capsys, "S", ["--out_dir", "", *QUICK])
+    assert list(tmp_path.iterdir()) == []
+
+
 def paired(root: Path, m1=None, m2=None, labels=None, meta=None, n: int = 60) -> Path:
     rng = np.random.RandomState(0)
     root.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,8 @@ def make_dirs(path: Path, fix: str = OUT_DIR_FIX) -> Path:
 def check_writable(folder: str | Path) -> None:
     """Fail at once, with one line, when run directories cannot be created under ``folder`` (a regular file in
     the way, no permission, a read-only file system), rather than after the data has loaded."""
+    if not str(folder).strip():  # Path("") would be the current directory
+        raise UserError("--out_dir is empty; pass a folder (default: ./runs)")
     folder = Path(folder)
     probe = folder
     while not probe.exists() and probe.parent != probe:  # mkdir -p writes into the first existing ancestor
