@@ -113,13 +113,14 @@ def test_aggregate_leaves_out_results_of_the_wrong_shape_with_a_warning(tmp_path
     _finished_run(tmp_path, "good", GOOD)
     _finished_run(tmp_path, "list", [GOOD])
     _finished_run(tmp_path, "string-seed", {**GOOD, "seed": "1"})
+    _finished_run(tmp_path, "metrics-string", {**GOOD, "seed": 2, "metrics": "high"})
     _finished_run(tmp_path, "not-json", {}).joinpath("results.json").write_bytes(b"\xff\xfe{")
-    assert main(["--aggregate", "--out_dir", str(tmp_path)]) == 0
+    assert main(["--aggregate", "--out_dir", str(tmp_path)]) == 1  # the tables are written; the problems reported
     out = capsys.readouterr()
-    assert "Traceback" not in out.err
+    assert "Traceback" not in out.err and out.err.count("error") == 0
     warnings = [line for line in out.out.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 3, out.out
-    assert any("holds a JSON list" in w for w in warnings) and any("'seed' is \"1\"" in w for w in warnings)
+    assert len(warnings) == 4, out.out
+    assert any("a JSON list, not an object" in w for w in warnings) and any("'seed' is \"1\"" in w for w in warnings)
     assert "Aggregated 1 runs" in out.out
     assert (tmp_path / "runs.csv").read_text().count("\n") == 2
 

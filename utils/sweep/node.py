@@ -50,13 +50,13 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path, default=None):
-    """The JSON object in ``path``; ``default`` when it is missing, unreadable or not an object (a file changed by
-    hand must not end the sweep in a traceback)."""
+    """The JSON in ``path``; ``default`` when it is missing, unreadable or of another kind than ``default`` (an
+    object unless ``default`` is a list): a file changed by hand must not end the sweep in a traceback."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
-    return data if isinstance(data, dict) else default
+    return data if isinstance(data, list if isinstance(default, list) else dict) else default
 
 
 def run_dirs(node_dir: Path, method: str, database: str) -> list[Path]:
