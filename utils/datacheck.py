@@ -3,8 +3,8 @@ with every check a run makes before its first epoch, and print what a run would 
 
 The checks are the run's own (the same loader, split and checks as ``main-*.py --database Paired``): readable,
 numeric ``.npy`` files of the same ``N``, finite values within the float32 range, integer labels ``0..K-1``, a
-valid ``meta.json``, ``splits.csv`` and ``groups.npy`` (no group in two parts); and for every seed (``--seeds``, default all 20 split columns) non-empty
-train/val/test splits that hold every class. Exit code 0 when everything passes, else one ``error:`` line and 2.
+valid ``meta.json``, ``splits.csv`` and ``groups.npy`` (no group in two parts); and for every seed (``--seeds``,
+default all 20 split columns) non-empty train/val/test splits that hold every class. Exit code 0 when everything passes, else one ``error:`` line and 2.
 """
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "st
              f"  N: {len(source)} samples"]
     for modality in ("m1", "m2"):
         array = source.m1 if modality == "m1" else source.m2
-        lines.append(f"  {modality} ({spec.modalities[modality]}): {root / (modality + '.npy')} [{len(array)}, "
-                     f"{', '.join(map(str, array.shape[1:]))}] {array.dtype}; default student {spec.students[modality]}")
+        shape = ", ".join(map(str, array.shape))
+        lines.append(f"  {modality} ({spec.modalities[modality]}): {root / (modality + '.npy')} [{shape}] "
+                     f"{array.dtype}; default student {spec.students[modality]}")
     lines.append(f"  labels: {spec.num_classes} classes: " + ", ".join(
         f"{k} {name!r} {int(counts[k])}" if name != str(k) else f"{k}: {int(counts[k])}"
         for k, name in enumerate(names)))

@@ -43,6 +43,8 @@ def training_warnings(rows: list[dict], val_metrics: dict, num_classes: int, is_
                             f"than {EXPLODED:g}x: training diverged; lower --lr")
     accuracy = val_metrics.get("accuracy")
     if not is_segmentation and num_classes > 1 and isinstance(accuracy, (int, float)) and accuracy <= 1 / num_classes:
-        warnings.append(f"the selected model's validation accuracy {accuracy:.4f} is at or below chance (1/{num_classes}"
-                        f" = {1 / num_classes:.4f}): it learnt nothing useful; check --lr, the epochs and the data")
+        chance = 1 / num_classes
+        warnings.append(f"the selected model's validation accuracy {accuracy:.4f} is at or below chance "
+                        f"(1/{num_classes} = {chance:.4f}): it learnt nothing useful; check --lr, the epochs and the "
+                        f"data")
     return warnings
