@@ -1,0 +1,90 @@
+"""utils/sweep/stats.py against cases computed by hand (the numbers are written out below with their derivation)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from utils.sweep import stats
+
+NAN = math.nan
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all((math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, abs=1e-12)
+                                    for x, y in zip(a, b))
+
+
+def test_holm_step_down_cumulative_max_nan_excluded():
+    # family of m = 4 (the NaN is not a member): sorted 0.01, 0.03, 0.04, 0.5
+    # -> 4 * 0.01 = 0.04; 3 * 0.03 = 0.09; 2 * 0.04 = 0.08, raised to the running max 0.09; 1 * 0.5 = 0.5
+    assert _same(stats.holm([0.01, 0.04, 0.03, NAN, 0.5]), [0.04, 0.09, 0.09, NAN, 0.5])
+
+
+def test_holm_cap_at_one_ties_and_edge_cases():
+    assert _same(stats.holm([0.3, 0.4]), [0.6, 0.6])  # 2 * 0.3 = 0.6; 1 * 0.4 = 0.4 -> max 0.6
+    assert _same(stats.holm([0.6, 0.7]), [1.0, 1.0])  # 1.2 capped at 1; 0.7 -> max 1
+    assert _same(stats.holm([0.02, 0.02, 0.02]), [0.06, 0.06, 0.06])  # 3 * 0.02; 2 * 0.02 -> max; 0.02 -> max
+    assert _same(stats.holm([0.05]), [0.05])  # a family of one is not adjusted
+    assert _same(stats.holm([NAN, NAN]), [NAN, NAN]) and stats.holm([]) == []
+
+
+# d = [1, 2, 3, 4, 5]: mean 3, sum of squared deviations 10, var (ddof 1) 2.5, n = 5, 4 degrees of freedom.
+# Student's t with 4 dof has the closed-form CDF F(t) = 1/2 + 3/8 * u * (1 - t^2 / (12 (1 + t^2/4))),
+# u = t / sqrt(1 + t^2/4); the p-values below are 2 (1 - F(|t|)) evaluated with it.
+DIFFS = [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_plain_paired_ttest_hand_case():
+    # se = sqrt(2.5 / 5) = 0.70711, t = 3 / 0.70711 = 3 sqrt(2) = 4.24264 -> p = 0.0132356
+    assert stats.paired_ttest(DIFFS) == pytest.approx(0.013235599563682587, rel=1e-9)
+
+
+def test_corrected_resampled_ttest_hand_case():
+    # n_train 60, n_test 20 (a 60/20/20 split of 100): variance factor 1/5 + 20/60 = 8/15,
+    # se^2 = 2.5 * 8/15 = 4/3, t = 3 / sqrt(4/3) = 3 sqrt(3) / 2 = 2.59808 -> p = 0.0601698
+    assert stats.corrected_resampled_ttest(DIFFS, 60, 20) == pytest.approx(0.060169846503578484, rel=1e-9)
+    # larger than the plain test's p on the same differences: the overlap of the seeds' test sets is accounted for
+    assert stats.corrected_resampled_ttest(DIFFS, 60, 20) > stats.paired_ttest(DIFFS)
+    # the sign of the mean does not matter (two-sided)
+    assert stats.corrected_resampled_ttest([-d for d in DIFFS], 60, 20) == pytest.approx(0.060169846503578484)
+
+
+def test_tests_undefined_cases():
+    for p in (stats.paired_ttest([2.0]), stats.corrected_resampled_ttest([2.0], 60, 20),
+              stats.corrected_resampled_ttest(DIFFS, None, 20), stats.corrected_resampled_ttest(DIFFS, 60, 0)):
+        assert math.isnan(p)
+    assert stats.paired_ttest([0.0, 0.0, 0.0]) == 1.0 and stats.corrected_resampled_ttest([0.0, 0.0], 6, 2) == 1.0
+    assert stats.paired_ttest([0.5, 0.5]) == 0.0  # zero spread, non-zero mean: t is infinite
+
+
+def test_t_interval_hand_case():
+    # t_{0.975, 4} = 2.7764451 (tables: 2.776); half width 2.7764451 * 0.70710678 = 1.9632432
+    low, high = stats.t_interval(DIFFS)
+    assert low == pytest.approx(3 - 1.9632432, abs=1e-6) and high == pytest.approx(3 + 1.9632432, abs=1e-6)
+    # consistent with the t-test: the 95 % interval excludes 0 exactly when p < 0.05
+    low, high = stats.t_interval([1.0, -0.5, 2.0])
+    assert (low > 0) == (stats.paired_ttest([1.0, -0.5, 2.0]) < 0.05)
+    assert all(math.isnan(v) for v in stats.t_interval([1.0]))
+
+
+def test_power_at_zero_effect_is_alpha_and_matches_a_simulation():
+    assert stats.paired_t_power(5, 0.0, 0.05) == pytest.approx(0.05, abs=1e-9)
+    # simulated power of the paired t-test, n = 5 seeds, effect 1.5, alpha 0.05; tolerance 4 binomial SEs
+    rng = np.random.default_rng(0)
+    draws = 20000
+    d = rng.normal(1.5, 1.0, size=(draws, 5))
+    t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(5))
+    from scipy import stats as sp
+
+    simulated = float(np.mean(np.abs(t) > sp.t.ppf(0.975, 4)))
+    predicted = stats.paired_t_power(5, 1.5, 0.05)
+    assert abs(simulated - predicted) < 4 * math.sqrt(predicted * (1 - predicted) / draws)
+
+
+def test_seeds_for_power_is_minimal_and_the_correction_caps_power():
+    n = stats.seeds_for_power(2.0, 0.05 / 16)
+    assert stats.paired_t_power(n, 2.0, 0.05 / 16) >= 0.8 > stats.paired_t_power(n - 1, 2.0, 0.05 / 16)
+    # corrected test: noncentrality effect / sqrt(1/n + 1/3) stays below effect * sqrt(3) however many seeds
+    assert stats.seeds_for_power(1.0, 0.05 / 16, inflation=1 / 3, max_n=200) is None
