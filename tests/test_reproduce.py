@@ -178,6 +178,14 @@ def test_aggregation_maths_equal_scipy(tmp_path, capsys):
     assert rows["MST-Distill"]["ties"] == "4"
     # below two paired seeds: no p-values
     assert rows["DML"]["p_ttest"] == "" and rows["DML"]["p_wilcoxon"] == "" and rows["DML"]["std"] == ""
+    # Holm over the method rows of the column (KD, MST-Distill with p = 1; DML has none): m = 2, KD first
+    p_kd = stats.ttest_rel(a, b).pvalue
+    assert math.isclose(float(r["p_ttest_holm"]), min(1.0, 2 * p_kd), rel_tol=1e-5)
+    assert rows["S"]["p_ttest_holm"] == "" and rows["T"]["p_ttest_holm"] == "" and rows["DML"]["p_ttest_holm"] == ""
+    half = stats.t.ppf(0.975, 3) * (a - b).std(ddof=1) / 2
+    assert math.isclose(float(r["ci_low"]), (a - b).mean() - half, rel_tol=1e-5, abs_tol=1e-5 * scale)
+    assert math.isclose(float(r["ci_high"]), (a - b).mean() + half, rel_tol=1e-5, abs_tol=1e-5 * scale)
+    assert r["p_nb"] == ""  # the hand-written runs record no split sizes
     assert math.isclose(float(rows["S-m2"]["mean"]), (b - 10).mean(), rel_tol=1e-5)
 
     runs = list(csv.DictReader((sweep / "runs.csv").open()))
@@ -189,6 +197,7 @@ def test_aggregation_maths_equal_scipy(tmp_path, capsys):
 
     md = (sweep / "table.md").read_text()
     assert "| KD | " in md and "n = 1–4 seeds" in md and "**" in md and "<u>" in md
+    assert "p < 0.05 after Holm-Bonferroni adjustment" in md and "t-interval of the mean, unadjusted" in md
     assert "| Teacher, cross-modal (S of the other mode) |" in md
     tex = (sweep / "table.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{" in tex and r"\underline{" in tex

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from utils.sweep import stats
+from utils.sweep.aggregate import adjust_for_multiple_comparisons, build_table, paired_stats
 
 NAN = math.nan
 
@@ -36,9 +37,20 @@ def test_holm_cap_at_one_ties_and_edge_cases():
 DIFFS = [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
-def test_plain_paired_ttest_hand_case():
-    # se = sqrt(2.5 / 5) = 0.70711, t = 3 / 0.70711 = 3 sqrt(2) = 4.24264 -> p = 0.0132356
-    assert stats.paired_ttest(DIFFS) == pytest.approx(0.013235599563682587, rel=1e-9)
+PLAIN_P = 0.013235599563682587  # se = sqrt(2.5 / 5) = 0.70711, t = 3 / 0.70711 = 3 sqrt(2) = 4.24264
+
+
+def test_paired_stats_hand_case():
+    """aggregate.paired_stats on accuracies whose differences are DIFFS (percentage points)."""
+    values = {s: (50.0 + d) / 100 for s, d in enumerate(DIFFS)}
+    out = paired_stats(values, {s: 0.5 for s in values}, n_train=60, n_test=20)
+    assert out["delta_mean"] == pytest.approx(3.0) and out["delta_std"] == pytest.approx(math.sqrt(2.5))
+    assert out["p_ttest"] == pytest.approx(PLAIN_P, rel=1e-9)
+    assert out["p_nb"] == pytest.approx(0.060169846503578484, rel=1e-9)
+    assert (out["ci_low"], out["ci_high"]) == (pytest.approx(3 - 1.9632432, abs=1e-6),
+                                               pytest.approx(3 + 1.9632432, abs=1e-6))
+    # sizes unknown (runs recorded before they were): no corrected test
+    assert math.isnan(paired_stats(values, {s: 0.5 for s in values})["p_nb"])
 
 
 def test_corrected_resampled_ttest_hand_case():
@@ -46,17 +58,17 @@ def test_corrected_resampled_ttest_hand_case():
     # se^2 = 2.5 * 8/15 = 4/3, t = 3 / sqrt(4/3) = 3 sqrt(3) / 2 = 2.59808 -> p = 0.0601698
     assert stats.corrected_resampled_ttest(DIFFS, 60, 20) == pytest.approx(0.060169846503578484, rel=1e-9)
     # larger than the plain test's p on the same differences: the overlap of the seeds' test sets is accounted for
-    assert stats.corrected_resampled_ttest(DIFFS, 60, 20) > stats.paired_ttest(DIFFS)
+    assert stats.corrected_resampled_ttest(DIFFS, 60, 20) > PLAIN_P
     # the sign of the mean does not matter (two-sided)
     assert stats.corrected_resampled_ttest([-d for d in DIFFS], 60, 20) == pytest.approx(0.060169846503578484)
 
 
 def test_tests_undefined_cases():
-    for p in (stats.paired_ttest([2.0]), stats.corrected_resampled_ttest([2.0], 60, 20),
+    for p in (stats.corrected_resampled_ttest([2.0], 60, 20),
               stats.corrected_resampled_ttest(DIFFS, None, 20), stats.corrected_resampled_ttest(DIFFS, 60, 0)):
         assert math.isnan(p)
-    assert stats.paired_ttest([0.0, 0.0, 0.0]) == 1.0 and stats.corrected_resampled_ttest([0.0, 0.0], 6, 2) == 1.0
-    assert stats.paired_ttest([0.5, 0.5]) == 0.0  # zero spread, non-zero mean: t is infinite
+    assert stats.corrected_resampled_ttest([0.0, 0.0], 6, 2) == 1.0
+    assert stats.corrected_resampled_ttest([0.5, 0.5], 6, 2) == 0.0  # zero spread, non-zero mean: t is infinite
 
 
 def test_t_interval_hand_case():
@@ -64,8 +76,11 @@ def test_t_interval_hand_case():
     low, high = stats.t_interval(DIFFS)
     assert low == pytest.approx(3 - 1.9632432, abs=1e-6) and high == pytest.approx(3 + 1.9632432, abs=1e-6)
     # consistent with the t-test: the 95 % interval excludes 0 exactly when p < 0.05
-    low, high = stats.t_interval([1.0, -0.5, 2.0])
-    assert (low > 0) == (stats.paired_ttest([1.0, -0.5, 2.0]) < 0.05)
+    from scipy import stats as sp
+
+    for diffs in ([1.0, -0.5, 2.0], [1.0, 1.2, 0.9, 1.1]):
+        low, high = stats.t_interval(diffs)
+        assert (low > 0) == (sp.ttest_1samp(diffs, 0.0).pvalue < 0.05)
     assert all(math.isnan(v) for v in stats.t_interval([1.0]))
 
 
@@ -88,3 +103,47 @@ def test_seeds_for_power_is_minimal_and_the_correction_caps_power():
     assert stats.paired_t_power(n, 2.0, 0.05 / 16) >= 0.8 > stats.paired_t_power(n - 1, 2.0, 0.05 / 16)
     # corrected test: noncentrality effect / sqrt(1/n + 1/3) stays below effect * sqrt(3) however many seeds
     assert stats.seeds_for_power(1.0, 0.05 / 16, inflation=1 / 3, max_n=200) is None
+
+
+def _runs(method: str, mode: str, accuracies: list[float], config: str = "") -> list[dict]:
+    """Rows as utils.sweep.collect gives them: one configuration (``config_digest``), the same data (``_data``)."""
+    return [{"database": "D", "mode": mode, "seed": seed, "method": method, "accuracy": acc, "wall_time_s": 1.0,
+             "peak_mem_mb": None, "config": config, "config_digest": f"{method}-{config}", "_data": "d",
+             "run_dir": f"{config}/{method}/{mode}/{seed}"} for seed, acc in enumerate(accuracies)]
+
+
+def test_build_table_holm_over_the_method_rows_of_a_column():
+    # Student's t with 2 dof: two-sided p = 1 - |t| / sqrt(2 + t^2).
+    # KD differences 1, 2, 3 pp: mean 2, sd 1, t = 2 sqrt(3) -> p = 1 - sqrt(12/14) = 0.07417990
+    # DML differences 1, 1, 4 pp: mean 2, sd sqrt(3), t = 2 -> p = 1 - 2/sqrt(6) = 0.1835034
+    # Holm, m = 2: 2 * 0.07417990 = 0.1483598; 1 * 0.1835034 -> running max 0.1835034
+    # m2 holds KD alone: a family of one, not adjusted
+    runs = (_runs("S", "m1", [0.50, 0.50, 0.50]) + _runs("KD", "m1", [0.51, 0.52, 0.53])
+            + _runs("DML", "m1", [0.51, 0.51, 0.54]) + _runs("T", "m1+m2", [0.60, 0.61, 0.62])
+            + _runs("S", "m2", [0.40, 0.40, 0.40]) + _runs("KD", "m2", [0.41, 0.42, 0.43]))
+    table = {(r["mode"], r["method"]): r for r in build_table(runs, metric_for=lambda database: "accuracy")}
+    kd, dml = table[("m1", "KD")], table[("m1", "DML")]
+    assert kd["p_ttest"] == pytest.approx(0.0741799, abs=1e-7)
+    assert dml["p_ttest"] == pytest.approx(0.1835034, abs=1e-7)
+    assert kd["p_ttest_holm"] == pytest.approx(0.1483598, abs=1e-7)
+    assert dml["p_ttest_holm"] == pytest.approx(0.1835034, abs=1e-7)
+    assert table[("m2", "KD")]["p_ttest_holm"] == pytest.approx(0.0741799, abs=1e-7)
+    # Wilcoxon, 3 positive differences: the exact two-sided p is 2 / 2^3 = 0.25 for both; Holm: 0.5 and 0.5
+    assert kd["p_wilcoxon"] == pytest.approx(0.25) and kd["p_wilcoxon_holm"] == pytest.approx(0.5)
+    assert dml["p_wilcoxon_holm"] == pytest.approx(0.5)
+    for key in (("m1", "T"), ("m1", "S-m2"), ("m1", "S")):  # teachers and no-KD: not in the family
+        assert math.isnan(table[key]["p_ttest_holm"]) and math.isnan(table[key]["p_wilcoxon_holm"])
+
+
+def test_holm_families_are_per_configuration():
+    def row(method, group, p, config=None):
+        out = {"database": "D", "mode": "m1", "method": method, "group": group, "p_ttest": p, "p_wilcoxon": NAN}
+        return out if config is None else {**out, "config": config}
+
+    table = [row("T", "teacher", 0.001), row("S", "no-kd", 0.001), row("KD", "multimodal-teacher", 0.01),
+             row("DML", "teacher-free", 0.02, ""), row("KD", "multimodal-teacher", 0.01, "epochs=3"),
+             row("RKD", "multimodal-teacher", NAN, "epochs=3")]
+    adjust_for_multiple_comparisons(table)
+    # configuration "" (absent counts as ""): KD 0.01, DML 0.02 -> 0.02, 0.02; "epochs=3": KD alone (NaN excluded)
+    assert [r["p_ttest_holm"] for r in table[2:5]] == [pytest.approx(0.02), pytest.approx(0.02), pytest.approx(0.01)]
+    assert math.isnan(table[5]["p_ttest_holm"]) and math.isnan(table[0]["p_ttest_holm"])

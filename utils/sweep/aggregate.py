@@ -15,13 +15,20 @@ Works on whatever has finished (``results.json`` present) under ``DIR/runs/``, s
   measuring node process was killed after its run had finished).
 * ``table.csv``: one row per (database, mode, sweep configuration, method configuration) with the headline metric
   in percent (test accuracy; mIoU for segmentation datasets): ``n, mean, std`` (ddof=1), the paired difference
-  against the no-KD run of the same seed, sweep configuration and data (``delta_mean, delta_std``),
-  ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon`` p-values (empty below two paired seeds), ``wins, losses,
-  ties`` over the paired seeds, the budget (``epochs`` per stage, optimiser ``steps``), the split sizes ``n_train``
-  and ``n_test``, mean ``wall_time_s`` and ``peak_mem_mb``. Rows ``T`` (multimodal teacher) and ``S-<other mode>``
-  (cross-modal teacher) come first, group ``teacher``.
+  against the no-KD run of the same seed, sweep configuration and data (``delta_mean, delta_std``) with the 95 %
+  t-interval of its mean (``ci_low, ci_high``, unadjusted), ``scipy.stats.ttest_rel`` and ``scipy.stats.wilcoxon``
+  p-values (``p_ttest``, ``p_wilcoxon``; empty below two paired seeds) and their Holm-Bonferroni adjusted values
+  (``p_ttest_holm``, ``p_wilcoxon_holm``), the corrected resampled t-test of Nadeau & Bengio (``p_nb``; empty where
+  the runs do not share recorded split sizes), ``wins, losses, ties`` over the paired seeds, the budget (``epochs``
+  per stage, optimiser ``steps``), the split sizes ``n_train`` and ``n_test``, mean ``wall_time_s`` and
+  ``peak_mem_mb``. Rows ``T`` (multimodal teacher) and ``S-<other mode>`` (cross-modal teacher) come first, group
+  ``teacher``.
   When every paired difference is zero, both tests are undefined (scipy returns NaN or raises): the p-values are
   reported as 1.0, no evidence of a difference.
+* The Holm family: the method rows of one column (database, mode) and one sweep configuration (``config``; rows
+  without one are one configuration), teachers and the no-KD row excluded, NaN p-values excluded
+  (:func:`adjust_for_multiple_comparisons`; the formulas are in :mod:`utils.sweep.stats`, the reasons in
+  docs/statistics.md).
 """
 from __future__ import annotations
 
@@ -33,14 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.atomic import atomic_write_text
+from utils.sweep import stats as sweep_stats
 from utils.sweep.collect import TEACHER_MODES, collect_runs
 from utils.sweep.graph import BASELINE, TEACHER
 
 GROUP_ORDER = ("teacher", "no-kd", "multimodal-teacher", "crossmodal-teacher", "teacher-free", "MST-Distill", "other")
 METRIC_ORDER = ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU", "loss")
 TABLE_COLUMNS = ("database", "mode", "config", "method", "group", "n", "mean", "std", "delta_mean", "delta_std",
-                 "p_ttest", "p_wilcoxon", "wins", "losses", "ties", "epochs", "steps", "n_train", "n_test",
-                 "wall_time_s", "peak_mem_mb")
+                 "ci_low", "ci_high", "p_ttest", "p_ttest_holm", "p_wilcoxon", "p_wilcoxon_holm", "p_nb", "wins",
+                 "losses", "ties", "epochs", "steps", "n_train", "n_test", "wall_time_s", "peak_mem_mb")
+#: table rows that are not compared methods: outside the Holm family
+NOT_COMPARED = ("teacher", "no-kd")
 #: runs.csv columns besides the metrics, in order
 RUN_COLUMNS = ("database", "mode", "seed", "method", "role")
 RUN_TAIL = ("best_epoch", "config", "config_digest", "n_train", "n_val", "n_test", "epochs", "steps", "commit",
@@ -90,10 +100,12 @@ def _sd(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def paired_stats(values: dict[int, float], baseline: dict[int, float]) -> dict:
+def paired_stats(values: dict[int, float], baseline: dict[int, float], n_train: int | None = None,
+                 n_test: int | None = None) -> dict:
     """Statistics of ``values`` (seed -> fraction) and of its paired difference against ``baseline``, in percent.
 
     Wins/losses/ties compare the stored fractions exactly (they are rounded to 4 decimals by the scripts).
+    ``n_train`` / ``n_test``: the split sizes of the runs, for the corrected resampled t-test (NaN without them).
     """
     from scipy import stats
 
@@ -106,8 +118,10 @@ def paired_stats(values: dict[int, float], baseline: dict[int, float]) -> dict:
     out = {"n": len(pct), "mean": sum(pct) / len(pct) if pct else math.nan, "std": _sd(pct),
            "delta_mean": sum(diffs) / len(diffs) if diffs else math.nan, "delta_std": _sd(diffs),
            "p_ttest": math.nan, "p_wilcoxon": math.nan,
+           "p_nb": sweep_stats.corrected_resampled_ttest(diffs, n_train, n_test),
            "wins": sum(values[s] > baseline[s] for s in paired), "losses": sum(values[s] < baseline[s] for s in paired),
            "ties": sum(values[s] == baseline[s] for s in paired), "n_paired": len(paired)}
+    out["ci_low"], out["ci_high"] = sweep_stats.t_interval(diffs)
     if len(paired) >= 2:
         if all(values[s] == baseline[s] for s in paired):
             out["p_ttest"] = out["p_wilcoxon"] = 1.0
@@ -155,6 +169,7 @@ def build_table(runs: list[dict], metric_for=headline_metric, notes: list[str] |
     table.sort(key=lambda r: (databases.index(r["database"]), r["mode"], labels.index(r["config"]),
                               GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 99,
                               _method_rank(r["method"]), r["row"]))
+    adjust_for_multiple_comparisons(table)
     return table
 
 
@@ -195,7 +210,7 @@ def _block_rows(database, label, rows, metric, several, notes) -> list[dict]:
                                  f"trained on other data or data options (a --set S: changed them)")
                 row = {"database": database, "mode": mode, "config": label, "method": method,
                        "row": key + own + suffix, "group": group_of(method),
-                       **paired_stats(values, baseline), "metric": metric,
+                       **paired_stats(values, baseline, *_split_sizes(seeds.values())), "metric": metric,
                        "wall_time_s": _mean([r["wall_time_s"] for r in seeds.values()]),
                        "peak_mem_mb": _mean([r["peak_mem_mb"] for r in seeds.values()]),
                        "epochs": "/".join(sorted({str(r["epochs"]) for r in seeds.values() if r.get("epochs")})),
@@ -222,6 +237,36 @@ def _same(values):
     if not values:
         return None
     return values[0] if len(set(values)) == 1 else _mean(values)
+
+
+def _split_sizes(runs) -> tuple[int | None, int | None]:
+    """The (n_train, n_test) the runs share; (None, None) where a run lacks them or they differ."""
+    sizes = {(r.get("n_train"), r.get("n_test")) for r in runs}
+    if len(sizes) != 1:
+        return None, None
+    n_train, n_test = sizes.pop()
+    return (int(n_train), int(n_test)) if n_train and n_test else (None, None)
+
+
+def holm_family(row: dict) -> tuple:
+    """The rows that form one Holm family (and one ranking of best/second): column and configuration."""
+    return row["database"], row["mode"], row.get("config") or ""
+
+
+def adjust_for_multiple_comparisons(table: list[dict]) -> None:
+    """Add ``p_ttest_holm`` and ``p_wilcoxon_holm``: Holm over each family (:func:`holm_family`) of method rows.
+
+    Teachers and the no-KD row are not compared methods: their adjusted p-values stay NaN.
+    """
+    families: dict[tuple, list[dict]] = {}
+    for row in table:
+        row["p_ttest_holm"] = row["p_wilcoxon_holm"] = math.nan
+        if row["group"] not in NOT_COMPARED:
+            families.setdefault(holm_family(row), []).append(row)
+    for rows in families.values():
+        for test in ("p_ttest", "p_wilcoxon"):
+            for row, adjusted in zip(rows, sweep_stats.holm([row[test] for row in rows])):
+                row[f"{test}_holm"] = adjusted
 
 
 def _mean(values) -> float:

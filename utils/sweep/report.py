@@ -2,11 +2,14 @@
 
 One column per (database, student modality); rows grouped as the paper: teachers, no-KD, methods with a multimodal
 teacher, with a cross-modal teacher, teacher-free, MST-Distill. Cells are ``mean ± std`` of the headline metric in
-percent; per column the best student row is bold and the second underlined (teachers are not ranked); ``*`` marks a
-gain over no-KD with paired t-test p < 0.05 (with five seeds the two-sided Wilcoxon test cannot go below 0.0625, so
-the t-test is the marker; both p-values are in the difference table and ``table.csv``). Then the paired differences
-against no-KD, the cost (mean wall time and peak memory per run) and, for segmentation datasets, overall and average
-accuracy (OA, AA). A missing cell (a run that has not finished) is shown as ``–``.
+percent; per column and configuration the best student row is bold and the second underlined (teachers are not
+ranked); ``*`` marks a gain over no-KD whose paired t-test p-value, Holm-adjusted over the method rows of the column
+and configuration, is below 0.05 (with five seeds the two-sided Wilcoxon test cannot go below 0.0625, so the t-test
+is the marker; every p-value is in the difference table and ``table.csv``). Then the paired differences against
+no-KD with their 95 % t-interval (unadjusted), the cost (mean wall time and peak memory per run) and, for
+segmentation datasets, overall and average accuracy (OA, AA). A missing cell (a run that has not finished) is shown
+as ``–``. Rows of several sweep configurations (``config``) are labelled with it. docs/statistics.md explains the
+tests.
 """
 from __future__ import annotations
 
@@ -90,8 +93,13 @@ def _p(value) -> str:
     return MISSING if value is None or math.isnan(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
 
 
+def _interval(row) -> str:
+    low, high = row.get("ci_low", math.nan), row.get("ci_high", math.nan)
+    return MISSING if math.isnan(low) or math.isnan(high) else f"[{low:+.2f}, {high:+.2f}]"
+
+
 def _significant(row) -> bool:
-    p = row.get("p_ttest")
+    p = row.get("p_ttest_holm")
     return p is not None and not math.isnan(p) and p < 0.05 and row.get("delta_mean", 0) > 0
 
 
@@ -132,14 +140,17 @@ def tables(table: list[dict]) -> list[dict]:
         out.append({"title": title, "header": header, "groups": body})
 
     grid(f"Comparison: {_metric_note(table)}, mean ± std over seeds, {_seed_note(table)}; best bold, second "
-         f"underlined; * paired t-test gain over w/o KD, p < 0.05",
+         f"underlined; * gain over w/o KD with paired t-test p < 0.05 after Holm-Bonferroni adjustment over the "
+         f"methods of the column",
          lambda r: _pm(r["mean"], r["std"]) + (" *" if _significant(r) and r["group"] != "teacher" else ""),
          style=True)
-    grid("Paired difference against w/o KD (same seed), percentage points: mean ± std, (t-test p; Wilcoxon p; "
-         "wins/losses/ties)",
-         lambda r: (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} ({_p(r['p_ttest'])}; "
-                    f"{_p(r['p_wilcoxon'])}; {r['wins']}/{r['losses']}/{r['ties']})") if r.get("n_paired", 1)
-         else MISSING, skip=(BASELINE,))
+    grid("Paired difference against w/o KD (same seed), percentage points: mean ± std [95 % t-interval of the "
+         "mean, unadjusted] (t-test p, Holm-adjusted p; Wilcoxon p, Holm-adjusted p; corrected resampled t-test p "
+         "(Nadeau & Bengio); wins/losses/ties)",
+         lambda r: (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} {_interval(r)} "
+                    f"({_p(r['p_ttest'])}, {_p(r.get('p_ttest_holm'))}; {_p(r['p_wilcoxon'])}, "
+                    f"{_p(r.get('p_wilcoxon_holm'))}; {_p(r.get('p_nb'))}; {r['wins']}/{r['losses']}/{r['ties']})")
+         if r.get("n_paired", 1) else MISSING, skip=(BASELINE,))
     if len({(r.get("epochs"), r.get("steps")) for r in table}) > 1:  # budgets differ: on the page, per cell
         grid("Budget per run: epochs per training stage (optimiser steps in all; the steps are the budget)",
              lambda r: f"{r.get('epochs') or MISSING} ({_steps(r.get('steps'))})")
@@ -207,12 +218,19 @@ def to_latex(report: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _n_note(rows: list[dict]) -> str:
+    ns = sorted({r["n"] for r in rows})
+    return "n = –" if not ns else f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+
+
 def plot(table: list[dict], path: Path) -> None:
-    """Per column, every student row as a point with its std as error bar; no-KD's mean as a dashed line."""
+    """Per column two panels: every student row's mean ± std with no-KD's mean as a dashed line, and its paired
+    difference against no-KD with the 95 % t-interval (filled where the Holm-adjusted t-test marks a gain)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     columns, cells, groups = _layout(table)
     keys = [k for g, ks in groups if g != "teacher" for k in ks]
@@ -221,25 +239,46 @@ def plot(table: list[dict], path: Path) -> None:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center")
         ax.axis("off")
     else:
-        fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 0.3 * len(keys) + 1.6), sharey=True,
-                                 squeeze=False)
-        for ax, column in zip(axes[0], columns):
-            ys = list(range(len(keys)))[::-1]
+        fig, axes = plt.subplots(2, len(columns), figsize=(3.8 * len(columns) + 1.5, 0.6 * len(keys) + 2.6),
+                                 sharey=True, squeeze=False)
+        ys = list(range(len(keys)))[::-1]
+        for index, column in enumerate(columns):
+            top, bottom = axes[0][index], axes[1][index]
             for y, key in zip(ys, keys):
                 r = cells.get((key, *column))
                 if r is None:
                     continue
-                std = r["std"] if not math.isnan(r["std"]) else 0.0
-                ax.errorbar(r["mean"], y, xerr=std, fmt="o", color="C3" if key == "MST-Distill" else "C0", capsize=3)
-            base = cells.get((BASELINE, *column))
-            if base is not None:
-                ax.axvline(base["mean"], color="0.4", linestyle="--", linewidth=1, label="w/o KD")
-            ax.set_yticks(ys)
-            ax.set_yticklabels([row_label(k) if k != BASELINE else "w/o KD" for k in keys])
-            ax.set_title(f"{column[0]} {column[1]}")
-            ax.set_xlabel(_metric_note([r for r in table if (r["database"], r["mode"]) == column]))
-            ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
+                color = "C3" if key.startswith("MST-Distill") else "C0"
+                marker = "D" if key.startswith("MST-Distill") else "o"
+                top.errorbar(r["mean"], y, xerr=0.0 if math.isnan(r["std"]) else r["std"], fmt=marker, color=color,
+                             capsize=3)
+                if base_of(key) != BASELINE and not math.isnan(r.get("delta_mean", math.nan)):
+                    low, high = r.get("ci_low", math.nan), r.get("ci_high", math.nan)
+                    xerr = None if math.isnan(low) else [[r["delta_mean"] - low], [high - r["delta_mean"]]]
+                    bottom.errorbar(r["delta_mean"], y, xerr=xerr, fmt=marker, capsize=3, color=color,
+                                    markerfacecolor=color if _significant(r) else "white")
+            for key in keys:  # one no-KD row per sweep configuration
+                base = cells.get((key, *column)) if base_of(key) == BASELINE else None
+                if base is not None:
+                    top.axvline(base["mean"], color="0.4", linestyle="--", linewidth=1)
+            bottom.axvline(0.0, color="0.4", linestyle="--", linewidth=1)
+            rows = [r for r in table if (r["database"], r["mode"]) == column]
+            top.set_title(f"{column[0]} {column[1]} ({_n_note(rows)} seeds)")
+            top.set_xlabel(_metric_note(rows))
+            bottom.set_xlabel("paired difference vs w/o KD (points)")
+            for ax in (top, bottom):
+                ax.set_yticks(ys)
+                ax.set_yticklabels([row_label(k) if k != BASELINE else "w/o KD" for k in keys])
+                ax.grid(axis="x", alpha=0.3)
+        handles = [Line2D([], [], marker="o", color="C0", linestyle="none", label="method: mean ± std over seeds"),
+                   Line2D([], [], marker="D", color="C3", linestyle="none", label="MST-Distill"),
+                   Line2D([], [], color="0.4", linestyle="--", label="w/o KD mean (top) / no difference (bottom)"),
+                   Line2D([], [], marker="o", color="C0", markerfacecolor="white", linestyle="none",
+                          label="paired difference, 95 % t-interval (unadjusted)"),
+                   Line2D([], [], marker="o", color="C0", linestyle="none",
+                          label="filled: gain at Holm-adjusted t-test p < 0.05")]
+        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0.09 if len(columns) > 1 else 0.14, 1, 1))
     try:
         atomic_write_bytes(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:

@@ -52,14 +52,6 @@ def _t_pvalue(mean: float, se: float, dof: int) -> float:
     return float(2.0 * stats.t.sf(abs(mean / se), dof))
 
 
-def paired_ttest(diffs: Sequence[float]) -> float:
-    """Two-sided p-value of the plain paired t-test on the differences (equals ``scipy.stats.ttest_rel``)."""
-    if len(diffs) < 2:
-        return math.nan
-    mean, sd = _mean_sd(diffs)
-    return _t_pvalue(mean, sd / math.sqrt(len(diffs)), len(diffs) - 1)
-
-
 def corrected_resampled_ttest(diffs: Sequence[float], n_train: int | None, n_test: int | None) -> float:
     """Two-sided p-value of Nadeau & Bengio's corrected resampled t-test.
 
