@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from utils import names
 from utils.atomic import atomic_write_bytes, check_writable, make_dirs
 from utils.errors import UserError
 from utils.sweep import node as node_mod
@@ -42,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--*_epochs flag) unless that flag is given itself or by the method's --set. A table cell holds runs of "
         "one configuration only, paired with the no-KD runs of the same flags and data (docs/sweep.md)."))
     parser.add_argument("--database", nargs="+", default=["Synthetic-MVD"], metavar="NAME",
-                        help="datasets (default: %(default)s)")
+                        help=f"datasets, of {', '.join(names.database_names())} (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", default=["m1", "m2"], help="student modalities (default: m1 m2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                        help="methods (default: every method of the comparison table)")
+                        help=f"methods, of {', '.join(names.COMPARISON_METHODS)} (default: all of them)")
     parser.add_argument("--jobs", type=int, default=1, help="nodes run at once (default: %(default)s)")
     parser.add_argument("--out_dir", default=None,
                         help="sweep directory; runs live under DIR/runs (default: runs/sweeps/<databases>)")
@@ -84,6 +85,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     else:
         run_flags = []
     args = build_parser().parse_args(argv)
+    check_names(args)
     if args.jobs < 1:
         raise UserError("--jobs must be >= 1")
     if args.out_dir is not None and not args.out_dir.strip():
@@ -92,6 +94,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.out_dir = os.path.join("runs", "sweeps", "+".join(args.database))
     args.out_dir = str(Path(os.path.expanduser(args.out_dir)).resolve())
     return args, run_flags
+
+
+def check_names(args) -> None:
+    """Refuse an unknown database or method from the torch-free name lists, before anything heavy is imported."""
+    for name in args.database:
+        if name not in names.database_names():
+            raise UserError(f"unknown database '{name}'; valid databases: {', '.join(names.database_names())}")
+    for name in args.methods or []:
+        if name not in names.COMPARISON_METHODS:
+            raise UserError(f"unknown method '{name}'; valid methods: {', '.join(names.COMPARISON_METHODS)}")
 
 
 def main(argv=None) -> int:

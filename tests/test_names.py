@@ -1,0 +1,57 @@
+"""utils/names.py: the torch-free name lists equal the registries, and reproduce.py refuses an unknown name
+(and prints --help) without importing torch or any dataset or method module."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from utils import names
+
+HEAVY = ("torch", "numpy", "datasets", "kd_methods", "models")
+
+
+def test_name_lists_equal_the_registries():
+    import datasets
+    import kd_methods
+
+    registered = kd_methods.all_methods()
+    assert names.DATABASES == tuple(datasets.DATASETS), "utils/names.py DATABASES differs from datasets.DATASETS"
+    assert names.DATABASE_ALIASES == datasets.ALIASES
+    assert names.database_names() == datasets.dataset_names()
+    assert names.METHODS == tuple(registered), "utils/names.py METHODS differs from kd_methods.all_methods()"
+    assert names.COMPARISON_METHODS == tuple(n for n, cls in registered.items() if cls.in_comparison)
+    from utils.sweep.graph import comparison_methods
+
+    assert names.COMPARISON_METHODS == tuple(comparison_methods())
+
+
+def _in_fresh_interpreter(argv: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """``reproduce.py ARGV`` in a new interpreter; returns its output and which heavy modules it had imported."""
+    code = ("import json, sys\nimport utils.sweep\ncode = 0\n"
+            "try:\n    code = utils.sweep.main(sys.argv[1:])\nexcept SystemExit as exit_:\n    code = exit_.code\n"
+            f"print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules], 'code': code}}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--database", "Nope"], "error: unknown database 'Nope'; valid databases: Synthetic-MVD, AV-MNIST,"),
+    (["--database", "UCI-MFeat", "--methods", "KD", "Nope"], "error: unknown method 'Nope'; valid methods: KD, KD-UU,"),
+])
+def test_unknown_name_refused_before_torch_is_imported(argv, message):
+    proc, seen = _in_fresh_interpreter([*argv, "--dry_run"])
+    assert seen == {"heavy": [], "code": 2}, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_help_lists_databases_and_methods_without_torch():
+    proc, seen = _in_fresh_interpreter(["--help"])
+    assert seen == {"heavy": [], "code": 0}, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps the help text
+    for name in (*names.database_names(), *names.COMPARISON_METHODS):
+        assert name.replace("-", "- ") in text or name in text, name
