@@ -208,3 +208,65 @@ def test_data_file_of_the_wrong_shape_is_one_line_and_exit_code_2(tmp_path):
 
 # test-only methods, registered for this module's tests only
 _test_methods = method_registration(_NaNAtEpochTwo)
+
+
+# -- what a run prints ----------------------------------------------------------------------------------------------
+
+def test_one_short_line_per_epoch_full_figures_in_metrics_jsonl(tmp_path):
+    """Every stage of MST-Distill with --test_phase: one line of at most 120 columns per epoch with the headline
+    figures; the many loss terms, routing and expert figures stay in metrics.jsonl."""
+    result = run_script("main-MST-Distill.py", *QUICK, "--epochs_s1", "1", "--epochs_s2", "2", "--epochs", "2",
+                        "--max_steps", "2", "--test_phase", "--out_dir", tmp_path, "--threads", "1", in_process=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    rows = [json.loads(line) for line in (run_dir_of(result) / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows) == 1 + 2 + 2 + 2  # co-training, masknets, distillation, baseline
+    assert all(len(line) <= 120 for line in lines), max(lines, key=len)
+    for line, row in zip(lines, rows):
+        assert line.startswith(f"[{row['stage']}] epoch {row['epoch']}  train loss {row['train/loss']:.4g}")
+        assert f"test loss {row['test/loss']:.4g} accuracy {row['test/accuracy']:.4g}" in line
+        assert line.endswith("  *") == bool(row.get("best"))
+        assert "routing" not in line and "expert" not in line and "train/" not in line
+    distillation = [(line, row) for line, row in zip(lines, rows) if row["stage"] == "distillation"]
+    assert all(f"val ce {row['val/ce']:.4g}" in line for line, row in distillation)
+    assert all("routing/T0" in row and "expert_ce/T0" in row for _, row in distillation)
+    log = (run_dir_of(result) / "log.txt").read_text()
+    assert all(line in log for line in lines)
+
+
+def _in_terminal(argv: list[str], columns: int = 100) -> str:
+    """Run ``python ARGV`` with stdout and stderr on a pseudo-terminal of ``columns`` columns; its output."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=follower, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=600)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_per_stage_on_a_terminal_only(tmp_path):
+    argv = ["main-S.py", *QUICK, "--epochs", "3", "--out_dir", str(tmp_path), "--threads", "1"]
+    shown = _in_terminal(argv)
+    assert "stage 1/1 train:" in shown and "step" in shown
+    epoch_lines = [line.strip("\r") for line in shown.split("\n") if "] epoch " in line]
+    # each epoch line is written whole above the bar (the bar's redraw is cleared first, in the same chunk)
+    assert [line.rsplit("\r", 1)[-1].split("  ")[0] for line in epoch_lines] == [f"[train] epoch {e}" for e in
+                                                                                 range(3)]
+    redirected = run_script(*argv)
+    assert "stage 1/1" not in redirected.stdout + redirected.stderr and "\r" not in redirected.stdout
+    assert redirected.stdout.count("[train] epoch ") == 3

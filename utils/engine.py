@@ -7,8 +7,10 @@ everything needed to continue bit-for-bit: method state, optimiser state, the be
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import sys
 import time
 import traceback
 from contextlib import nullcontext
@@ -239,38 +241,39 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
             resume = None
         if stage.epochs and start_epoch == 0:
             run_dir.log(f"Stage {stage_index + 1}/{len(stages)} '{stage.name}': {stage.epochs} epochs")
-
-        for epoch in range(start_epoch, stage.epochs):
-            t0 = time.time()
-            if stage.on_epoch_start is not None:
-                stage.on_epoch_start(epoch, optimizer)
-            loader.set_epoch((epoch_offset if stage.loader_epoch_start is None else stage.loader_epoch_start) + epoch)
-            train_means = train_epoch(method, stage, optimizer, loader, ctx, epoch, run_dir.path)
-            row = {"stage": stage.name, "stage_index": stage_index, "epoch": epoch,
-                   **{f"train/{k}": v for k, v in train_means.items()}}
-            if stage.epoch_logs is not None:
-                row.update(stage.epoch_logs())
-            if stage.val_step is not None:
-                val_means = validate(method, stage, stage.val_step, val_loader, ctx, epoch)
-                _check_finite_validation(val_means, stage, epoch, run_dir.path)
-                row.update({f"val/{k}": v for k, v in val_means.items()})
-                value = val_means.get(stage.select_key) if stage.select_key else None
-                if value is not None and value < best["value"]:
-                    best = {"value": value, "epoch": epoch,
-                            "state": copy.deepcopy(stage.selected.state_dict()) if stage.selected is not None else None}
-                    row["best"] = True
-            if test_loader is not None:
-                model, modalities = method.evaluation_model()
-                row["test/loss"], test_metrics = evaluate(model, modalities, test_loader, ctx)
-                row["test/accuracy"] = test_metrics["accuracy"]
-            for group in optimizer.param_groups[:1]:
-                row["lr"] = group["lr"]
-            row["time_s"] = round(time.time() - t0, 3)
-            run_dir.log(_format_row(row))
-            run_dir.log_metrics(row, step=epoch_offset + epoch)
-            stored, snapshot_epoch = _stored_best(best, epoch, snapshot_epoch, run_dir)
-            run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, stored, best_epoch,
-                                                base))
+        with _stage_bar(stage, f"{stage_index + 1}/{len(stages)}", start_epoch, loader, run_dir) as bar:
+            for epoch in range(start_epoch, stage.epochs):
+                t0 = time.time()
+                if stage.on_epoch_start is not None:
+                    stage.on_epoch_start(epoch, optimizer)
+                first = epoch_offset if stage.loader_epoch_start is None else stage.loader_epoch_start
+                loader.set_epoch(first + epoch)
+                train_means = train_epoch(method, stage, optimizer, loader, ctx, epoch, run_dir.path, bar)
+                row = {"stage": stage.name, "stage_index": stage_index, "epoch": epoch,
+                       **{f"train/{k}": v for k, v in train_means.items()}}
+                if stage.epoch_logs is not None:
+                    row.update(stage.epoch_logs())
+                if stage.val_step is not None:
+                    val_means = validate(method, stage, stage.val_step, val_loader, ctx, epoch)
+                    _check_finite_validation(val_means, stage, epoch, run_dir.path)
+                    row.update({f"val/{k}": v for k, v in val_means.items()})
+                    value = val_means.get(stage.select_key) if stage.select_key else None
+                    if value is not None and value < best["value"]:
+                        state = stage.selected.state_dict() if stage.selected is not None else None
+                        best = {"value": value, "epoch": epoch, "state": copy.deepcopy(state)}
+                        row["best"] = True
+                if test_loader is not None:
+                    model, modalities = method.evaluation_model()
+                    row["test/loss"], test_metrics = evaluate(model, modalities, test_loader, ctx)
+                    row["test/accuracy"] = test_metrics["accuracy"]
+                for group in optimizer.param_groups[:1]:
+                    row["lr"] = group["lr"]
+                row["time_s"] = round(time.time() - t0, 3)
+                run_dir.log(_format_row(row, stage.select_key))
+                run_dir.log_metrics(row, step=epoch_offset + epoch)
+                stored, snapshot_epoch = _stored_best(best, epoch, snapshot_epoch, run_dir)
+                run_dir.save_checkpoint(_checkpoint(method, args, stage_index, epoch + 1, optimizer, stored,
+                                                    best_epoch, base))
 
         if stage.selected is not None and best["state"] is not None:
             stage.selected.load_state_dict(best["state"])
@@ -290,6 +293,26 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                                             {"value": math.inf, "epoch": None, "state": None}, best_epoch, base))
         (run_dir.path / SNAPSHOT).unlink(missing_ok=True)  # the stage's selection is in its stage file now
     return best_epoch
+
+
+@contextlib.contextmanager
+def _stage_bar(stage, position: str, start_epoch: int, loader, run_dir: RunDir):
+    """A progress bar over the stage's training steps, shown only when stdout and stderr are both a terminal; while
+    it is shown, the run's console lines are written above it (``tqdm.write``)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        total = len(loader) * (stage.epochs - start_epoch)
+    except TypeError:
+        total = None
+    shown = sys.stdout.isatty() and sys.stderr.isatty() and stage.epochs > start_epoch
+    with tqdm(total=total, desc=f"stage {position} {stage.name}", unit="step", leave=False, dynamic_ncols=True,
+              disable=not shown) as bar:
+        if bar.disable or run_dir.logger is None:
+            yield bar
+        else:
+            with logging_redirect_tqdm(loggers=[run_dir.logger], tqdm_class=tqdm):
+                yield bar
 
 
 def _checkpoint(method, args, stage_index, epoch, optimizer, best, best_epoch_last, base) -> dict:
@@ -342,12 +365,13 @@ def _resumed_best(best: dict, stage: Stage, run_dir: RunDir):
     return best, None
 
 
-def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch: int, where) -> dict:
+def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch: int, where, bar=None) -> dict:
+    """One epoch of ``stage``; ``bar``: the stage's progress bar (:func:`_stage_bar`), advanced per step."""
     set_modes(method, stage, training=True)
     sums: dict[str, torch.Tensor] = {}
     steps = 0
-    bar = tqdm(loader, desc=f"{stage.name} {epoch}", leave=False, dynamic_ncols=True, disable=None)
-    for batch in bar:
+    shown = bar is not None and not bar.disable
+    for batch in loader:
         with _autocast(ctx.args, ctx.device):
             losses = stage.train_step(batch, epoch)
         total = sum(losses.values())
@@ -357,9 +381,12 @@ def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch:
         steps += 1
         for key, value in (("loss", total), *losses.items()):
             sums[key] = sums.get(key, 0.0) + value.detach().double()
+        if shown:
+            bar.update()
         if steps % LOG_EVERY == 0:
             _check_finite(sums["loss"], stage, epoch, steps, where)
-            bar.set_postfix(loss=f"{sums['loss'].item() / steps:.4f}")
+            if shown:
+                bar.set_postfix(epoch=epoch, loss=f"{sums['loss'].item() / steps:.4f}")
     if steps == 0:
         return {}
     _check_finite(sums["loss"], stage, epoch, steps, where)
@@ -490,12 +517,21 @@ def identity_results(ctx: RunContext, stages: list[Stage]) -> dict:
             "checkpoints": record["checkpoints"], "budget": budget(stages, ctx), "code": provenance.code_version()}
 
 
-def _format_row(row: dict) -> str:
+def _format_row(row: dict, select_key: str | None = None) -> str:
+    """One short line per epoch, the headline figures only (every figure of the row is in ``metrics.jsonl``): the
+    mean training loss, the validation figure the stage selects on, the per-epoch test figures of ``--test_phase``,
+    the learning rate, the epoch's time and ``*`` for a new best epoch."""
     parts = [f"[{row['stage']}] epoch {row['epoch']}"]
-    for key, value in row.items():
-        if key in ("stage", "stage_index", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        parts.append(f"{key} {value:.4g}")
+    if "train/loss" in row:
+        parts.append(f"train loss {row['train/loss']:.4g}")
+    if select_key and f"val/{select_key}" in row:
+        parts.append(f"val {select_key} {row[f'val/{select_key}']:.4g}")
+    if "test/loss" in row:
+        parts.append(f"test loss {row['test/loss']:.4g} accuracy {row['test/accuracy']:.4g}")
+    if "lr" in row:
+        parts.append(f"lr {row['lr']:.3g}")
+    if "time_s" in row:
+        parts.append(f"{row['time_s']:.2f} s")
     if row.get("best"):
         parts.append("*")
     return "  ".join(parts)
