@@ -5,6 +5,7 @@ sweep on Synthetic-MVD (tiny epochs, CPU).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -374,3 +375,36 @@ def test_warm_start_default_follows_the_platform():
     args, _ = runner.parse([])
     assert args.warm_start is sys.platform.startswith("linux")
     assert runner.parse(["--no-warm_start"])[0].warm_start is False
+
+
+class _InstantLauncher:
+    """Every node finishes at its first poll."""
+
+    def start(self, node):
+        return node
+
+    def poll(self, handle):
+        return {"state": "done"}
+
+    def release(self, handle):
+        pass
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_sweep_bar_redraws_on_a_terminal_only(terminal, tmp_path, capsys, monkeypatch):
+    nodes = sweep_graph.build_graph(["Synthetic-MVD"], ["m1", "m2"], [0, 1], ["KD", "DML"])
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert runner.Scheduler(tmp_path, nodes, _InstantLauncher(), jobs=3, poll_s=0.0).run()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["done"] * len(nodes) + ["Nodes:"]  # one plain line per node
+    if terminal:
+        assert "sweep: 100%" in sys.stderr.getvalue() and "\r" in sys.stderr.getvalue()
+    else:
+        assert err == "" and "\r" not in out

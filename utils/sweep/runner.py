@@ -257,8 +257,9 @@ class Scheduler:
         if earlier:
             print(f"{earlier} of {len(self.nodes)} nodes finished earlier (skipped)")
         running: dict[str, object] = {}
+        # redrawn on a terminal only: redirected to a file, the lines of finished nodes are the progress
         bar = tqdm(total=len(self.nodes), initial=earlier, desc="sweep", unit="run", dynamic_ncols=True,
-                   file=sys.stderr)
+                   file=sys.stderr, disable=not sys.stderr.isatty())
 
         def counts():
             values = list(self.state.values())
