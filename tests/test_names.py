@@ -18,15 +18,24 @@ def test_name_lists_equal_the_registries():
     import datasets
     import kd_methods
 
-    registered = kd_methods.all_methods()
+    registered = kd_methods.all_methods()  # its order is the order of first import, which other tests change
     assert names.DATABASES == tuple(datasets.DATASETS), "utils/names.py DATABASES differs from datasets.DATASETS"
     assert names.DATABASE_ALIASES == datasets.ALIASES
     assert names.database_names() == datasets.dataset_names()
-    assert names.METHODS == tuple(registered), "utils/names.py METHODS differs from kd_methods.all_methods()"
-    assert names.COMPARISON_METHODS == tuple(n for n, cls in registered.items() if cls.in_comparison)
-    from utils.sweep.graph import comparison_methods
+    assert sorted(names.METHODS) == sorted(registered), "utils/names.py METHODS differs from kd_methods.all_methods()"
+    assert len(set(names.METHODS)) == len(names.METHODS)
+    compared = {n for n, cls in registered.items() if cls.in_comparison}
+    assert sorted(names.COMPARISON_METHODS) == sorted(compared), "utils/names.py COMPARISON_METHODS differs"
 
-    assert names.COMPARISON_METHODS == tuple(comparison_methods())
+
+def test_name_lists_in_registration_order():
+    """In a fresh interpreter, where kd_methods imports its modules in its own order: the same order as the lists."""
+    code = ("import json, datasets, kd_methods\n"
+            "print(json.dumps([list(datasets.DATASETS), list(kd_methods.all_methods())]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    databases, methods = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert names.DATABASES == tuple(databases) and names.METHODS == tuple(methods)
+    assert names.COMPARISON_METHODS == tuple(m for m in methods if m in names.COMPARISON_METHODS)
 
 
 def _in_fresh_interpreter(argv: list[str]) -> tuple[subprocess.CompletedProcess, dict]:

@@ -147,3 +147,27 @@ def test_holm_families_are_per_configuration():
     # configuration "" (absent counts as ""): KD 0.01, DML 0.02 -> 0.02, 0.02; "epochs=3": KD alone (NaN excluded)
     assert [r["p_ttest_holm"] for r in table[2:5]] == [pytest.approx(0.02), pytest.approx(0.02), pytest.approx(0.01)]
     assert math.isnan(table[5]["p_ttest_holm"]) and math.isnan(table[0]["p_ttest_holm"])
+
+
+def test_report_marks_use_holm_and_ranks_are_per_configuration():
+    """Two sweep configurations in one directory: each is its own Holm family and its own ranking."""
+    from utils.sweep.report import tables, to_markdown
+
+    base = [0.50, 0.50, 0.50, 0.50]
+    # cfg-a: KD +2, +3, +2, +3 points (t = 2.5 / (0.57735 / 2) = 8.66, 3 dof, p = 0.0032), DML +1, -1, +2, 0
+    # cfg-b: KD +1, +3, +1, +3 (t = 2 / (1.1547 / 2) = 3.464, p = 0.0405) and DML twice that (the same p):
+    #        both below 0.05 unadjusted, both 2 * 0.0405 = 0.081 after Holm over the two: no mark
+    runs = (_runs("S", "m1", base, "cfg-a") + _runs("KD", "m1", [0.52, 0.53, 0.52, 0.53], "cfg-a")
+            + _runs("DML", "m1", [0.51, 0.49, 0.52, 0.50], "cfg-a")
+            + _runs("S", "m1", base, "cfg-b") + _runs("KD", "m1", [0.51, 0.53, 0.51, 0.53], "cfg-b")
+            + _runs("DML", "m1", [0.52, 0.56, 0.52, 0.56], "cfg-b"))
+    table = {(r["config"], r["method"]): r for r in build_table(runs, metric_for=lambda database: "accuracy")}
+    assert table[("cfg-a", "KD")]["p_ttest_holm"] < 0.05
+    for method in ("KD", "DML"):
+        assert table[("cfg-b", method)]["p_ttest"] == pytest.approx(0.0405, abs=1e-4)
+        assert table[("cfg-b", method)]["p_ttest_holm"] == pytest.approx(2 * table[("cfg-b", method)]["p_ttest"])
+    md = to_markdown(tables(list(table.values())))
+    assert "| KD [cfg-a] | **52.50 ± 0.58 *** |" in md and "| DML [cfg-a] | <u>50.50 ± 1.29</u> |" in md
+    assert "| DML [cfg-b] | **54.00 ± 2.31** |" in md and "| KD [cfg-b] | <u>52.00 ± 1.15</u> |" in md
+    title = md.splitlines()[0]
+    assert "p < 0.05 after Holm-Bonferroni adjustment" in title
