@@ -270,13 +270,13 @@ def plot(table: list[dict], path: Path) -> None:
                 ax.set_yticks(ys)
                 ax.set_yticklabels([row_label(k) if k != BASELINE else "w/o KD" for k in keys])
                 ax.grid(axis="x", alpha=0.3)
-        handles = [Line2D([], [], marker="o", color="C0", linestyle="none", label="method: mean ± std over seeds"),
+        handles = [Line2D([], [], marker="o", color="C0", linestyle="none", label="top: mean ± std over seeds"),
                    Line2D([], [], marker="D", color="C3", linestyle="none", label="MST-Distill"),
                    Line2D([], [], color="0.4", linestyle="--", label="w/o KD mean (top) / no difference (bottom)"),
                    Line2D([], [], marker="o", color="C0", markerfacecolor="white", linestyle="none",
-                          label="paired difference, 95 % t-interval (unadjusted)"),
+                          label="bottom: paired difference, 95 % t-interval (unadjusted)"),
                    Line2D([], [], marker="o", color="C0", linestyle="none",
-                          label="filled: gain at Holm-adjusted t-test p < 0.05")]
+                          label="bottom, filled: gain at Holm-adjusted t-test p < 0.05")]
         fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize="small", frameon=False)
         fig.tight_layout(rect=(0, 0.09 if len(columns) > 1 else 0.14, 1, 1))
     try:
