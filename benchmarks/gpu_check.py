@@ -51,8 +51,8 @@ from datasets import get_spec  # noqa: E402
 from fixtures import FIXTURE_DATABASES, make_fixture  # noqa: E402
 from kd_methods import all_methods, get_method  # noqa: E402
 from utils import cli, engine  # noqa: E402
-from utils.rundir import atomic_write_bytes  # noqa: E402
-from utils.runtime import seed_everything  # noqa: E402
+from utils.core.atomic import atomic_write_bytes  # noqa: E402
+from utils.core.runtime import seed_everything  # noqa: E402
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 BF16_UNIT_ROUNDOFF = 2.0 ** -8

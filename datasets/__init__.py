@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec, TensorSource
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 DATASETS: dict[str, DatasetSpec] = {}
 ALIASES: dict[str, str] = {}

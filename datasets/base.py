@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 @dataclass

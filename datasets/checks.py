@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 #: elements per chunk of the finiteness pass, so it never allocates more than a few tens of MB of temporaries
 SCAN_ELEMENTS = 1 << 24

@@ -20,7 +20,7 @@ import torch
 
 from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
 from datasets.checks import integer_labels
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NAME = "CMMD-V2"
 CLASS_NAMES = ("not_humanitarian", "affected_individuals", "infrastructure_and_utility_damage",
@@ -51,7 +51,7 @@ def read_tuple(file_path: Path):
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(file_path, weights_only=True)
     except Exception as error:  # noqa: BLE001 -- any unpickling failure is a bad file for the user
-        from utils.rundir import torch_load_failure
+        from utils.core.checkpoints import torch_load_failure
 
         raise UserError(f"{file_path} could not be read as a tuple of NumPy arrays with torch.load(weights_only="
                         f"True): {torch_load_failure(error)}; rebuild it with data_preprocess/crisismmd.py") from None

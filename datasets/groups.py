@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.splits import INDEX_SEED, NUM_GROUPS, generate_permutations
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 #: the parts' target shares of the samples, and how far (in fractions of N) each may be off
 FRACTIONS = (0.6, 0.2, 0.2)

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def working_dtype(dtype) -> np.dtype:

@@ -23,7 +23,7 @@ from datasets.base import DatasetSpec, TensorSource, check_shape, reading, requi
 from datasets.checks import integer_labels
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NAME = "NYU-Depth-V2"
 KEYS = {"images": "RGB images [N, 3, W, H]", "depths": "depth maps [N, W, H]",

@@ -44,7 +44,7 @@ from datasets.base import DatasetSpec, DataSource, open_npy, read_text
 from datasets.checks import check_classes
 from datasets.groups import check_disjoint, group_splits, read_groups
 from datasets.splits import NUM_GROUPS, check_seed, cut, generate_permutations
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NAME = "Paired"
 #: how to mend a split without some class

@@ -36,8 +36,8 @@ from datasets.groups import group_splits
 from datasets.splits import resolve_split as reference_split
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
-from utils.data_digest import cache_dir
-from utils.errors import UserError
+from utils.core.data_digest import cache_dir
+from utils.core.errors import UserError
 
 NAME = "RAVDESS"
 FOLDER = "RAVDESS_preprocessed_npy"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 INDEX_SEED = 19980427
 NUM_GROUPS = 20
@@ -29,7 +29,7 @@ def indices_path(database: str, metadata_dir: str | Path = "metadata") -> Path:
 
 def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
     """Header ``group_0,...,group_19``, one row per position, no index column; written atomically."""
-    from utils.rundir import atomic_write_bytes
+    from utils.core.atomic import atomic_write_bytes
 
     path = Path(path)
     header = ",".join(f"group_{g}" for g in range(len(permutations)))

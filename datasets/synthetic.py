@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NAME = "UCI-MFeat"
 #: view -> columns, in the order of the original data set's files
@@ -94,7 +94,7 @@ def configure(args: argparse.Namespace) -> DatasetSpec:
 @functools.lru_cache(maxsize=1)
 def embedded_digest() -> str:
     """SHA-256 of the embedded ``.npz`` (small: hashed directly, no cache file in the repository)."""
-    from utils.data_digest import file_sha256
+    from utils.core.data_digest import file_sha256
 
     return file_sha256(DATA_FILE)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from datasets.base import DataSource, DatasetSpec, check_shape, open_npy, read_text, require_file
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NAME = "VGGSound-50k"
 NUM_CLASSES = 141

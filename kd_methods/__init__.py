@@ -1,7 +1,7 @@
 """Methods by name. Each module registers its :class:`~kd_methods.base.Method` subclasses."""
 from __future__ import annotations
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 METHODS: dict[str, type] = {}
 

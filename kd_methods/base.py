@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
 from models import build_model, get_entry
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 LossDict = dict[str, torch.Tensor]
 
@@ -320,7 +320,7 @@ def load_model_checkpoint(model: nn.Module, path: str, ctx: RunContext, role: st
     project's one checkpoint-to-model loader (methods, test scripts, the MFH tools).
     """
     from utils.provenance import check_model_checkpoint, mismatch_note
-    from utils.rundir import load_checkpoint
+    from utils.core.checkpoints import load_checkpoint
 
     state = load_checkpoint(path)
     if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage", "snapshot"):

@@ -38,7 +38,7 @@ from kd_methods import register_method
 from kd_methods.base import Method, Stage
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from kd_methods.kd import TEACHER_HELP
-from utils.hooks import capture_features
+from utils.core.hooks import capture_features
 
 #: the feature a model's proxy head reads: its last declared tap (``models.taps``, slot ``c2kd``; the reference's other
 #: choices, e.g. ThreeLayerCNN-A's pooled conv3 or the branch nets' fc1, are in its table there)

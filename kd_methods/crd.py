@@ -11,7 +11,7 @@ import torch.nn as nn
 from kd_methods import register_method
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from kd_methods.rkd import EMBED_DIM, Embed, FeatureDistiller
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 NCE_EPS = 1e-7
 MOMENTUM = 0.5

@@ -5,7 +5,7 @@ import argparse
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 @register_method

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd_methods.segments import SegmentedForward, SplitError
-from utils.hooks import capture_features, get_submodule, replace_outputs
+from utils.core.hooks import capture_features, get_submodule, replace_outputs
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Distance = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -454,7 +454,7 @@ def nullify_channels(layer_output: torch.Tensor, channels) -> torch.Tensor:
 def nullified(model: nn.Module, layer: str | None, channels) -> Iterator[nn.Module]:
     """Inside the block, ``model``'s ``layer`` output (``None``: its first input) has ``channels`` nullified.
 
-    Uses :func:`utils.hooks.replace_outputs`; the hook is removed on exit, even when the forward raises.
+    Uses :func:`utils.core.hooks.replace_outputs`; the hook is removed on exit, even when the forward raises.
     """
     channels = torch.as_tensor(channels, dtype=torch.long).flatten()
     if layer is None:

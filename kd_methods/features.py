@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from models import MODELS, get_entry
 from models import taps as model_taps
-from utils.errors import UserError
-from utils.hooks import capture_features
+from utils.core.errors import UserError
+from utils.core.hooks import capture_features
 
 
 def usable_models(slot: str, database: str, inputs: tuple[str, ...] | None = None) -> list[str]:

@@ -29,8 +29,8 @@ from kd_methods.features import feature_shapes, modules_up_to, sample_inputs
 from kd_methods.kd import KD, TEACHER_HELP
 from models import MODELS
 from models import taps as model_taps
-from utils.errors import UserError
-from utils.hooks import capture_features
+from utils.core.errors import UserError
+from utils.core.hooks import capture_features
 
 # -- regressors (the reference's modules and submodule names, default PyTorch init) -------------------------
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
 from kd_methods.base import LossDict, Method, Stage, halving_schedule
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 TEACHER_HELP = {
     "multimodal": "pre-trained multimodal teacher: a best.pth from main-T.py or a reference state dict "

@@ -25,7 +25,7 @@ from kd_methods import register_method
 from kd_methods.base import Method, Stage, freeze, load_model_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
 from kd_methods.mfh_lab import JOINT_MOMENTUM
-from utils.errors import NonFiniteLossError, UserError
+from utils.core.errors import NonFiniteLossError, UserError
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: s
     Returns ``(model on ctx.device, the modalities it takes)``.
     """
     from models import build_model, get_entry
-    from utils.rundir import load_checkpoint
+    from utils.core.checkpoints import load_checkpoint
 
     state = None
     if ckpt:

@@ -38,7 +38,7 @@ from kd_methods.base import Method, Stage, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from kd_methods.reporting import save_artifact
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 #: the teacher layer whose channels are ranked: the teacher's last declared tap (``models.taps``, slot ``mgdfr``;
 #: the reference's FuseNet choice, the last encoder stage, is in its table there)

@@ -92,8 +92,8 @@ from kd_methods.reporting import plot_series
 from kd_methods.sample_cache import Compute, SampleCache, within_budget
 from kd_methods.segments import SegmentedForward, SplitError
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
-from utils.errors import UserError
-from utils.hooks import replace_outputs
+from utils.core.errors import UserError
+from utils.core.hooks import replace_outputs
 
 # Hooked layers: the last two taps each model declares (``models.taps``, slot ``mst``: the reference's layers for the
 # paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
@@ -379,7 +379,7 @@ class MSTDistill(Method):
 
     def _load_init(self, path: str) -> None:
         from utils.provenance import check_same_data
-        from utils.rundir import full_method_state, load_checkpoint
+        from utils.core.checkpoints import full_method_state, load_checkpoint
 
         saved = load_checkpoint(path)
         state = full_method_state(saved, path) if isinstance(saved, dict) else None

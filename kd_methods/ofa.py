@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.features import feature_shapes, sample_inputs, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
-from utils.hooks import capture_features
+from utils.core.hooks import capture_features
 
 #: the student stages that get a projector (the teacher side is its logits): every tap the student declares
 #: (``models.taps``, slot ``ofa``; the reference's choice for LeNet5, conv1/conv2/fc1, is in its table there).

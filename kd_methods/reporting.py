@@ -8,7 +8,7 @@ from typing import Callable
 def save_artifact(ctx, name: str, writer: Callable) -> str | None:
     """Write ``name`` into the run directory through ``writer(handle)`` (binary), atomically (a temporary file renamed
     over it, as every file of a run); ``None`` when the run has no directory (a context built in a test)."""
-    from utils.rundir import atomic_write_bytes
+    from utils.core.atomic import atomic_write_bytes
 
     if ctx.run_path is None:
         return None

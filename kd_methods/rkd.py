@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.features import feature_shapes, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
-from utils.errors import UserError
-from utils.hooks import capture_features
+from utils.core.errors import UserError
+from utils.core.hooks import capture_features
 
 #: the embedding width of RKD's and CRD's embedders (hard-coded in the reference)
 EMBED_DIM = 128

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 HIDDEN = (64, 32)
 CONV_CHANNELS = (16, 32)

@@ -70,7 +70,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        from utils.errors import UserError
+        from utils.core.errors import UserError
 
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}") from None
 

@@ -141,7 +141,7 @@ def hint_rows(slot: str, teacher: str, student: str, t_shapes: dict | None = Non
 def feature_info(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Tap]:
     """The model's declared taps with the shapes one forward of ``inputs`` gives (eval mode: no BatchNorm statistic
     moves and no RNG is consumed)."""
-    from utils.hooks import capture_features
+    from utils.core.hooks import capture_features
 
     was_training = model.training
     model.eval()

@@ -153,7 +153,7 @@ def build_method(name: str, argv: list[str]):
     from kd_methods import get_method
     from utils import cli
     from utils.engine import build_context
-    from utils.runtime import seed_everything
+    from utils.core.runtime import seed_everything
 
     method_cls = get_method(name)
     args = cli.parse_args(method_cls, argv)

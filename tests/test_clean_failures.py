@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import utils.atomic
+import utils.core.atomic
 from conftest import refused
 from fixtures import make_fixture
-from utils import engine, runtime
-from utils.errors import UserError
+from utils import engine
+from utils.core import runtime
+from utils.core.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -62,7 +63,7 @@ def test_sweep_out_dir_that_cannot_hold_a_sweep_is_one_line(tmp_path, capsys, ca
 
 
 def test_sweep_read_only_out_dir_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(utils.atomic.os, "access", lambda path, mode: False)  # root ignores permission bits
+    monkeypatch.setattr(utils.core.atomic.os, "access", lambda path, mode: False)  # root ignores permission bits
     line = sweep(capsys, [*SWEEP, "--out_dir", tmp_path / "sweep"])
     assert "is not writable" in line and not (tmp_path / "sweep").exists(), line
 
@@ -76,7 +77,7 @@ def _refuse_writes(monkeypatch, reason: int, name: str | None = None):
             raise OSError(reason, os.strerror(reason))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(utils.atomic.os, "replace", replace)
+    monkeypatch.setattr(utils.core.atomic.os, "replace", replace)
 
 
 def test_sweep_full_disk_while_writing_commands_sh_is_one_line(tmp_path, capsys, monkeypatch):
@@ -180,7 +181,7 @@ def test_torch_save_failing_on_a_full_disk_is_one_line_and_keeps_the_last_checkp
                                                                                     message, free):
     import shutil
 
-    import utils.rundir as rundir
+    import utils.core.checkpoints as rundir
 
     saves, real_save = [], torch.save
 
@@ -193,7 +194,7 @@ def test_torch_save_failing_on_a_full_disk_is_one_line_and_keeps_the_last_checkp
 
     monkeypatch.setattr(rundir.torch, "save", save)
     real_usage = shutil.disk_usage
-    monkeypatch.setattr(utils.atomic.shutil, "disk_usage",
+    monkeypatch.setattr(utils.core.atomic.shutil, "disk_usage",
                         lambda path: real_usage(path)._replace(free=free))
     line = refused(capsys, "S", ["--epochs", "3", "--out_dir", tmp_path, *QUICK])
     assert "cannot write" in line and "checkpoint.pth" in line and "inline_container" not in line.split(";")[0]
@@ -384,7 +385,7 @@ def test_threads_above_the_available_cpus_are_capped_with_a_warning(monkeypatch)
 
 
 def test_training_warnings_of_a_diverged_or_chance_run():
-    from utils.health import training_warnings
+    from utils.core.health import training_warnings
 
     rows = [{"stage": "train", "epoch": e, "train/loss": loss} for e, loss in enumerate([0.7, 5.0, 3.9e8])]
     warnings = training_warnings(rows, {"accuracy": 0.5}, num_classes=2, is_segmentation=False)

@@ -17,7 +17,7 @@ from datasets import BatchLoader, get_spec
 from datasets import cmmd, ravdess, vggsound
 from datasets.splits import cut, generate_permutations, read_group, resolve_split, write_indices_csv
 from tests.fixtures import FIXTURE_DATABASES, NYU_HEIGHT, NYU_WIDTH, make_fixture
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def args_for(root) -> argparse.Namespace:

@@ -19,7 +19,7 @@ from conftest import method_registration, run_dir_of, run_script
 from kd_methods.base import Stage
 from kd_methods.supervised import UnimodalModel
 from utils import engine
-from utils.metrics import ConfusionMatrix, metrics_from_confusion
+from utils.core.metrics import ConfusionMatrix, metrics_from_confusion
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--mvd_samples", "400", "--no-record"]

@@ -19,7 +19,7 @@ from datasets.splits import NUM_GROUPS, cut, generate_permutations, resolve_spli
 from fixtures import make_fixture
 from kd_methods import get_method
 from utils import cli, engine, provenance
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

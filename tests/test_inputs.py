@@ -20,8 +20,9 @@ from fixtures import make_fixture
 from conftest import method_registration
 from kd_methods.base import Stage
 from kd_methods.supervised import UnimodalModel
-from utils import cli, engine, runtime
-from utils.errors import UserError
+from utils import cli, engine
+from utils.core import runtime
+from utils.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--mvd_samples", "200", "--no-record", "--device", "cpu", "--threads", "1"]
@@ -300,7 +301,7 @@ def test_out_dir_that_cannot_be_created_is_one_line(tmp_path, capsys, where):
 
 
 def test_full_disk_removes_the_temporary_file_and_logs_the_error(tmp_path, capsys, monkeypatch):
-    import utils.rundir as rundir
+    import utils.core.checkpoints as rundir
 
     saves = []
     real_save = torch.save
@@ -321,7 +322,7 @@ def test_full_disk_removes_the_temporary_file_and_logs_the_error(tmp_path, capsy
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path):
-    from utils.rundir import atomic_write_bytes
+    from utils.core.atomic import atomic_write_bytes
 
     target = tmp_path / "results.json"
     target.write_text("old")
@@ -452,7 +453,7 @@ def test_ctrl_c_during_a_file_write_takes_effect_after_it(tmp_path):
     interrupted torch.save whose C++ writer later aborts the interpreter), then ends the run as usual."""
     import signal as signals
 
-    from utils.rundir import atomic_write_bytes
+    from utils.core.atomic import atomic_write_bytes
 
     def writer(handle):
         os.kill(os.getpid(), signals.SIGINT)  # arrives in the middle of the write

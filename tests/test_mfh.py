@@ -19,7 +19,7 @@ from kd_methods import feature_ranking as fr
 from utils import mfh_experiments as experiments
 from kd_methods import mfh_lab as lab
 from models import build_model
-from utils.hooks import active_hook_count
+from utils.core.hooks import active_hook_count
 
 
 @pytest.fixture(autouse=True)

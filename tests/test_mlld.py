@@ -10,7 +10,7 @@ from conftest import MVD, build_method, first_batch
 from kd_methods import get_method
 from kd_methods.mlld import CLASS_GRAMS, TEMPERATURES, mlld_loss
 from utils import cli
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def _mlld_by_hand(student: np.ndarray, teacher: np.ndarray, class_gram_mean: bool = False) -> float:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import MODELS, build_model
-from utils.hooks import active_hook_count, capture_features
+from utils.core.hooks import active_hook_count, capture_features
 
 B = 2
 # FuseNet runs at a small size divisible by 32; its hook shapes below are the reference's 480x640 ones scaled to it.

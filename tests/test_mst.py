@@ -25,8 +25,8 @@ from models import MODELS
 from models.mst_modules import GateNet, MaskNet1d, MaskNet2d, build_masknet, hidden_width
 from tests.tolerances import assert_reordered_close, floor_between, perturbation_floor, perturbed_outputs
 from utils import cli
-from utils.errors import UserError
-from utils.hooks import active_hook_count
+from utils.core.errors import UserError
+from utils.core.hooks import active_hook_count
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

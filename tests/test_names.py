@@ -1,4 +1,4 @@
-"""utils/names.py: the torch-free name lists equal the registries, and reproduce.py refuses an unknown name
+"""utils/core/names.py: the torch-free name lists equal the registries, and reproduce.py refuses an unknown name
 (and prints --help) without importing torch or any dataset or method module."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from utils import names
+from utils.core import names
 
 HEAVY = ("torch", "numpy", "datasets", "kd_methods", "models")
 
@@ -19,13 +19,13 @@ def test_name_lists_equal_the_registries():
     import kd_methods
 
     registered = kd_methods.all_methods()  # its order is the order of first import, which other tests change
-    assert names.DATABASES == tuple(datasets.DATASETS), "utils/names.py DATABASES differs from datasets.DATASETS"
+    assert names.DATABASES == tuple(datasets.DATASETS), "utils/core/names.py DATABASES differs from datasets.DATASETS"
     assert names.DATABASE_ALIASES == datasets.ALIASES
     assert names.database_names() == datasets.dataset_names()
-    assert sorted(names.METHODS) == sorted(registered), "utils/names.py METHODS differs from kd_methods.all_methods()"
+    assert sorted(names.METHODS) == sorted(registered), "utils/core/names.py METHODS differs from kd_methods.all_methods()"
     assert len(set(names.METHODS)) == len(names.METHODS)
     compared = {n for n, cls in registered.items() if cls.in_comparison}
-    assert sorted(names.COMPARISON_METHODS) == sorted(compared), "utils/names.py COMPARISON_METHODS differs"
+    assert sorted(names.COMPARISON_METHODS) == sorted(compared), "utils/core/names.py COMPARISON_METHODS differs"
 
 
 def test_name_lists_in_registration_order():

@@ -21,7 +21,7 @@ from scipy import stats
 
 import kd_methods
 from kd_methods.kd import KD
-from utils.errors import UserError
+from utils.core.errors import UserError
 from utils.sweep import graph as sweep_graph
 from utils.sweep import runner
 from utils.sweep.aggregate import build_table, collect_runs, paired_stats

@@ -10,8 +10,8 @@ from datasets import get_spec
 from kd_methods import get_method
 from kd_methods.rkd import Embed, angles, flatten_feature, pairwise_distances, rkd_terms
 from utils import cli
-from utils.errors import UserError
-from utils.hooks import active_hook_count
+from utils.core.errors import UserError
+from utils.core.hooks import active_hook_count
 
 
 def test_rkd_relations_scale_invariant_and_zero_for_identical_relations():

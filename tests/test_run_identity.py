@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import run_dir_of, run_script
-from utils import data_digest
+from utils.core import data_digest
 from utils.sweep import graph as sweep_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_results_record_configuration_data_budget_and_code(paired_runs):
     assert "seed" not in config["arguments"] and "device" not in config["arguments"]
     assert "data_root" not in config["arguments"] and "mvd_samples" not in config["arguments"]
     assert config["arguments"]["epochs"] == 1 and config["arguments"]["max_steps"] == 2
-    from utils.data_digest import canonical_digest
+    from utils.core.data_digest import canonical_digest
 
     assert results["config_digest"] == canonical_digest(config)
     assert results["split_sizes"] == {"train": 72, "val": 24, "test": 24}

@@ -42,7 +42,7 @@ GROUPS = (
 )
 #: the modules of the foundation before it had a package of its own, so the tool measures a checkout of either age
 FOUNDATION_BEFORE = ("utils.errors", "utils.atomic", "utils.hooks", "utils.runtime", "utils.metrics", "utils.names",
-                     "utils.data_digest", "utils.script")
+                     "utils.data_digest", "utils.script", "utils.health")
 LAYER = {name: layer for name, layer, _ in GROUPS}
 
 

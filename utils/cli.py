@@ -12,7 +12,7 @@ import sys
 
 from datasets import DATASETS, dataset_names, get_spec
 from models import MODELS
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

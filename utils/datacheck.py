@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import UserError
-from utils.script import exit_on_error
+from utils.core.errors import UserError
+from utils.core.script import exit_on_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,13 +24,14 @@ from datasets.checks import check_source, check_splits
 from datasets.splits import resolve_split
 from kd_methods.base import Method, RunContext, Stage
 from utils import cli
-from utils.errors import NonFiniteLossError, RunInterrupted, UserError
-from utils.health import read_metrics, training_warnings
-from utils.metrics import ConfusionMatrix
+from utils.core.errors import NonFiniteLossError, RunInterrupted, UserError
+from utils.core.health import read_metrics, training_warnings
+from utils.core.metrics import ConfusionMatrix
 from utils import provenance
-from utils.rundir import RunDir, full_method_state, load_checkpoint
-from utils.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
-from utils.script import exit_on_error
+from utils.core.checkpoints import full_method_state, load_checkpoint
+from utils.rundir import RunDir
+from utils.core.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
+from utils.core.script import exit_on_error
 
 LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
 

@@ -34,9 +34,11 @@ from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_k
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
 from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN, SWEEP_FIXED, TABLE2_ROWS,
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
-from utils.errors import NonFiniteLossError, UserError
-from utils.rundir import RunDir, atomic_save, atomic_write_bytes, atomic_write_json
-from utils.script import exit_on_error
+from utils.core.errors import NonFiniteLossError, UserError
+from utils.core.atomic import atomic_write_bytes
+from utils.core.checkpoints import atomic_save, atomic_write_json
+from utils.rundir import RunDir
+from utils.core.script import exit_on_error
 
 EXPERIMENTS = ("gamma", "alpha", "table2", "rank", "nullify")
 LR_EXPERIMENTS = ("gamma", "alpha", "table2")
@@ -536,7 +538,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_experiment(args) -> dict:
-    from utils.runtime import configure_threads, resolve_device, seed_everything
+    from utils.core.runtime import configure_threads, resolve_device, seed_everything
 
     device = resolve_device(args.device)
     seed_everything(args.seed)

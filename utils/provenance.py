@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 RECORD_VERSION = 2
 MODEL_FLAGS = ("Tmodel", "Smodel", "AUXmodel")
@@ -80,10 +80,10 @@ def split_groups(spec_name: str, args, n: int) -> np.ndarray | None:
 
 def data_digest(spec, args) -> str:
     """SHA-256 identifying a run's data: of the data files' contents for file-backed databases
-    (``spec.data_files``, hashed once and cached: utils/data_digest.py), of the options that generate it otherwise
+    (``spec.data_files``, hashed once and cached: utils/core/data_digest.py), of the options that generate it otherwise
     (with ``spec.data_identity``, e.g. the digest of an embedded file). Paths do not count: moved data keeps its
     digest, other data in the same folder gets another."""
-    from utils.data_digest import canonical_digest, files_sha256
+    from utils.core.data_digest import canonical_digest, files_sha256
 
     if spec.data_files is not None:
         files = [Path(f) for f in spec.data_files(args)]
@@ -105,8 +105,8 @@ def checkpoint_inputs(args) -> dict:
     """``{flag: {"sha256", "config_digest"}}`` of every checkpoint the run starts from: the file's SHA-256 and the
     configuration digest its record names (``None`` for a bare state dict or a file written before records had
     one)."""
-    from utils.data_digest import file_sha256
-    from utils.rundir import load_checkpoint
+    from utils.core.data_digest import file_sha256
+    from utils.core.checkpoints import load_checkpoint
 
     out = {}
     for flag in CHECKPOINT_INPUTS:
@@ -143,7 +143,7 @@ def _other_datasets_options(spec_name: str) -> set:
 
 def config_digest(config: dict) -> str:
     """SHA-256 hex of the canonical JSON of a :func:`run_config`."""
-    from utils.data_digest import canonical_digest
+    from utils.core.data_digest import canonical_digest
 
     return canonical_digest(config)
 
@@ -310,7 +310,7 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
     being tested unless given; a given value that contradicts the checkpoint is refused (one line), since testing
     on another split would count samples the model was trained on (``--allow_teacher_mismatch`` overrides)."""
     from datasets import get_spec
-    from utils.rundir import load_checkpoint
+    from utils.core.checkpoints import load_checkpoint
 
     path = getattr(args, "ckpt_name", None)
     if not path or not Path(path).is_file():

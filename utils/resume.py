@@ -13,21 +13,12 @@ import json
 import os
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.core.errors import FinishedRun, UserError
 
 #: options that may differ when a run is resumed (where and how it runs, not what it computes)
 RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device", "threads")
 #: options that may grow when a run is resumed: more epochs continue a run (fewer would cut what it selected)
 EXTENDABLE = ("epochs",)
-
-
-class FinishedRun(Exception):
-    """``--resume`` of a run whose ``results.json`` exists: nothing to do (the script prints this, exit 0)."""
-
-    def __init__(self, path: Path, results):
-        super().__init__(f"{path} is finished (results.json exists); nothing was resumed or changed. Start a new run "
-                         f"to train again")
-        self.results = results
 
 
 def script_of(method_name: str) -> str:
@@ -53,7 +44,7 @@ def _method_of(saved: dict, run_path: Path) -> str | None:
 
 
 def _jsonable(value):
-    from utils.rundir import _jsonable as plain
+    from utils.core.checkpoints import jsonable as plain
 
     return json.loads(json.dumps(plain(value)))
 
@@ -66,7 +57,7 @@ def _same_path(a: str, b: str) -> bool:
 def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
                 given: dict) -> argparse.Namespace:
     """The arguments of the run ``args.resume`` names, with the applicable ``given`` flags applied."""
-    from utils.rundir import load_checkpoint
+    from utils.core.checkpoints import load_checkpoint
 
     path = Path(args.resume)
     run_path = path if path.is_dir() else path.parent

@@ -17,19 +17,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
-import torch
 
-from utils.atomic import (atomic_write_bytes, check_writable, interrupts_deferred,  # noqa: F401 - re-exported
-                          write_failure)
-from utils.errors import UserError
+from utils.core.atomic import atomic_write_bytes, check_writable
+from utils.core.checkpoints import atomic_save, atomic_write_json, jsonable
+from utils.core.errors import UserError
+from utils.core.lock import RunLock
 
 
 def _make_run_path(out_dir, method: str, database: str, tag: str) -> Path:
@@ -82,159 +80,6 @@ class _LogFile(logging.FileHandler):
             raise UserError(f"cannot write {self.baseFilename}: {error.strerror or error}; check the free space "
                             f"there, or pass another --out_dir") from None
         super().handleError(record)
-
-
-def atomic_save(obj, path: Path) -> None:
-    atomic_write_bytes(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_json(obj, path: Path) -> None:
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=True) + "\n"
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else value
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint of ours or a bare state dict, always with ``weights_only=True``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pth"
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise UserError(f"cannot read checkpoint {path}: {torch_load_failure(error)}") from None
-
-
-#: what torch's zip reader says about a file cut short or not a zip archive at all
-_TRUNCATED = ("failed finding central directory", "failed reading zip archive", "invalid header",
-              "unexpected eof", "ran out of input", "file not found", "truncated")
-
-
-def torch_load_failure(error: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in words that name the real problem: a file cut short (an
-    interrupted copy) or not a checkpoint, or content the safe loader refuses (Python objects beyond tensors and
-    plain data). torch's own advice to retry with ``weights_only=False`` is not passed on: that runs any code the
-    file holds."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = " ".join(lines).lower()
-    if "weights only load failed" in text or "weights_only" in text:
-        unsupported = next((line for line in lines if "unsupported" in line.lower()), None)
-        detail = f" ({unsupported.rstrip('.')})" if unsupported else ""
-        return (f"it holds Python objects beyond tensors and plain data{detail}, which the safe loader "
-                f"(weights_only=True) refuses; only checkpoints of plain data are read")
-    if isinstance(error, (OSError, EOFError)) or any(marker in text for marker in _TRUNCATED):
-        detail = lines[0].split(". ")[0].rstrip(".") if lines else "the file ended early"
-        return f"the file is truncated or not a torch checkpoint ({detail}); copy it again or use another file"
-    return lines[0] if lines else type(error).__name__
-
-
-def full_method_state(saved: dict, path: str | Path) -> dict | None:
-    """The complete method state of a loaded checkpoint: a stage file's or old checkpoint's ``method``, or a
-    per-epoch ``checkpoint.pth``'s part laid over the stage file it names. ``None`` for a per-epoch checkpoint of
-    the first stage, whose untrained networks are not stored (they are the run's initial state)."""
-    state = saved.get("method")
-    base = saved.get("base")
-    if base is None:
-        return None if saved.get("partial") else state
-    base_path = Path(path).parent / base if not Path(path).is_dir() else Path(path) / base
-    if not base_path.is_file():
-        raise UserError(f"{path} builds on the stage file {base_path}, which is missing; restore it from the run "
-                        f"directory (checkpoint.pth stores only what the current stage trains)")
-    full = dict(load_checkpoint(base_path).get("method") or {})
-    full.update(state or {})
-    return full
-
-
-LOCK_NAME = "run.lock"
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (Linux ``/proc``), so a reused pid is not mistaken for the holder."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    now = _process_start(pid)
-    return started is None or now is None or now == started
-
-
-class RunLock:
-    """``run.lock`` in a run directory: ``pid host start-time`` of the process working there."""
-
-    def __init__(self, directory: Path):
-        self.path = Path(directory) / LOCK_NAME
-        self.held = False
-        self.took_over: str | None = None
-
-    def acquire(self) -> "RunLock":
-        me = f"{os.getpid()} {socket.gethostname()} {_process_start(os.getpid()) or '-'}\n"
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None:
-                    raise UserError(holder) from None
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(me)
-            self.held = True
-            return self
-        raise UserError(f"cannot take the lock {self.path}; another process keeps creating it")
-
-    def _holder(self) -> str | None:
-        """A message naming the live holder; ``None`` after removing a stale lock (dead process)."""
-        try:
-            fields = self.path.read_text().split()
-        except FileNotFoundError:
-            return None
-        pid = int(fields[0]) if fields and fields[0].isdigit() else None
-        host = fields[1] if len(fields) > 1 else None
-        started = fields[2] if len(fields) > 2 and fields[2] != "-" else None
-        if pid is not None and host not in (None, socket.gethostname()):
-            return (f"{self.path.parent} is in use by process {pid} on {host} (lock file {self.path}); "
-                    f"delete the lock only if that run has ended")
-        if pid is not None and _alive(pid, started):
-            return (f"{self.path.parent} is in use by the running process {pid} (lock file {self.path}); wait for "
-                    f"it to end, or stop it, before resuming")
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
-        self.took_over = f"process {pid}" if pid is not None else "an unreadable lock"
-        return None
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
 
 
 class RunDir:
@@ -369,7 +214,7 @@ class RunDir:
         """Append one JSON line to ``metrics.jsonl`` and mirror every number to TensorBoard."""
         try:
             with open(self.path / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(_jsonable(row), allow_nan=True) + "\n")
+                handle.write(json.dumps(jsonable(row), allow_nan=True) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:

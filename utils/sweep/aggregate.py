@@ -39,7 +39,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.atomic import atomic_write_text
+from utils.core.atomic import atomic_write_text
 from utils.sweep import stats as sweep_stats
 from utils.sweep.collect import TEACHER_MODES, collect_runs
 from utils.sweep.graph import BASELINE, TEACHER
@@ -303,7 +303,7 @@ def runs_columns(runs: list[dict]) -> list[str]:
 def write_all(sweep: Path, log=print, problems: list[str] | None = None) -> list[dict]:
     """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep``; runs that
     cannot be read and nodes without a finished run are appended to ``problems`` (and the tables' notes)."""
-    from utils.errors import UserError
+    from utils.core.errors import UserError
     from utils.sweep.report import write_reports
 
     sweep = Path(sweep)

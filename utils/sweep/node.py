@@ -11,7 +11,7 @@ creates under it (``--out_dir`` is the node directory). Under an exclusive lock 
 
 Each attempt records its wall time and its peak memory: the maximum resident set size of the script's process
 (``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
-library (and the project's equally light :mod:`utils.atomic`), so the wrapper process costs no torch
+library (and the project's equally light :mod:`utils.core.atomic`), so the wrapper process costs no torch
 import.
 
 Warm start (the local launcher's default on Linux, ``reproduce.py --warm_start``): the wrapper is forked from an
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.atomic import atomic_write_text  # the standard library only, as this module
+from utils.core.atomic import atomic_write_text  # the standard library only, as this module
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR_PREFIX = "Run directory: "

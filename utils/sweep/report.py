@@ -18,7 +18,7 @@ from pathlib import Path
 
 from utils.sweep.aggregate import GROUP_ORDER
 from utils.sweep.graph import BASELINE, TEACHER
-from utils.atomic import atomic_write_bytes, atomic_write_text
+from utils.core.atomic import atomic_write_bytes, atomic_write_text
 
 GROUP_TITLES = {"teacher": "Teachers", "no-kd": "Without KD", "multimodal-teacher": "Multimodal teacher",
                 "crossmodal-teacher": "Cross-modal teacher", "teacher-free": "Teacher-free",

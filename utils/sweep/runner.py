@@ -17,9 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from utils import names
-from utils.atomic import atomic_write_bytes, check_writable, make_dirs
-from utils.errors import UserError
+from utils.core import names
+from utils.core.atomic import atomic_write_bytes, check_writable, make_dirs
+from utils.core.errors import UserError
 from utils.sweep import node as node_mod
 from utils.sweep.graph import Node, build_graph, comparison_methods, write_graph
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(UserError.exit_code)
-    except OSError as error:  # a file the sweep reads or creates outside the guarded writes (utils/atomic.py)
+    except OSError as error:  # a file the sweep reads or creates outside the guarded writes (utils/core/atomic.py)
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; check the free space and permissions of --out_dir",
               file=sys.stderr)

@@ -17,3 +17,12 @@ class RunInterrupted(Exception):
     """Ctrl-C: the run ends with one line saying whether and how it can be resumed."""
 
     exit_code = 130
+
+
+class FinishedRun(Exception):
+    """``--resume`` of a run whose ``results.json`` exists: nothing to do (the script prints this, exit 0)."""
+
+    def __init__(self, path, results):
+        super().__init__(f"{path} is finished (results.json exists); nothing was resumed or changed. Start a new run "
+                         f"to train again")
+        self.results = results

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable, TypeVar
 
-from utils.errors import NonFiniteLossError, RunInterrupted, UserError
+from utils.core.errors import FinishedRun, NonFiniteLossError, RunInterrupted, UserError
 
 T = TypeVar("T")
 
@@ -16,8 +16,6 @@ def exit_on_error(body: Callable[[], T], interrupted: str = "interrupted; nothin
     script with one line ``error: ...`` on stderr; ``--resume`` of a finished run prints one line and returns its
     results; Ctrl-C ends with one line (``interrupted``, or the run's own resume hint) and exit code 130; output
     piped into a reader that stopped (``| head``) ends quietly."""
-    from utils.resume import FinishedRun
-
     try:
         return body()
     except (UserError, NonFiniteLossError) as error:

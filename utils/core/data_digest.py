@@ -49,8 +49,8 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, entries: dict) -> bool:
-    from utils.errors import UserError
-    from utils.rundir import atomic_write_bytes
+    from utils.core.errors import UserError
+    from utils.core.atomic import atomic_write_bytes
 
     text = json.dumps({"version": 1, "files": entries}, indent=1, sort_keys=True) + "\n"
     try:

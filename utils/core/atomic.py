@@ -2,7 +2,7 @@
 
 Imports only the standard library, so light processes (the sweep's per-node wrapper) write through it as the
 training scripts do (:mod:`utils.rundir` re-exports it). A failed write removes its temporary file and becomes one
-:class:`~utils.errors.UserError` line naming the file, why (no space left, read-only file system, permission
+:class:`~utils.core.errors.UserError` line naming the file, why (no space left, read-only file system, permission
 denied, not a directory) and what to do; the previous version of the file, if any, is kept.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import threading
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 OUT_DIR_FIX = "check the free space and permissions there, or pass another --out_dir"
 #: what torch's zip stream writer (``torch.save``) says when the file system refuses a write, e.g. a full disk:
