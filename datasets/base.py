@@ -186,19 +186,15 @@ class DatasetSpec:
     #: for data without ``data_files``: what identifies it besides the dataset options (``args -> dict``, e.g. the
     #: digest of an embedded file)
     data_identity: Callable[[argparse.Namespace], dict] | None = None
-    #: per-sample input shapes for offline contexts and tests; ``None``: the default teacher's ``example_inputs``
-    input_shapes: dict[str, tuple[int, ...]] | None = None
+    #: per-sample input shapes of the full-size data (``{"m1": ..., "m2": ...}``), for offline contexts and tests
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def configured(self, args: argparse.Namespace) -> "DatasetSpec":
         return self.configure(args) if self.configure is not None else self
 
     def example_input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample input shapes of this database (full size), without loading it."""
-        if self.input_shapes is not None:
-            return dict(self.input_shapes)
-        from models import get_entry
-
-        return dict(get_entry(self.teacher).example_inputs)
+        return dict(self.input_shapes)
 
     @property
     def is_segmentation(self) -> bool:

@@ -85,6 +85,7 @@ SPEC = DatasetSpec(
     teacher="MLP-I",
     students={"m1": "MLP-Vb", "m2": "MLP-Tb"},
     batch_size=512,
+    input_shapes={"m1": (2048,), "m2": (768,)},
     lr=5e-3,
     epochs=100,
     aliases=("CrisisMMD-V2",),

@@ -81,6 +81,7 @@ SPEC = DatasetSpec(
     teacher="FuseNet-I",
     students={"m1": "FuseNet-RGBbranch", "m2": "FuseNet-Dbranch"},
     batch_size=6,
+    input_shapes={"m1": (3, 480, 640), "m2": (1, 480, 640)},
     lr=1e-4,
     epochs=100,
     ignore_index=0,

@@ -267,6 +267,7 @@ SPEC = DatasetSpec(
     teacher="DSCNN-I",
     students={"m1": "VisualBranchNet", "m2": "AudioBranchNet"},
     batch_size=32,
+    input_shapes={"m1": VIDEO_SHAPE, "m2": AUDIO_SHAPE},
     lr=1e-4,
     epochs=100,
     load=load,

@@ -139,6 +139,7 @@ SPEC = DatasetSpec(
     teacher="MVD-MLP-I",
     students={"m1": "MVD-MLP-m1", "m2": "MVD-MLP-m2"},
     batch_size=256,
+    input_shapes={"m1": (50,), "m2": (50,)},
     lr=1e-3,
     epochs=20,
     load=load,

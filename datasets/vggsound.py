@@ -146,6 +146,7 @@ SPEC = DatasetSpec(
     teacher="DSCNN-VGGS-I",
     students={"m1": "VisualBranchNet-VGGS", "m2": "AudioBranchNet-VGGS"},
     batch_size=512,
+    input_shapes={"m1": VISUAL_SHAPE, "m2": AUDIO_SHAPE},
     lr=1e-4,
     epochs=100,
     load=load,

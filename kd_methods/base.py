@@ -9,7 +9,7 @@ everything else (epochs, backward/step, validation, selection, logging, checkpoi
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
+from kd_methods.checkpoints import load_model_checkpoint
 from models import build_model, get_entry
 from utils.core.errors import UserError
 
@@ -77,8 +78,18 @@ class RunContext:
     make_loader: Callable[..., BatchLoader]
     log: Callable[[str], None] = print
     run_path: "object" = None
-    #: the run's provenance record (utils.provenance.run_record), set by the engine or computed on first use
+    #: the run's provenance record (utils.provenance.run_record): set by the engine, else made on first use by
+    #: ``make_record`` (contexts that never load a checkpoint need neither)
     provenance: dict | None = None
+    make_record: Callable[[], dict] | None = field(default=None, repr=False)
+
+    def record(self) -> dict:
+        """The run's provenance record (what its checkpoints were trained on), made once."""
+        if self.provenance is None:
+            if self.make_record is None:
+                raise RuntimeError("this RunContext has neither a provenance record nor make_record")
+            self.provenance = self.make_record()
+        return self.provenance
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -307,46 +318,6 @@ class Method(nn.Module):
     def make_adam(self, params, lr: float, foreach: bool | None = None) -> torch.optim.Optimizer:
         """``Adam(params, lr)`` with PyTorch's default hyper-parameters, fused unless ``--no-fused_adam``."""
         return make_adam(params, lr, fused=getattr(self.args, "fused_adam", False), foreach=foreach)
-
-
-def load_model_checkpoint(model: nn.Module, path: str, ctx: RunContext, role: str = "model",
-                          check_provenance: bool = True) -> nn.Module:
-    """Load a model (a teacher, or the network test-T/test-S evaluate) from our ``best.pth`` or a reference-style
-    bare state dict (strict).
-
-    Once the tensors fit, a ``best.pth`` trained on other data, another split or as another model (of the same
-    shapes) is refused (:func:`utils.provenance.check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
-    a warning; ``check_provenance=False`` skips it); a checkpoint.pth or stage file is not a model. The
-    project's one checkpoint-to-model loader (methods, test scripts, the MFH tools).
-    """
-    from utils.provenance import check_model_checkpoint, mismatch_note
-    from utils.core.checkpoints import load_checkpoint
-
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage", "snapshot"):
-        what = {"checkpoint": "per-epoch checkpoint", "stage": "stage file", "snapshot": "best snapshot"}
-        raise UserError(f"{path} is a {what[state['kind']]} of a whole run, not a model; pass the best.pth of "
-                        f"that run directory")
-    saved = state if isinstance(state, dict) and isinstance(state.get("model"), dict) else None
-    if saved is not None:
-        state = saved["model"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        ours = set(model.state_dict())
-        theirs = set(state) if isinstance(state, dict) else set()
-        detail = (f"{len(ours - theirs)} missing and {len(theirs - ours)} unexpected keys"
-                  if ours != theirs else "tensor shapes differ")
-        held = f" (it holds {saved['model_name']})" if saved is not None and saved.get("model_name") else ""
-        note = mismatch_note(saved, ctx, model.model_name)
-        fix = ("pass a checkpoint trained on this run's data" if note and "model " not in note else
-               f"pass a checkpoint of {model.model_name}, or the model name the checkpoint was trained with")
-        raise UserError(f"checkpoint {path} does not fit {role} '{model.model_name}' ({detail}){held}{note}; "
-                        f"{fix}") from None
-    # the tensors fit; refuse one trained on other data, another split or as another model of the same shapes
-    if check_provenance:
-        check_model_checkpoint(saved, path, ctx, model.model_name, role)
-    return model
 
 
 def make_adam(params, lr: float, fused: bool = True, foreach: bool | None = None) -> torch.optim.Optimizer:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from models import MODELS, get_entry
-from models import taps as model_taps
+from kd_methods import taps as method_taps
 from utils.core.errors import UserError
 from utils.core.hooks import capture_features
 
@@ -17,14 +17,14 @@ def usable_models(slot: str, database: str, inputs: tuple[str, ...] | None = Non
     taking ``inputs``."""
     from models import models_for
 
-    return [n for n in models_for(database) if model_taps.layers(slot, n) is not None
+    return [n for n in models_for(database) if method_taps.layers(slot, n) is not None
             and (inputs is None or MODELS[n].inputs == tuple(inputs))]
 
 
 def tap_layers(slot: str, model: str, database: str, method: str, what: str) -> tuple[str, ...]:
-    """The layers ``method`` reads in ``model`` (:func:`models.taps.layers`) or one :class:`UserError` naming the
+    """The layers ``method`` reads in ``model`` (:func:`kd_methods.taps.layers`) or one :class:`UserError` naming the
     models that declare the taps it needs."""
-    layers = model_taps.layers(slot, model)
+    layers = method_taps.layers(slot, model)
     if layers is not None:
         return layers
     shown = ", ".join(usable_models(slot, database, get_entry(model).inputs)) or "none"

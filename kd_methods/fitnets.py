@@ -13,7 +13,7 @@ Reference quirks kept by default, each with a switch:
   architecture of the regressor, not a bug).
 
 The reference crashes on teacher/student pairs without a hint table; here the layers come from the models' declared
-taps (``models.taps``), and a pair without them is refused up front.
+taps (``kd_methods.taps``), and a pair without them is refused up front.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from kd_methods.base import Stage
 from kd_methods.features import feature_shapes, modules_up_to, sample_inputs
 from kd_methods.kd import KD, TEACHER_HELP
 from models import MODELS
-from models import taps as model_taps
+from kd_methods import taps as method_taps
 from utils.core.errors import UserError
 from utils.core.hooks import capture_features
 
@@ -112,7 +112,7 @@ class Fixed(nn.Module):
 REGRESSORS = {cls.kind: cls for cls in (R1D, R2Dto1D, Down, Up, Fixed)}
 
 # -- hint pairs: (teacher layer, student layer, regressor) ------------------------------------------------------
-# Each model's last two declared taps, zipped, with the regressor its shapes call for (``models.taps``, slots
+# Each model's last two declared taps, zipped, with the regressor its shapes call for (``kd_methods.taps``, slots
 # ``hints`` and ``hints-uu``); the reference's other rows (AV-MNIST and NYU-Depth-V2 cross-modal pairs) are in the
 # table there.
 
@@ -127,7 +127,7 @@ def _same_database_pairs(slot: str) -> dict[tuple[str, str], tuple]:
                 continue
             if t_entry.is_multimodal != (slot == "hints") or (slot == "hints-uu" and t_entry.inputs == s_entry.inputs):
                 continue
-            rows = model_taps.hint_rows(slot, teacher, student)
+            rows = method_taps.hint_rows(slot, teacher, student)
             if rows is not None and all(kind is not None for _, _, kind in rows):
                 pairs[(teacher, student)] = rows
     return pairs
@@ -141,7 +141,7 @@ HINT_PAIRS_UU = _same_database_pairs("hints-uu")
 def hint_rows(slot: str, teacher: str, student: str, database: str, method: str) -> tuple:
     """The pair's rows (regressors possibly still unknown: ``None``) or one :class:`UserError` listing the pairs of
     ``database``."""
-    rows = model_taps.hint_rows(slot, teacher, student)
+    rows = method_taps.hint_rows(slot, teacher, student)
     if rows is not None:
         return rows
     known = [f"{t} -> {s}" for t, s in (HINT_PAIRS if slot == "hints" else HINT_PAIRS_UU)
@@ -196,7 +196,7 @@ class FitNets(KD):
         s_inputs = sample_inputs(ctx, (self.mode,))
         t_shapes = feature_shapes(self.teacher, [t for t, _, _ in rows], t_inputs)
         s_shapes = feature_shapes(self.student, [s for _, s, _ in rows], s_inputs)
-        self.hint_pairs = tuple((t, s, kind or model_taps.regressor_kind(s_shapes[s], t_shapes[t]))
+        self.hint_pairs = tuple((t, s, kind or method_taps.regressor_kind(s_shapes[s], t_shapes[t]))
                                 for t, s, kind in rows)
         for t, s, kind in self.hint_pairs:
             if kind is None:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.base import Method, Stage, freeze, load_model_checkpoint
+from kd_methods.base import Method, Stage, freeze
+from kd_methods.checkpoints import load_model_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
 from kd_methods.mfh_lab import JOINT_MOMENTUM
 from utils.core.errors import NonFiniteLossError, UserError

@@ -40,7 +40,7 @@ from kd_methods.features import feature_shapes, require_unimodal_teacher, sample
 from kd_methods.reporting import save_artifact
 from utils.core.errors import UserError
 
-#: the teacher layer whose channels are ranked: the teacher's last declared tap (``models.taps``, slot ``mgdfr``;
+#: the teacher layer whose channels are ranked: the teacher's last declared tap (``kd_methods.taps``, slot ``mgdfr``;
 #: the reference's FuseNet choice, the last encoder stage, is in its table there)
 MGDFR_SLOT = "mgdfr"
 

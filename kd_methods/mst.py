@@ -95,7 +95,7 @@ from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_widt
 from utils.core.errors import UserError
 from utils.core.hooks import replace_outputs
 
-# Hooked layers: the last two taps each model declares (``models.taps``, slot ``mst``: the reference's layers for the
+# Hooked layers: the last two taps each model declares (``kd_methods.taps``, slot ``mst``: the reference's layers for the
 # paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
 LAYER_SLOT = "mst"
 
@@ -104,7 +104,7 @@ def _layer_tables(multimodal: bool) -> dict[str, dict[str, tuple[str, ...]]]:
     """database -> {model: hooked layers} for the models of each database (generic ones excluded), as the
     reference's tables listed them: for the documentation, the tests and the error messages."""
     from models import MODELS
-    from models.taps import layers
+    from kd_methods.taps import layers
 
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
     for name, entry in MODELS.items():
@@ -284,7 +284,7 @@ class MSTDistill(Method):
         if min(args.w_task, args.w_kl, args.w_lb) < 0:
             raise UserError("--w_task, --w_kl and --w_lb must be >= 0")
         from kd_methods.features import usable_models
-        from models.taps import layers
+        from kd_methods.taps import layers
 
         teachers = usable_models(LAYER_SLOT, spec.name, ("m1", "m2"))
         if args.Tmodel not in teachers:
@@ -316,7 +316,7 @@ class MSTDistill(Method):
         args, spec = self.args, self.spec
         self.fill_defaults(args, spec)  # contexts built without the CLI
         n = args.mask_layer_num
-        from models.taps import layers
+        from kd_methods.taps import layers
 
         t_layers, a_layers = layers(LAYER_SLOT, args.Tmodel), layers(LAYER_SLOT, args.AUXmodel)
         # Build order = the reference's RNG order: T, A, S, MaskNets (every listed layer of T then of A, truncated
@@ -378,7 +378,7 @@ class MSTDistill(Method):
             log("warning: --epochs_s2 0: stage 3 uses untrained MaskNets (the reference crashes here)")
 
     def _load_init(self, path: str) -> None:
-        from utils.provenance import check_same_data
+        from kd_methods.checkpoints import check_same_data
         from utils.core.checkpoints import full_method_state, load_checkpoint
 
         saved = load_checkpoint(path)

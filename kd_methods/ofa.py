@@ -27,7 +27,7 @@ from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
 from utils.core.hooks import capture_features
 
 #: the student stages that get a projector (the teacher side is its logits): every tap the student declares
-#: (``models.taps``, slot ``ofa``; the reference's choice for LeNet5, conv1/conv2/fc1, is in its table there).
+#: (``kd_methods.taps``, slot ``ofa``; the reference's choice for LeNet5, conv1/conv2/fc1, is in its table there).
 #: 4-d features get the 2-d projector, flat ones the 1-d projector.
 OFA_SLOT = "ofa"
 

@@ -11,6 +11,9 @@ from typing import Callable
 
 import torch.nn as nn
 
+from models.taps import Tap
+from utils.core.errors import UserError
+
 MULTIMODAL = ("m1", "m2")
 
 
@@ -23,9 +26,9 @@ class ModelEntry:
     architecture was designed for (several databases may share it, e.g. all Synthetic-MVD variants), or
     ``None`` for a generic model sized from the inputs it gets (any dataset whose inputs fit).
 
-    ``taps`` declares the model's feature taps (:mod:`models.taps`): submodule paths in forward order, the
-    logits excluded, each with its per-sample output shape for ``example_inputs`` (``None`` where a dimension
-    follows the input size). ``example_inputs`` are per-sample input shapes the model is built for (the paper
+    ``taps`` declares the model's feature taps (:mod:`models.taps`; which ones a method reads is
+    :mod:`kd_methods.taps`): submodule paths in forward order, the logits excluded, each with its per-sample output
+    shape for ``example_inputs`` (``None`` where a dimension follows the input size). ``example_inputs`` are per-sample input shapes the model is built for (the paper
     shapes for the paper models; any fitting shapes for generic ones).
     """
 
@@ -56,8 +59,6 @@ def register_model(name: str, database: str | None, inputs: tuple[str, ...], des
     def decorator(builder):
         if name in MODELS:
             raise ValueError(f"model name registered twice: {name}")
-        from models.taps import Tap
-
         declared = tuple(Tap(tap, tuple(shape)) for tap, shape in (taps or {}).items())
         MODELS[name] = ModelEntry(name, database, tuple(inputs), builder, description, declared,
                                   dict(example_inputs or {}))
@@ -70,8 +71,6 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        from utils.core.errors import UserError
-
         raise UserError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}") from None
 
 

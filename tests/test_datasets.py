@@ -60,6 +60,16 @@ def test_spec_fields(database):
     assert spec.name in datasets.DATASETS
 
 
+@pytest.mark.parametrize("database", FIXTURE_DATABASES)
+def test_input_shapes_are_the_paper_teachers(database):
+    """A database states its input shapes itself; for the paper databases they are the shapes its teacher is
+    built for."""
+    from models import get_entry
+
+    spec = get_spec(database)
+    assert spec.example_input_shapes() == get_entry(spec.teacher).example_inputs
+
+
 def test_cmmd_alias():
     assert get_spec("CrisisMMD-V2") is get_spec("CMMD-V2")
 

@@ -12,7 +12,8 @@ from datasets import DATASETS
 from kd_methods.features import feature_shapes
 from kd_methods.fitnets import REGRESSORS
 from models import MODELS, build_model
-from models.taps import REFERENCE_HINTS, REFERENCE_LAYERS, RULES, feature_info, hint_rows, layers, regressor_kind
+from kd_methods.taps import REFERENCE_HINTS, REFERENCE_LAYERS, RULES, hint_rows, layers, regressor_kind
+from models.taps import feature_info
 
 #: image examples ([C, H, W]) of more than LARGE pixels are probed at 1/SCALE of their size (NYU: 96x128)
 LARGE, SCALE = 100_000, 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import sys
 import time
@@ -70,8 +71,10 @@ def build_context(args, device, log=print) -> RunContext:
                            num_workers=args.num_workers if split == "train" else 0,
                            max_steps=args.max_steps if max_steps == -1 else max_steps)
 
-    return RunContext(args=args, spec=spec, device=device, source=source, splits=splits, make_loader=make_loader,
-                      log=log)
+    ctx = RunContext(args=args, spec=spec, device=device, source=source, splits=splits, make_loader=make_loader,
+                     log=log)
+    ctx.make_record = functools.partial(provenance.context_record, ctx)
+    return ctx
 
 
 def run_tag(args) -> str:
@@ -512,7 +515,7 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
 def identity_results(ctx: RunContext, stages: list[Stage]) -> dict:
     """The part of ``results.json`` that says which experiment a run is: its configuration (digest), data digest,
     split sizes, budget, the checkpoints it started from and the code that ran it."""
-    record = provenance.context_record(ctx)
+    record = ctx.record()
     return {"config": record["config"], "config_digest": record["config_digest"],
             "data_digest": record["data_digest"], "split_sizes": record["split_sizes"],
             "checkpoints": record["checkpoints"], "budget": budget(stages, ctx), "code": provenance.code_version()}

@@ -5,10 +5,12 @@ method <-> engine boundary (methods never import ``utils.cli`` or ``utils.engine
 """
 from __future__ import annotations
 
+import functools
 import numpy as np
 import torch
 
 from kd_methods.base import RunContext
+from utils import provenance
 
 
 def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None = None, device: str = "cpu",
@@ -45,5 +47,7 @@ def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None
                            shuffle=(split == "train") if shuffle is None else shuffle, seed=args.seed,
                            device=torch_device, max_steps=args.max_steps if max_steps == -1 else max_steps)
 
-    return RunContext(args=args, spec=spec, device=torch_device, source=source, splits=splits, make_loader=make_loader,
-                      log=log)
+    ctx = RunContext(args=args, spec=spec, device=torch_device, source=source, splits=splits, make_loader=make_loader,
+                     log=log)
+    ctx.make_record = functools.partial(provenance.context_record, ctx)
+    return ctx

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kd_methods.checkpoints import record_of
 from utils.core.errors import UserError
 
 RECORD_VERSION = 2
@@ -189,120 +190,8 @@ def run_record(method: str | None, args, spec, splits: dict) -> dict:
 
 
 def context_record(ctx) -> dict:
-    """The record of the run behind ``ctx`` (computed once; the engine stores it with the method name)."""
-    if ctx.provenance is None:
-        ctx.provenance = run_record(None, ctx.args, ctx.spec, ctx.splits)
-    return ctx.provenance
-
-
-def record_of(saved) -> dict | None:
-    """The record of a loaded checkpoint; for files written before records existed, what their ``args`` tell
-    (no split digest); ``None`` for a bare state dict."""
-    if not isinstance(saved, dict):
-        return None
-    record = saved.get("provenance")
-    if isinstance(record, dict):
-        return record
-    args = saved.get("args")
-    if not isinstance(args, dict) or "database" not in args:
-        return None
-    from datasets import get_spec
-
-    try:
-        options = dataset_options(get_spec(args["database"]).name, args)
-    except UserError:
-        options = {}
-    return {"version": 0, "method": None, "database": args["database"], "mode": args.get("mode"),
-            "models": {flag: args[flag] for flag in MODEL_FLAGS if args.get(flag)}, "dataset_options": options,
-            "seed": args.get("seed"), "split_sha256": None, "model_name": saved.get("model_name")}
-
-
-def describe(record: dict, keys) -> str:
-    parts = []
-    for key in keys:
-        if key == "database":
-            parts.append(str(record.get("database")))
-        elif key == "model":
-            parts.append(f"model {record.get('model_name')}")
-        elif key == "data":
-            digest = record.get("data_digest") or "?"
-            parts.append(f"the data in {record.get('data_root')} (sha256 {digest[:12]})")
-        elif key == "split":
-            digest = record.get("split_sha256") or "?"
-            parts.append(f"the --seed {record.get('seed')} split (sha256 {digest[:12]})")
-        else:
-            parts.append(f"--{key} {record.get('dataset_options', {}).get(key)}")
-    return ", ".join(parts)
-
-
-def differences(saved: dict, current: dict, model_name: str | None) -> list[str]:
-    """What differs between a checkpoint's record and the current run: keys for :func:`describe`."""
-    if saved.get("database") != current["database"]:
-        keys = ["database"]
-    else:
-        mine, theirs = current.get("dataset_options", {}), saved.get("dataset_options", {})
-        keys = [k for k in mine if k in theirs and theirs[k] != mine[k]]
-        if not keys and saved.get("data_digest") and current.get("data_digest") \
-                and saved["data_digest"] != current["data_digest"]:
-            keys.append("data")
-        if saved.get("split_sha256") and saved["split_sha256"] != current["split_sha256"]:
-            keys.append("split")
-        elif not saved.get("split_sha256") and saved.get("seed") is not None and saved["seed"] != current["seed"]:
-            keys.append("split")
-    if model_name is not None and saved.get("model_name") and saved["model_name"] != model_name:
-        keys.append("model")
-    return keys
-
-
-def mismatch_note(saved, ctx, model_name: str) -> str:
-    """``"; it was trained on ..., this run uses ..."`` when the record explains why a checkpoint does not fit."""
-    record = record_of(saved)
-    if record is None:
-        return ""
-    current = {**context_record(ctx), "model_name": model_name}
-    keys = differences(record, current, model_name)
-    return f"; it was trained on {describe(record, keys)}, this run uses {describe(current, keys)}" if keys else ""
-
-
-def check_model_checkpoint(saved, path, ctx, model_name: str, role: str = "teacher") -> None:
-    """Refuse (one line) a model checkpoint trained on other data, another split or as another model.
-
-    ``--allow_teacher_mismatch`` turns the refusal into a warning in the run's log; a checkpoint without a record
-    (a reference-style bare state dict) loads with a warning.
-    """
-    record = record_of(saved)
-    log = ctx.log
-    if record is None:
-        log(f"warning: {path} is a bare state dict without a record of its training data, split or model: "
-            f"it cannot be checked against this run (a best.pth of this framework can)")
-        return
-    current = {**context_record(ctx), "model_name": model_name}
-    keys = differences(record, current, model_name)
-    if not keys:
-        if record.get("split_sha256") is None:
-            log(f"warning: {path} records no split digest (an older checkpoint); only its database, seed and model "
-                f"were checked")
-        return
-    message = (f"{role} checkpoint {path} was trained on {describe(record, keys)}, but this run uses "
-               f"{describe(current, keys)}")
-    if getattr(ctx.args, "allow_teacher_mismatch", False):
-        log(f"warning: {message}; used anyway (--allow_teacher_mismatch)")
-        return
-    raise UserError(f"{message}; pass a checkpoint trained on this run's data, split and model, or "
-                    f"--allow_teacher_mismatch to use it anyway")
-
-
-def check_same_data(saved, path, ctx, flag: str, fix: str) -> None:
-    """Refuse (one line) networks trained on other data or another split than this run's: they would carry this
-    run's test samples into its training (MST-Distill's ``--init_from``). A file without a record is not checked."""
-    record = record_of(saved)
-    if record is None:
-        return
-    current = context_record(ctx)
-    keys = differences(record, current, None)
-    if keys:
-        raise UserError(f"{flag} {path} was trained on {describe(record, keys)}, but this run uses "
-                        f"{describe(current, keys)}; pass {fix}")
+    """The record of the run behind ``ctx`` without its method name (a context's ``make_record``)."""
+    return run_record(None, ctx.args, ctx.spec, ctx.splits)
 
 
 def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.core.atomic import atomic_write_text
+from utils.core.errors import UserError
 from utils.sweep import stats as sweep_stats
 from utils.sweep.collect import TEACHER_MODES, collect_runs
-from utils.sweep.graph import BASELINE, TEACHER
+from utils.sweep.graph import BASELINE, GROUP_ORDER, TEACHER, comparison_methods
+from utils.sweep.report import write_reports
 
-GROUP_ORDER = ("teacher", "no-kd", "multimodal-teacher", "crossmodal-teacher", "teacher-free", "MST-Distill", "other")
 METRIC_ORDER = ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU", "loss")
 TABLE_COLUMNS = ("database", "mode", "config", "method", "group", "n", "mean", "std", "delta_mean", "delta_std",
                  "ci_low", "ci_high", "p_ttest", "p_ttest_holm", "p_wilcoxon", "p_wilcoxon_holm", "p_nb", "wins",
@@ -69,8 +70,6 @@ def headline_metric(database: str) -> str:
 
 def _registry() -> dict[str, type]:
     try:
-        from utils.sweep.graph import comparison_methods
-
         return comparison_methods()
     except Exception:  # noqa: BLE001 - aggregation must not depend on every method module importing
         return {}
@@ -303,9 +302,6 @@ def runs_columns(runs: list[dict]) -> list[str]:
 def write_all(sweep: Path, log=print, problems: list[str] | None = None) -> list[dict]:
     """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep``; runs that
     cannot be read and nodes without a finished run are appended to ``problems`` (and the tables' notes)."""
-    from utils.core.errors import UserError
-    from utils.sweep.report import write_reports
-
     sweep = Path(sweep)
     if not (sweep / "runs").is_dir():
         raise UserError(f"{sweep} is not a sweep directory (no runs/ folder); pass the --out_dir of a sweep")

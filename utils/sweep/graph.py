@@ -27,6 +27,8 @@ from pathlib import Path
 from utils.core.errors import UserError
 
 TEACHER, BASELINE = "T", "S"
+#: the groups of the comparison table, in its order
+GROUP_ORDER = ("teacher", "no-kd", "multimodal-teacher", "crossmodal-teacher", "teacher-free", "MST-Distill", "other")
 MODES = ("m1", "m2")
 ROLES = {TEACHER: "teacher-mm", BASELINE: "no-kd"}
 #: flags the sweep sets itself for every node

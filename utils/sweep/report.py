@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from utils.sweep.aggregate import GROUP_ORDER
-from utils.sweep.graph import BASELINE, TEACHER
 from utils.core.atomic import atomic_write_bytes, atomic_write_text
+from utils.sweep.graph import BASELINE, GROUP_ORDER, TEACHER
 
 GROUP_TITLES = {"teacher": "Teachers", "no-kd": "Without KD", "multimodal-teacher": "Multimodal teacher",
                 "crossmodal-teacher": "Cross-modal teacher", "teacher-free": "Teacher-free",

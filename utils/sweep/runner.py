@@ -21,7 +21,7 @@ from utils.core import names
 from utils.core.atomic import atomic_write_bytes, check_writable, make_dirs
 from utils.core.errors import UserError
 from utils.sweep import node as node_mod
-from utils.sweep.graph import Node, build_graph, comparison_methods, write_graph
+from utils.sweep.graph import Node, build_graph, write_graph
 
 
 #: fork without exec is safe on Linux; macOS's system frameworks may abort a forked child (why Python's own
