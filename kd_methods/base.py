@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
 from kd_methods.checkpoints import load_model_checkpoint
-from models import build_model, get_entry
+from models import build_model, get_entry, models_for
 from utils.core.errors import UserError
 
 LossDict = dict[str, torch.Tensor]
@@ -216,29 +216,15 @@ class Method(nn.Module):
 
     # -- building blocks ---------------------------------------------------------------------------------
     def build(self, name: str, expected_inputs: tuple[str, ...] | None = None, role: str = "model") -> nn.Module:
-        """Build a registered model for this run's data. Any model whose inputs fit is accepted: the models of the
-        database and the generic ones (sized from the data) directly, a model of another database if one forward of
-        a sample runs (e.g. CMMD-V2's MLP-Vb on other 2048-d features)."""
+        """Build a registered model for this run's data (:func:`build_for_run`), refusing one of another modality
+        than the role needs."""
         entry = get_entry(name)
         if expected_inputs is not None and tuple(entry.inputs) != tuple(expected_inputs):
             raise UserError(f"{role} model '{name}' takes {'+'.join(entry.inputs)} but this run feeds it "
                             f"{'+'.join(expected_inputs)}; pick a model of that modality "
                             f"(--mode {self.mode}: student {self.spec.students[self.mode]}, "
                             f"cross-modal {self.spec.students[self.other]}, multimodal {self.spec.teacher})")
-        if entry.database in (None, self.spec.name):
-            return build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
-        shapes = {m: self.ctx.input_shapes[m] for m in entry.inputs}
-        try:
-            model = build_model(name, num_classes=self.spec.num_classes, input_shapes=self.ctx.input_shapes)
-            _check_fit(model, shapes)
-        except UserError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any failure of the probe means the inputs do not fit
-            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"{role} model '{name}' is built for {entry.database}, not {self.spec.name}: its inputs "
-                            f"{entry.example_inputs} do not fit {shapes} ({detail}); models for {self.spec.name}: "
-                            f"{', '.join(_models_of(self.spec.name))}") from None
-        return model
+        return build_for_run(name, self.ctx, role)
 
     def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The dataset's criterion (:meth:`datasets.base.DatasetSpec.task_loss`)."""
@@ -320,6 +306,28 @@ class Method(nn.Module):
         return make_adam(params, lr, fused=getattr(self.args, "fused_adam", False), foreach=foreach)
 
 
+def build_for_run(name: str, ctx: RunContext, role: str = "model") -> nn.Module:
+    """Build a registered model for the run behind ``ctx``: the one model resolver of every method and the MFH
+    tools. Any model whose inputs fit is accepted: the models of the database and the generic ones (sized from the
+    data) directly, a model of another database if one forward of a sample runs (e.g. CMMD-V2's MLP-Vb on other
+    2048-d features)."""
+    entry, spec = get_entry(name), ctx.spec
+    if entry.database in (None, spec.name):
+        return build_model(name, num_classes=spec.num_classes, input_shapes=ctx.input_shapes)
+    shapes = {m: ctx.input_shapes[m] for m in entry.inputs}
+    try:
+        model = build_model(name, num_classes=spec.num_classes, input_shapes=ctx.input_shapes)
+        _check_fit(model, shapes)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of the probe means the inputs do not fit
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{role} model '{name}' is built for {entry.database}, not {spec.name}: its inputs "
+                        f"{entry.example_inputs} do not fit {shapes} ({detail}); models for {spec.name}: "
+                        f"{', '.join(models_for(spec.name))}") from None
+    return model
+
+
 def make_adam(params, lr: float, fused: bool = True, foreach: bool | None = None) -> torch.optim.Optimizer:
     """Adam with PyTorch's defaults (the reference's optimiser), as fused kernels where torch has them.
 
@@ -348,9 +356,3 @@ def _check_fit(model: nn.Module, shapes: dict) -> None:
         model(*(torch.zeros((1, *shape)) for shape in shapes.values()))
     finally:
         model.train(was_training)
-
-
-def _models_of(database: str) -> list[str]:
-    from models import models_for
-
-    return models_for(database)

@@ -11,17 +11,18 @@ from utils.core.checkpoints import load_checkpoint
 from utils.core.errors import UserError
 
 
-def load_model_checkpoint(model: nn.Module, path: str, ctx, role: str = "model",
-                          check_provenance: bool = True) -> nn.Module:
+def load_model_checkpoint(model: nn.Module, path: str, ctx, role: str = "model", check_provenance: bool = True,
+                          contents=None) -> nn.Module:
     """Load a model (a teacher, or the network test-T/test-S evaluate) from our ``best.pth`` or a reference-style
     bare state dict (strict).
 
     Once the tensors fit, a ``best.pth`` trained on other data, another split or as another model (of the same
     shapes) is refused (:func:`check_model_checkpoint`; ``--allow_teacher_mismatch`` makes it
     a warning; ``check_provenance=False`` skips it); a checkpoint.pth or stage file is not a model. The
-    project's one checkpoint-to-model loader (methods, test scripts, the MFH tools).
+    project's one checkpoint-to-model loader (methods, test scripts, the MFH tools). ``contents``: the file's contents
+    when the caller has read it already (it is not read twice).
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path) if contents is None else contents
     if isinstance(state, dict) and state.get("kind") in ("checkpoint", "stage", "snapshot"):
         what = {"checkpoint": "per-epoch checkpoint", "stage": "stage file", "snapshot": "best snapshot"}
         raise UserError(f"{path} is a {what[state['kind']]} of a whole run, not a model; pass the best.pth of "

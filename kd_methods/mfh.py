@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.base import Method, Stage, freeze
+from kd_methods.base import Method, Stage, build_for_run, freeze
 from kd_methods.checkpoints import load_model_checkpoint
+from models import get_entry
+from utils.core.checkpoints import load_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
+from kd_methods.features import feature_shapes, sample_inputs
 from kd_methods.mfh_lab import JOINT_MOMENTUM
 from utils.core.errors import NonFiniteLossError, UserError
 
@@ -38,9 +41,6 @@ def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: s
 
     Returns ``(model on ctx.device, the modalities it takes)``.
     """
-    from models import build_model, get_entry
-    from utils.core.checkpoints import load_checkpoint
-
     state = None
     if ckpt:
         state = load_checkpoint(ckpt)
@@ -50,13 +50,11 @@ def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: s
                 raise UserError(f"{ckpt} does not record its model name; pass --model_{flag}")
     if name is None:
         name = ctx.spec.students[modality]
-    entry = get_entry(name)
-    if entry.database != ctx.spec.name:
-        raise UserError(f"--model_{flag} '{name}' is built for {entry.database}, not {ctx.spec.name}")
-    model = build_model(name, num_classes=ctx.spec.num_classes, input_shapes=ctx.input_shapes)
+    model = build_for_run(name, ctx, role=f"--model_{flag}")
     if state is not None:  # the one loader; the networks are compared, not distilled: no provenance check
-        load_model_checkpoint(model, ckpt, ctx, role=f"--model_{flag}", check_provenance=False)
-    return model.to(ctx.device), tuple(entry.inputs)
+        load_model_checkpoint(model, ckpt, ctx, role=f"--model_{flag}", check_provenance=False,
+                              contents=state)
+    return model.to(ctx.device), tuple(get_entry(name).inputs)
 
 
 def full_batch(ctx, split: str):
@@ -236,13 +234,9 @@ class NullifiedTeacherKD(Method):
 
     def teacher_modalities(self) -> tuple[str, ...]:
         """What ``--Tmodel`` takes: usually the other modality (a fusion network of ``--exp rank`` also works)."""
-        from models import get_entry
-
         return tuple(get_entry(self.args.Tmodel).inputs)
 
     def _check_channels(self) -> None:
-        from kd_methods.features import feature_shapes, sample_inputs
-
         inputs = sample_inputs(self.ctx, self.teacher_inputs)
         if self.layer is None:
             if len(inputs) != 1:

@@ -673,6 +673,36 @@ def test_smoke_rank_from_checkpoints(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("database", ["UCI-MFeat", "Paired"])
+def test_rank_generic_models_from_checkpoints(database, tmp_path, capsys):
+    """``--exp rank`` takes the generic models (sized from the data) as every method does: one model resolver."""
+    import utils
+
+    data = ["--database", database]
+    if database == "Paired":  # 60 samples, 3 classes, 12- and 9-d vectors with the label in m1
+        rng = np.random.RandomState(0)
+        labels = np.arange(60) % 3
+        root = tmp_path / "data"
+        root.mkdir()
+        np.save(root / "m1.npy", rng.randn(60, 12).astype(np.float32) + labels[:, None])
+        np.save(root / "m2.npy", rng.randn(60, 9).astype(np.float32))
+        np.save(root / "labels.npy", labels)
+        data += ["--data_root", str(root)]
+    ckpts = []
+    for mode in ("m1", "m2"):
+        utils.main("S", [*data, "--mode", mode, "--epochs", "1", "--out_dir", str(tmp_path / "S"), "--no-record",
+                         "--device", "cpu"])
+        ckpts.append(next((tmp_path / "S").rglob(f"*_{mode}_seed0*/best.pth")))
+    capsys.readouterr()
+    path = _run([*data, "--exp", "rank", "--ckpt_a", str(ckpts[1]), "--ckpt_b", str(ckpts[0]), "--repeats", "2"],
+                tmp_path, capsys)
+    results = json.loads((path / "results.json").read_text())
+    names = [torch.load(ckpt, weights_only=True)["model_name"] for ckpt in ckpts]
+    assert (results["model_a"], results["model_b"]) == (names[1], names[0])
+    salience = torch.load(path / "salience.pt", weights_only=True)["salience"]
+    assert salience.ndim == 1 and len(salience) > 0 and torch.isfinite(salience).all()
+
+
 @pytest.mark.parametrize("argv", [[], ["--exp", "nope"], ["--exp", "rank", "--database", "RAVDESS"],
                                   ["--exp", "rank", "--ckpt_a", "x.pth"], ["--exp", "nullify", "--ratios", "1.5"],
                                   ["--exp", "table2", "--runs", "0"]])
