@@ -71,6 +71,7 @@ SPEC = DatasetSpec(
     students={"m1": "LeNet5", "m2": "ThreeLayerCNN-A"},
     batch_size=512,
     input_shapes={"m1": (1, 28, 28), "m2": (1, 112, 112)},
+    pool_feature_maps=True,
     lr=1e-4,
     epochs=100,
     load=load,

@@ -186,6 +186,9 @@ class DatasetSpec:
     #: for data without ``data_files``: what identifies it besides the dataset options (``args -> dict``, e.g. the
     #: digest of an embedded file)
     data_identity: Callable[[argparse.Namespace], dict] | None = None
+    #: feature-based methods (RKD, CRD) max-pool a 4-d feature map 2x2 before flattening it (the reference's rule
+    #: on AV-MNIST)
+    pool_feature_maps: bool = False
     #: per-sample input shapes of the full-size data (``{"m1": ..., "m2": ...}``), for offline contexts and tests
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets import get_spec
 from kd_methods import register_method
 from kd_methods.features import feature_shapes, tap_layers
 from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
-from utils.core.errors import UserError
 from utils.core.hooks import capture_features
 
 #: the embedding width of RKD's and CRD's embedders (hard-coded in the reference)
@@ -23,19 +23,16 @@ EMBED_DIM = 128
 #: conv3; RAVDESS/VGGSound: fc2; CMMD-V2: fc2), which is what the taps declare
 FEATURE_SLOT = "feature"
 
-#: databases whose 4-d features are max-pooled 2x2 before flattening (the reference's AV-MNIST rule)
-POOL_4D_DATABASES = ("AV-MNIST",)
-
-
 def feature_layer(database: str, model: str, method: str) -> str:
     """The submodule whose output ``method`` distils for ``model``; one-line error for a model without taps."""
     return tap_layers(FEATURE_SLOT, model, database, method, "feature layer")[0]
 
 
 def flatten_feature(feature: torch.Tensor, database: str) -> torch.Tensor:
-    """``[B, D]``: on AV-MNIST a 4-d feature is max-pooled 2x2 first. The hooked ``conv3`` output is pre-ReLU,
+    """``[B, D]``; a 4-d feature is max-pooled 2x2 first where the database says so
+    (:attr:`~datasets.base.DatasetSpec.pool_feature_maps`, AV-MNIST). The hooked ``conv3`` output is pre-ReLU,
     so this differs from the model's own pooled (post-ReLU) feature by a ReLU, as in the reference."""
-    if database in POOL_4D_DATABASES and feature.dim() == 4:
+    if feature.dim() == 4 and get_spec(database).pool_feature_maps:
         feature = F.max_pool2d(feature, kernel_size=2, stride=2)
     return feature.reshape(feature.shape[0], -1)
 
