@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from datasets.groups import group_splits
 from datasets.splits import resolve_split as reference_split
 from datasets.minmax import channel_min_max, normalise_per_channel, normalise_per_sample, uint8_lookup, \
     warn_constant_channels
+from utils.core.atomic import atomic_write_bytes
 from utils.core.data_digest import cache_dir
 from utils.core.errors import UserError
 
@@ -91,16 +91,11 @@ def _read_cache(path: Path, key: dict):
 
 
 def _write_cache(path: Path, entry: dict) -> bool:
+    text = json.dumps(entry, indent=1)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(entry, indent=1))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # gone after a successful replace; a failed write leaves no debris
+        atomic_write_bytes(path, lambda handle: handle.write(text.encode()), make_parents=True)
         return True
-    except OSError:
+    except (UserError, OSError):  # a read-only folder: the next candidate
         return False
 
 

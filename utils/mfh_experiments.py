@@ -34,11 +34,11 @@ from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_k
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
 from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN, SWEEP_FIXED, TABLE2_ROWS,
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
-from utils.core.errors import NonFiniteLossError, UserError
-from utils.core.atomic import atomic_write_bytes
+from utils.core.atomic import atomic_write_bytes, atomic_write_text
 from utils.core.checkpoints import atomic_save, atomic_write_json
-from utils.rundir import RunDir
+from utils.core.errors import NonFiniteLossError, UserError
 from utils.core.script import exit_on_error
+from utils.rundir import RunDir
 
 EXPERIMENTS = ("gamma", "alpha", "table2", "rank", "nullify")
 LR_EXPERIMENTS = ("gamma", "alpha", "table2")
@@ -75,10 +75,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
     text = buffer.getvalue().encode()
     atomic_write_bytes(path, lambda handle: handle.write(text))
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -189,7 +185,7 @@ def run_sweep(args, run_dir: RunDir, device) -> dict:
             f"decisive features hidden from both modalities: {'yes' if args.hidden_decisive else 'no'}; "
             f"{SWEEP_PROTOCOL[args.sweep_fixed]}. KD - no-KD is the paired difference of each run.\n\n"
             + markdown_table([exp, "teacher", "no-KD student", "KD student", "KD - no-KD"], md_rows))
-    write_text(run_dir.path / f"{name}.md", text)
+    atomic_write_text(run_dir.path / f"{name}.md", text)
     fixed = "student's data fixed" if args.sweep_fixed == "student" else "teacher's data fixed"
     plot_sweep(results, xlabel, f"MFH {figure} ({args.runs} runs, {fixed})", run_dir.path / f"{name}.png")
     return {"experiment": exp, "fixed": args.sweep_fixed, "points": results}
@@ -253,7 +249,7 @@ def run_table2(args, run_dir: RunDir, device) -> dict:
                  + markdown_table(["gamma", "teacher", "MG teacher", "MG KD", "recovered (%)",
                                    "MG KD beats no-KD and regular KD"], extra_rows))
     text += f"\nAll rows meet the target: {'yes' if all_met else 'no'}\n"
-    write_text(run_dir.path / "table2.md", text)
+    atomic_write_text(run_dir.path / "table2.md", text)
     run_dir.log("\n" + text)
     return {"experiment": "table2", "rows": summary, "all_rows_meet_target": all_met}
 
@@ -373,7 +369,7 @@ def run_nullify(args, ctx, run_dir: RunDir) -> dict:
             f"{args.epochs} epochs; student test accuracy (%), mean ± std over {args.runs} runs; "
             f"T = nullified teacher's test accuracy. Regular teacher test accuracy {regular['teacher_acc']:.2f}.\n\n"
             + markdown_table(header, md_rows))
-    write_text(run_dir.path / "nullify.md", text)
+    atomic_write_text(run_dir.path / "nullify.md", text)
     run_dir.log("\n" + text)
     return {"experiment": "nullify", "ranking": ranking["info"], "variants": records}
 

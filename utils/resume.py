@@ -14,15 +14,12 @@ import os
 from pathlib import Path
 
 from utils.core.errors import FinishedRun, UserError
+from utils.core.names import script_of
 
 #: options that may differ when a run is resumed (where and how it runs, not what it computes)
 RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data_root", "data_on_device", "threads")
 #: options that may grow when a run is resumed: more epochs continue a run (fewer would cut what it selected)
 EXTENDABLE = ("epochs",)
-
-
-def script_of(method_name: str) -> str:
-    return f"{method_name}.py" if method_name.startswith("test-") else f"main-{method_name}.py"
 
 
 def _kind(saved: dict) -> str:

@@ -23,3 +23,8 @@ COMPARISON_METHODS = ("KD", "KD-UU", "MLLD", "MLLD-UU", "DML", "RKD", "RKD-UU", 
 def database_names(with_aliases: bool = True) -> list[str]:
     """The valid ``--database`` values (as ``datasets.dataset_names``)."""
     return list(DATABASES) + (list(DATABASE_ALIASES) if with_aliases else [])
+
+
+def script_of(method: str) -> str:
+    """The script that runs ``method``: ``main-<method>.py``, ``test-T.py`` / ``test-S.py`` for the test methods."""
+    return f"{method}.py" if method.startswith("test-") else f"main-{method}.py"

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from utils.core.errors import UserError
+from utils.core.names import script_of
 
 TEACHER, BASELINE = "T", "S"
 #: the groups of the comparison table, in its order
@@ -79,10 +80,6 @@ def comparison_methods() -> dict[str, type]:
     from kd_methods import all_methods
 
     return {name: cls for name, cls in all_methods().items() if cls.in_comparison}
-
-
-def script_of(method: str) -> str:
-    return f"main-{method}.py"
 
 
 def split_flags(tokens: list[str]) -> list[list[str]]:
