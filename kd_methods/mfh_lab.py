@@ -20,7 +20,7 @@ Data of Fig. 2 / Fig. 3 (:func:`sweep_setting`), two protocols:
   holds its ``|J1|`` at the same column positions as in ``x*``. Across the sweep only the teacher's modality
   changes: the student's data, its labels and its initial weights are the same at every point, so the no-KD
   line is one constant and ``KD - no-KD`` is a paired difference.
-* ``fixed="teacher"`` (the protocol of earlier versions of this toolkit): the shared generator
+* ``fixed="teacher"``: the shared generator
   :func:`datasets.synthetic.sample_mvd`, layout ``[a-exclusive | shared | b-exclusive | hidden]``; the teacher's
   data stay fixed across the sweep and the student's change.
 """

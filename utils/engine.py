@@ -181,14 +181,8 @@ def _record_failure(run_dir: RunDir, error: BaseException, new_run: bool) -> Non
 
 
 def _load_resumed_state(method: Method, resume: dict, path) -> None:
-    """Full checkpoints (older runs) load strictly; a per-epoch one is its stage file plus its own part."""
-    if resume.get("base") is None and not resume.get("partial"):
-        try:
-            method.load_state_dict(resume["method"])
-        except (RuntimeError, TypeError, AttributeError):
-            raise UserError(f"{path} does not fit this {method.name} configuration: a checkpoint of another method "
-                            f"or version; resume it with the script that wrote it") from None
-        return
+    """A per-epoch checkpoint is its stage file plus its own part (in the first stage: the seeded initial state plus
+    its own part)."""
     full = full_method_state(resume, path)
     if full is None:  # first stage: what is not stored is the freshly built (seeded) initial state
         full = resume["method"]

@@ -405,8 +405,9 @@ def add_experiment_arguments(group) -> None:
     group.add_argument("--sweep_fixed", choices=SWEEP_FIXED, default="student",
                        help="gamma/alpha: whose data stay the same across the sweep: student (the authors' protocol: "
                             "the student's modality, labels and initial weights are the same at every point, only "
-                            "the teacher's modality changes, so no-KD is one constant) or teacher (earlier versions "
-                            "of this toolkit: the teacher's modality fixed, the student's changes) "
+                            "the teacher's modality changes, so no-KD is one constant) or teacher (the teacher's "
+                            "modality stays the same and the student's changes, from the shared generator "
+                            "datasets.synthetic.sample_mvd) "
                             "(default: %(default)s)")
     group.add_argument("--hidden_decisive", action=argparse.BooleanOptionalAction, default=True,
                        help="gamma/alpha: the label also depends on decisive features neither modality sees, as the "

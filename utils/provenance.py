@@ -104,8 +104,7 @@ def data_digest(spec, args) -> str:
 
 def checkpoint_inputs(args) -> dict:
     """``{flag: {"sha256", "config_digest"}}`` of every checkpoint the run starts from: the file's SHA-256 and the
-    configuration digest its record names (``None`` for a bare state dict or a file written before records had
-    one)."""
+    configuration digest its record names (``None`` for a bare state dict)."""
     from utils.core.data_digest import file_sha256
     from utils.core.checkpoints import load_checkpoint
 

@@ -22,14 +22,6 @@ RUNTIME_OPTIONS = ("device", "cuda_id", "num_workers", "resume", "record", "data
 EXTENDABLE = ("epochs",)
 
 
-def _kind(saved: dict) -> str:
-    if saved.get("kind"):
-        return saved["kind"]
-    if "model" in saved:  # files written before they said what they are
-        return "best"
-    return "checkpoint" if "stage" in saved else "stage"
-
-
 def _method_of(saved: dict, run_path: Path) -> str | None:
     record = saved.get("provenance")
     if isinstance(record, dict) and record.get("method"):
@@ -62,7 +54,7 @@ def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Name
     if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
         raise UserError(f"--resume {path} is not a checkpoint of this framework; pass the run directory that holds "
                         f"checkpoint.pth")
-    kind = _kind(saved)
+    kind = saved.get("kind")
     if kind == "best":
         raise UserError(f"--resume {path} is a best.pth (the selected model), not a checkpoint: to continue its run "
                         f"pass --resume {run_path}; to use the model, pass it as --ckpt_name")

@@ -72,7 +72,7 @@ def torch_load_failure(error: BaseException) -> str:
 
 
 def full_method_state(saved: dict, path: str | Path) -> dict | None:
-    """The complete method state of a loaded checkpoint: a stage file's or old checkpoint's ``method``, or a
+    """The complete method state of a loaded checkpoint: a stage file's ``method``, or a
     per-epoch ``checkpoint.pth``'s part laid over the stage file it names. ``None`` for a per-epoch checkpoint of
     the first stage, whose untrained networks are not stored (they are the run's initial state)."""
     state = saved.get("method")

@@ -108,10 +108,8 @@ def accepted_flags(method: str) -> set[str]:
 
 
 def runtime_flags() -> set[str]:
-    try:  # where and how a run executes: free to differ between attempts (utils/resume.py)
-        from utils.resume import RUNTIME_OPTIONS
-    except ImportError:
-        from utils.cli import RUNTIME_OPTIONS
+    """The flags of where and how a run executes: free to differ between attempts (utils/resume.py)."""
+    from utils.resume import RUNTIME_OPTIONS
 
     names = {f"--{name}" for name in RUNTIME_OPTIONS if name != "resume"}
     return names | {f"--no-{name}" for name in RUNTIME_OPTIONS}
