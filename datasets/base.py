@@ -20,7 +20,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from datasets.checks import check_batch_finite
 from utils.core.errors import UserError
 
 
@@ -208,8 +210,6 @@ class DatasetSpec:
 
     def task_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The dataset's criterion: cross-entropy (NYU-Depth-V2: ``ignore_index=0``, mean over labelled pixels)."""
-        import torch.nn.functional as F
-
         ignore = self.ignore_index if self.ignore_index is not None else -100
         return F.cross_entropy(logits, target, ignore_index=ignore)
 
@@ -363,8 +363,6 @@ class BatchLoader:
     def _check(self, m1: torch.Tensor, m2: torch.Tensor, positions) -> None:
         checked = self.source.per_batch_checked
         if checked:
-            from datasets.checks import check_batch_finite
-
             positions = np.asarray(positions)
             tensors = {m: t for m, t in (("m1", m1), ("m2", m2)) if m in checked}
             check_batch_finite(tensors, lambda row: self.source.describe(int(self.indices[positions[row]])))

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy._core import multiarray
 
 from datasets.base import DatasetSpec, TensorSource, check_shape, require_file
 from datasets.checks import integer_labels
+from utils.core.checkpoints import torch_load_failure
 from utils.core.errors import UserError
 
 NAME = "CMMD-V2"
@@ -34,8 +36,6 @@ def path(data_root: str | Path) -> Path:
 
 def numpy_safe_globals() -> list:
     """What unpickling a tuple of plain NumPy arrays needs, and nothing that can run arbitrary code."""
-    from numpy._core import multiarray
-
     allowed: list = [multiarray._reconstruct, (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
                      np.ndarray, np.dtype]
     for name in ("Float16DType", "Float32DType", "Float64DType", "Int8DType", "Int16DType", "Int32DType",
@@ -51,8 +51,6 @@ def read_tuple(file_path: Path):
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(file_path, weights_only=True)
     except Exception as error:  # noqa: BLE001 -- any unpickling failure is a bad file for the user
-        from utils.core.checkpoints import torch_load_failure
-
         raise UserError(f"{file_path} could not be read as a tuple of NumPy arrays with torch.load(weights_only="
                         f"True): {torch_load_failure(error)}; rebuild it with data_preprocess/crisismmd.py") from None
 

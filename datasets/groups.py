@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.base import open_npy
 from datasets.splits import INDEX_SEED, NUM_GROUPS, generate_permutations
 from utils.core.errors import UserError
 
@@ -39,8 +40,6 @@ PARTS = ("train", "val", "test")
 def read_groups(path: Path, n: int) -> np.ndarray:
     """``[N]`` group ids (integers or strings) from a ``.npy`` file; refuses pickled objects and other shapes."""
     fix = "save one integer or string id per sample with numpy.save (e.g. the subject of each sample)"
-    from datasets.base import open_npy
-
     groups = open_npy(path, "group id per sample, [N]", "Paired", mmap=False, fix=fix)
     if groups.ndim != 1 or len(groups) != n:
         raise UserError(f"{path} has shape {list(groups.shape)}, expected [{n}] (one group id per sample); {fix}")

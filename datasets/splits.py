@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.base import read_text
+from utils.core.atomic import atomic_write_bytes
 from utils.core.errors import UserError
 
 INDEX_SEED = 19980427
@@ -29,8 +31,6 @@ def indices_path(database: str, metadata_dir: str | Path = "metadata") -> Path:
 
 def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
     """Header ``group_0,...,group_19``, one row per position, no index column; written atomically."""
-    from utils.core.atomic import atomic_write_bytes
-
     path = Path(path)
     header = ",".join(f"group_{g}" for g in range(len(permutations)))
 
@@ -44,8 +44,6 @@ def write_indices_csv(path: str | Path, permutations: np.ndarray) -> Path:
 def read_group(path: str | Path, seed: int, regenerate: str = "") -> np.ndarray:
     """Column ``group_<seed>`` of a split file; ``regenerate`` is the command that rewrites it, for messages."""
     path = Path(path)
-    from datasets.base import read_text
-
     lines = read_text(path, f"a split file with the columns group_0..group_{NUM_GROUPS - 1}").splitlines()
     header = [name.strip() for name in (lines[0] if lines else "").strip().split(",")]
     column = f"group_{seed}"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from datasets.base import DatasetSpec, TensorSource
+from utils.core.data_digest import file_sha256
 from utils.core.errors import UserError
 
 NAME = "UCI-MFeat"
@@ -94,8 +95,6 @@ def configure(args: argparse.Namespace) -> DatasetSpec:
 @functools.lru_cache(maxsize=1)
 def embedded_digest() -> str:
     """SHA-256 of the embedded ``.npz`` (small: hashed directly, no cache file in the repository)."""
-    from utils.core.data_digest import file_sha256
-
     return file_sha256(DATA_FILE)
 
 

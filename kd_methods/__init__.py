@@ -1,6 +1,8 @@
 """Methods by name. Each module registers its :class:`~kd_methods.base.Method` subclasses."""
 from __future__ import annotations
 
+import importlib
+
 from utils.core.errors import UserError
 
 METHODS: dict[str, type] = {}
@@ -31,7 +33,5 @@ _MODULES = ("supervised", "kd", "mlld", "dml", "rkd", "crd", "ofa", "fitnets", "
 
 def _import_all() -> None:
     """Import every method module (each registers its methods); lazily, so ``import kd_methods`` stays light."""
-    import importlib
-
     for module in _MODULES:
         importlib.import_module(f"kd_methods.{module}")

@@ -40,8 +40,8 @@ from kd_methods.features import feature_shapes, require_unimodal_teacher, sample
 from kd_methods.kd import TEACHER_HELP
 from utils.core.hooks import capture_features
 
-#: the feature a model's proxy head reads: its last declared tap (``kd_methods.taps``, slot ``c2kd``; the reference's other
-#: choices, e.g. ThreeLayerCNN-A's pooled conv3 or the branch nets' fc1, are in its table there)
+#: the feature a model's proxy head reads: its last declared tap (``kd_methods.taps``, slot ``c2kd``; the
+#: reference's other choices, e.g. ThreeLayerCNN-A's pooled conv3 or the branch nets' fc1, are in its table there)
 C2KD_SLOT = "c2kd"
 
 #: the reference's floor of the (optional) poly learning-rate decay

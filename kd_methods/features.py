@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
-from models import MODELS, get_entry
 from kd_methods import taps as method_taps
+from models import MODELS, get_entry, models_for
 from utils.core.errors import UserError
 from utils.core.hooks import capture_features
 
@@ -15,8 +16,6 @@ from utils.core.hooks import capture_features
 def usable_models(slot: str, database: str, inputs: tuple[str, ...] | None = None) -> list[str]:
     """Models of ``database`` (then the generic ones) that declare enough taps for ``slot``, optionally only those
     taking ``inputs``."""
-    from models import models_for
-
     return [n for n in models_for(database) if method_taps.layers(slot, n) is not None
             and (inputs is None or MODELS[n].inputs == tuple(inputs))]
 
@@ -46,8 +45,6 @@ def feature_shapes(model: nn.Module, names, inputs) -> dict[str, tuple[int, ...]
     runs in eval mode on the meta device, with the model's own modules: nothing is computed, no RNG is consumed and
     no BatchNorm statistic moves, so a run that probes is identical to one that knew the shapes.
     """
-    from torch.func import functional_call
-
     names = list(names)
     samples = tuple(torch.empty((1, *x.shape[1:]), dtype=x.dtype, device="meta") if isinstance(x, torch.Tensor)
                     else torch.empty((1, *x), device="meta") for x in inputs)

@@ -85,27 +85,28 @@ import torch.nn.functional as F
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
 from kd_methods.base import Method, RunContext, Stage
-from kd_methods.features import feature_shapes
+from kd_methods.checkpoints import check_same_data
+from kd_methods.features import feature_shapes, usable_models
 from kd_methods.mst_losses import (TEMPERATURE, apply_mask, gather_topk, kd_per_sample,  # noqa: F401 (tests)
                                    load_balancing_loss, loss_weights, pick_experts)
 from kd_methods.reporting import plot_series
 from kd_methods.sample_cache import Compute, SampleCache, within_budget
 from kd_methods.segments import SegmentedForward, SplitError
+from kd_methods.taps import layers
+from models import MODELS, get_entry
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
+from utils.core.checkpoints import full_method_state, load_checkpoint
 from utils.core.errors import UserError
 from utils.core.hooks import replace_outputs
 
-# Hooked layers: the last two taps each model declares (``kd_methods.taps``, slot ``mst``: the reference's layers for the
-# paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
+# Hooked layers: the last two taps each model declares (``kd_methods.taps``, slot ``mst``: the reference's layers for
+# the paper models). A teacher or auxiliary model of any database (generic ones included) works if it declares two taps.
 LAYER_SLOT = "mst"
 
 
 def _layer_tables(multimodal: bool) -> dict[str, dict[str, tuple[str, ...]]]:
     """database -> {model: hooked layers} for the models of each database (generic ones excluded), as the
     reference's tables listed them: for the documentation, the tests and the error messages."""
-    from models import MODELS
-    from kd_methods.taps import layers
-
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
     for name, entry in MODELS.items():
         if entry.database is not None and entry.is_multimodal == multimodal and layers(LAYER_SLOT, name) is not None:
@@ -264,8 +265,6 @@ class MSTDistill(Method):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
-        from models import get_entry
-
         if args.mask_layer_num not in (1, 2):
             raise UserError(f"--mask_layer_num must be 1 or 2 (each teacher has two hooked layers), "
                             f"not {args.mask_layer_num}")
@@ -283,9 +282,6 @@ class MSTDistill(Method):
             raise UserError("--s1_lr and --s2_lr must be > 0")
         if min(args.w_task, args.w_kl, args.w_lb) < 0:
             raise UserError("--w_task, --w_kl and --w_lb must be >= 0")
-        from kd_methods.features import usable_models
-        from kd_methods.taps import layers
-
         teachers = usable_models(LAYER_SLOT, spec.name, ("m1", "m2"))
         if args.Tmodel not in teachers:
             raise UserError(f"MST-Distill on {spec.name} supports --Tmodel {', '.join(teachers)} (fusion models "
@@ -316,8 +312,6 @@ class MSTDistill(Method):
         args, spec = self.args, self.spec
         self.fill_defaults(args, spec)  # contexts built without the CLI
         n = args.mask_layer_num
-        from kd_methods.taps import layers
-
         t_layers, a_layers = layers(LAYER_SLOT, args.Tmodel), layers(LAYER_SLOT, args.AUXmodel)
         # Build order = the reference's RNG order: T, A, S, MaskNets (every listed layer of T then of A, truncated
         # afterwards), GateNet.
@@ -378,9 +372,6 @@ class MSTDistill(Method):
             log("warning: --epochs_s2 0: stage 3 uses untrained MaskNets (the reference crashes here)")
 
     def _load_init(self, path: str) -> None:
-        from kd_methods.checkpoints import check_same_data
-        from utils.core.checkpoints import full_method_state, load_checkpoint
-
         saved = load_checkpoint(path)
         state = full_method_state(saved, path) if isinstance(saved, dict) else None
         if isinstance(saved, dict) and saved.get("partial") and state is None:

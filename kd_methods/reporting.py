@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from utils.core.atomic import atomic_write_bytes
+
 
 def save_artifact(ctx, name: str, writer: Callable) -> str | None:
     """Write ``name`` into the run directory through ``writer(handle)`` (binary), atomically (a temporary file renamed
     over it, as every file of a run); ``None`` when the run has no directory (a context built in a test)."""
-    from utils.core.atomic import atomic_write_bytes
-
     if ctx.run_path is None:
         return None
     atomic_write_bytes(Path(ctx.run_path) / name, writer)

@@ -18,8 +18,8 @@ from utils.core.hooks import capture_features
 #: the embedding width of RKD's and CRD's embedders (hard-coded in the reference)
 EMBED_DIM = 128
 
-#: the feature RKD and CRD distil is each model's last declared tap (``kd_methods.taps``, slot ``feature``): the reference's
-#: per-pair table used the same layer for a model in every pair (AV-MNIST: CNN-I fc1, LeNet5 fc1, ThreeLayerCNN-A
+#: the feature RKD and CRD distil is each model's last declared tap (``kd_methods.taps``, slot ``feature``): the
+#: reference's per-pair table used the same layer for a model in every pair (AV-MNIST: CNN-I fc1, LeNet5 fc1, ThreeLayerCNN-A
 #: conv3; RAVDESS/VGGSound: fc2; CMMD-V2: fc2), which is what the taps declare
 FEATURE_SLOT = "feature"
 

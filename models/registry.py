@@ -28,8 +28,9 @@ class ModelEntry:
 
     ``taps`` declares the model's feature taps (:mod:`models.taps`; which ones a method reads is
     :mod:`kd_methods.taps`): submodule paths in forward order, the logits excluded, each with its per-sample output
-    shape for ``example_inputs`` (``None`` where a dimension follows the input size). ``example_inputs`` are per-sample input shapes the model is built for (the paper
-    shapes for the paper models; any fitting shapes for generic ones).
+    shape for ``example_inputs`` (``None`` where a dimension follows the input size). ``example_inputs`` are
+    per-sample input shapes the model is built for (the paper shapes for the paper models; any fitting shapes for
+    generic ones).
     """
 
     name: str

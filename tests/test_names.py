@@ -22,7 +22,8 @@ def test_name_lists_equal_the_registries():
     assert names.DATABASES == tuple(datasets.DATASETS), "utils/core/names.py DATABASES differs from datasets.DATASETS"
     assert names.DATABASE_ALIASES == datasets.ALIASES
     assert names.database_names() == datasets.dataset_names()
-    assert sorted(names.METHODS) == sorted(registered), "utils/core/names.py METHODS differs from kd_methods.all_methods()"
+    assert sorted(names.METHODS) == sorted(registered), \
+        "utils/core/names.py METHODS differs from kd_methods.all_methods()"
     assert len(set(names.METHODS)) == len(names.METHODS)
     compared = {n for n, cls in registered.items() if cls.in_comparison}
     assert sorted(names.COMPARISON_METHODS) == sorted(compared), "utils/core/names.py COMPARISON_METHODS differs"

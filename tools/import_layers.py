@@ -40,7 +40,8 @@ GROUPS = (
     ("models", 1, ("models",)),
     ("data", 1, ("datasets",)),
 )
-#: the modules of the foundation before it had a package of its own, so the tool measures a checkout of either age
+#: the foundation's modules where they lay before utils/core/ existed (main at effa2f2), so the tool measures a
+#: checkout of either layout the same way
 FOUNDATION_BEFORE = ("utils.errors", "utils.atomic", "utils.hooks", "utils.runtime", "utils.metrics", "utils.names",
                      "utils.data_digest", "utils.script", "utils.health")
 LAYER = {name: layer for name, layer, _ in GROUPS}
@@ -65,6 +66,7 @@ class Import:
     line: int
     in_function: bool
     project: bool
+    name: str = ""  #: the module named in the statement, in full (``torch.utils.tensorboard``)
 
 
 def project_modules(root: Path = ROOT) -> dict[str, Path]:
@@ -100,7 +102,7 @@ def imports_of(module: str, path: Path, modules: dict) -> list[Import]:
                 for alias in child.names:
                     target = _resolve(alias.name, modules)
                     out.append(Import(module, target or alias.name.split(".")[0], child.lineno, in_function,
-                                      target is not None))
+                                      target is not None, alias.name))
             elif isinstance(child, ast.ImportFrom):
                 if child.level:  # relative: resolve against the package
                     base = module.split(".")
@@ -112,7 +114,7 @@ def imports_of(module: str, path: Path, modules: dict) -> list[Import]:
                 for alias in child.names:
                     target = _resolve(f"{name}.{alias.name}", modules) or _resolve(name, modules)
                     out.append(Import(module, target or name.split(".")[0], child.lineno, in_function,
-                                      target is not None))
+                                      target is not None, name))
             visit(child, nested)
 
     visit(tree, False)

@@ -13,6 +13,8 @@ import sys
 from datasets import DATASETS, dataset_names, get_spec
 from models import MODELS
 from utils.core.errors import UserError
+from utils.provenance import adopt_checkpoint_settings
+from utils.resume import resume_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -208,13 +210,9 @@ def parse_args(method_cls, argv=None) -> argparse.Namespace:
     parser = build_parser(method_cls)
     args = parser.parse_args(argv)
     if args.resume:  # continue that run with its own arguments (utils/resume.py)
-        from utils.resume import resume_args
-
         return resume_args(method_cls, parser, args, given_flags(method_cls, argv))
     given = given_flags(method_cls, argv)
     if method_cls.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
-        from utils.provenance import adopt_checkpoint_settings
-
         adopt_checkpoint_settings(method_cls, args, given)
     check_dataset_options(args, given)
     return finalize_args(method_cls, args)

@@ -13,14 +13,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from datasets.checks import check_classes, check_splits
+from datasets.paired import NAME, SPLIT_FIX, all_splits, read_meta, split_groups
+from datasets.splits import NUM_GROUPS, check_seed
+from kd_methods import get_method
+from utils import cli
+from utils.cli import _Parser
 from utils.core.errors import UserError
 from utils.core.script import exit_on_error
+from utils.engine import build_context
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.cli import _Parser
-
     parser = _Parser(prog="check_data.py", description=(
         "Check a Paired data folder (m1.npy, m2.npy, labels.npy, optional splits.csv and meta.json) with every "
         "check a run makes, and print N, shapes, dtypes, classes and their counts and the splits, without "
@@ -35,15 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "standardize") -> list[str]:
     """Every check of a Paired run on ``data_root``; returns the summary's lines (raises UserError on a problem)."""
-    import torch
-
-    from datasets import get_spec
-    from datasets.checks import check_classes, check_splits
-    from datasets.paired import NAME, SPLIT_FIX, all_splits, read_meta, split_groups
-    from datasets.splits import NUM_GROUPS, check_seed
-    from kd_methods import get_method
-    from utils import cli
-    from utils.engine import build_context
 
     seeds = list(range(NUM_GROUPS)) if seeds is None else list(dict.fromkeys(seeds))
     for seed in seeds:

@@ -7,6 +7,7 @@ everything needed to continue bit-for-bit: method state, optimiser state, the be
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import functools
@@ -19,28 +20,28 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from datasets import BatchLoader, get_spec
+from datasets import DATASETS, BatchLoader, dataset_names, get_spec
 from datasets.checks import check_source, check_splits
-from datasets.splits import resolve_split
+from datasets.splits import INDEX_SEED, generate_permutations, indices_path, resolve_split, write_indices_csv
+from kd_methods import get_method
 from kd_methods.base import Method, RunContext, Stage
 from utils import cli
+from utils import provenance
+from utils.core.checkpoints import full_method_state, load_checkpoint
 from utils.core.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.core.health import read_metrics, training_warnings
 from utils.core.metrics import ConfusionMatrix
-from utils import provenance
-from utils.core.checkpoints import full_method_state, load_checkpoint
-from utils.rundir import RunDir
 from utils.core.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.core.script import exit_on_error
+from utils.rundir import RunDir
 
 LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
 
 
 def main(method_name: str, argv=None) -> dict | None:
     """Entry point of every ``main-*.py`` / ``test-*.py``: bad input ends with one line and exit code 2."""
-    from kd_methods import get_method
-
     def body():
         method_cls = get_method(method_name)
         return run(method_cls, cli.parse_args(method_cls, argv))
@@ -193,8 +194,6 @@ def _load_resumed_state(method: Method, resume: dict, path) -> None:
 
 
 def _run_path(resume_arg):
-    from pathlib import Path
-
     path = Path(resume_arg)
     return path if path.is_dir() else path.parent
 
@@ -297,8 +296,6 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
 def _stage_bar(stage, position: str, start_epoch: int, loader, run_dir: RunDir):
     """A progress bar over the stage's training steps, shown only when stdout and stderr are both a terminal; while
     it is shown, the run's console lines are written above it (``tqdm.write``)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     try:
         total = len(loader) * (stage.epochs - start_epoch)
     except TypeError:
@@ -537,11 +534,6 @@ def _format_row(row: dict, select_key: str | None = None) -> str:
 
 def indices_main(argv=None) -> None:
     """``indices_gen.py``: write ``metadata/<database>_indices.csv`` exactly as the reference's script."""
-    import argparse
-
-    from datasets import DATASETS, dataset_names
-    from datasets.splits import INDEX_SEED, generate_permutations, indices_path, write_indices_csv
-
     parser = cli._Parser(description="Write the reference's split file (20 permutation columns, seed 19980427).")
     parser.add_argument("--database", required=True, choices=dataset_names(), metavar="NAME",
                         help=f"one of {', '.join(dataset_names())}")

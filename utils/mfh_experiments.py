@@ -28,16 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.synthetic import config_from_args
 from kd_methods.base import Method
 from kd_methods.feature_ranking import SELECTION_KINDS, select_channels
 from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_kd_weights, check_layer,
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
 from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN, SWEEP_FIXED, TABLE2_ROWS,
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
+from utils import cli, engine
 from utils.core.atomic import atomic_write_bytes, atomic_write_text
 from utils.core.checkpoints import atomic_save, atomic_write_json
 from utils.core.errors import NonFiniteLossError, UserError
+from utils.core.runtime import configure_threads, resolve_device, seed_everything
 from utils.core.script import exit_on_error
+from utils.engine import build_context
 from utils.rundir import RunDir
 
 EXPERIMENTS = ("gamma", "alpha", "table2", "rank", "nullify")
@@ -291,8 +295,6 @@ def compute_ranking(args, ctx, run_dir: RunDir) -> dict:
             "inputs_b": inputs_b, "repeats": args.repeats, "samples": ranked["samples"], "seconds": ranked["seconds"]}
     shared = None
     if ctx.spec.name == "Synthetic-MVD" and layer_arg is None and inputs_a == ("m1",):
-        from datasets.synthetic import config_from_args
-
         config = config_from_args(args)
         shared = config.shared_columns(teacher_mod)
         top = order[: len(shared)].numpy()
@@ -313,8 +315,6 @@ def student_args(args, teacher_name: str, teacher_path: Path, layer: str, channe
                  out_dir: Path) -> argparse.Namespace:
     """The options of one ``MFH-KD`` student run: this run's framework and dataset options, the teacher and the
     nullified channels set explicitly, every other ``MFH-KD`` option at its default."""
-    from utils import cli
-
     inner = cli.build_parser(NullifiedTeacherKD).parse_args(["--ckpt_name", str(teacher_path)])
     for key, value in vars(args).items():
         if hasattr(inner, key):  # the options both command lines share (data, models, training, dataset flags)
@@ -326,8 +326,6 @@ def student_args(args, teacher_name: str, teacher_path: Path, layer: str, channe
 
 
 def run_nullify(args, ctx, run_dir: RunDir) -> dict:
-    from utils import engine
-
     ranking = compute_ranking(args, ctx, run_dir)
     teacher, layer, salience = ranking["model_a"], ranking["layer"], ranking["salience"]
     teacher_path = run_dir.path / "teacher_a.pth"
@@ -490,8 +488,6 @@ class ExperimentCommand(Method):
 
 def build_parser() -> argparse.ArgumentParser:
     """The framework's standard parser (data, models, training, output, dataset options) plus the MFH flags."""
-    from utils import cli
-
     parser = cli.build_parser(ExperimentCommand)
     # MFH conventions: the student is modality b (m2 on Synthetic-MVD, whose m1 is modality a); table2's
     # public seed is 42, the figures' 0
@@ -507,8 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils import cli
-
     args = build_parser().parse_args(argv)
     check_experiment_args(args)
     if args.resume:
@@ -535,8 +529,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_experiment(args) -> dict:
-    from utils.core.runtime import configure_threads, resolve_device, seed_everything
-
     device = resolve_device(args.device)
     seed_everything(args.seed)
     threads = args.threads  # default here: 1 for gamma/alpha/table2 and Synthetic-MVD
@@ -561,8 +553,6 @@ def run_experiment(args) -> dict:
         elif args.exp == "table2":
             results = run_table2(args, run_dir, device)
         else:
-            from utils.engine import build_context
-
             ctx = build_context(args, device, log=run_dir.log)
             ctx.run_path = run_dir.path
             results = run_rank(args, ctx, run_dir) if args.exp == "rank" else run_nullify(args, ctx, run_dir)

@@ -6,11 +6,14 @@ method <-> engine boundary (methods never import ``utils.cli`` or ``utils.engine
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 
+from datasets import BatchLoader, TensorSource, get_spec
 from kd_methods.base import RunContext
-from utils import provenance
+from kd_methods.mst import MSTDistill
+from utils import cli, provenance
 
 
 def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None = None, device: str = "cpu",
@@ -21,10 +24,6 @@ def offline_context(argv: list[str], samples: int = 8, input_shapes: dict | None
     the spec (:meth:`~datasets.base.DatasetSpec.example_input_shapes`; e.g. a small NYU size). Synthetic-MVD uses its
     own generator.
     """
-    from datasets import BatchLoader, TensorSource, get_spec
-    from kd_methods.mst import MSTDistill
-    from utils import cli
-
     args = cli.parse_args(MSTDistill, argv)
     spec = get_spec(args.database)
     spec = spec.configured(args) if hasattr(spec, "configured") else spec

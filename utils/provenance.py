@@ -19,11 +19,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from datasets import DATASETS, get_spec
+from datasets.groups import group_codes
 from kd_methods.checkpoints import record_of
+from models import MODELS, get_entry
+from utils.core.checkpoints import load_checkpoint
+from utils.core.data_digest import canonical_digest, file_sha256, files_sha256
 from utils.core.errors import UserError
 
 RECORD_VERSION = 2
@@ -42,8 +49,6 @@ def dataset_options(database: str, args) -> dict:
 
     Found by letting the dataset add its flags to an empty parser, so a new dataset needs nothing here.
     """
-    from datasets import get_spec
-
     spec = get_spec(database)
     if spec.add_arguments is None:
         return {}
@@ -63,8 +68,6 @@ def split_digest(splits: dict, groups: np.ndarray | None = None) -> str:
         digest.update(f"{name}:{len(indices)}:".encode())
         digest.update(indices.tobytes())
     if groups is not None:
-        from datasets.groups import group_codes
-
         codes = group_codes(np.asarray(groups))[1]
         digest.update(f"groups:{len(codes)}:".encode())
         digest.update(np.ascontiguousarray(codes).tobytes())
@@ -73,8 +76,6 @@ def split_digest(splits: dict, groups: np.ndarray | None = None) -> str:
 
 def split_groups(spec_name: str, args, n: int) -> np.ndarray | None:
     """The group per sample of the run's split (``DatasetSpec.groups``), ``None`` for a per-sample split."""
-    from datasets import get_spec
-
     hook = get_spec(spec_name).groups
     return hook(args, n) if hook is not None else None
 
@@ -84,8 +85,6 @@ def data_digest(spec, args) -> str:
     (``spec.data_files``, hashed once and cached: utils/core/data_digest.py), of the options that generate it otherwise
     (with ``spec.data_identity``, e.g. the digest of an embedded file). Paths do not count: moved data keeps its
     digest, other data in the same folder gets another."""
-    from utils.core.data_digest import canonical_digest, files_sha256
-
     if spec.data_files is not None:
         files = [Path(f) for f in spec.data_files(args)]
         root = Path(getattr(args, "data_root", ".")).resolve()
@@ -105,9 +104,6 @@ def data_digest(spec, args) -> str:
 def checkpoint_inputs(args) -> dict:
     """``{flag: {"sha256", "config_digest"}}`` of every checkpoint the run starts from: the file's SHA-256 and the
     configuration digest its record names (``None`` for a bare state dict)."""
-    from utils.core.data_digest import file_sha256
-    from utils.core.checkpoints import load_checkpoint
-
     out = {}
     for flag in CHECKPOINT_INPUTS:
         path = getattr(args, flag, None)
@@ -135,26 +131,18 @@ def run_config(method: str | None, args, spec_name: str, data: str, checkpoints:
 
 def _other_datasets_options(spec_name: str) -> set:
     """Options every script takes for the other datasets (they do not change this run's data)."""
-    from datasets import DATASETS
-
     mine = set(dataset_options(spec_name, {}))
     return {dest for name in DATASETS for dest in dataset_options(name, {})} - mine
 
 
 def config_digest(config: dict) -> str:
     """SHA-256 hex of the canonical JSON of a :func:`run_config`."""
-    from utils.core.data_digest import canonical_digest
-
     return canonical_digest(config)
 
 
 def code_version() -> dict:
     """``{"commit", "dirty", "torch"}``: the git commit of the checkout the code runs from and whether tracked files
     differ from it (``None`` for both outside a checkout or without git), and the torch version."""
-    import subprocess
-
-    import torch
-
     repo = Path(__file__).resolve().parents[1]
     commit, dirty = None, None
     try:
@@ -197,9 +185,6 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
     """test-T / test-S: take the database, ``--mode``, dataset options, ``--seed`` and model name of the checkpoint
     being tested unless given; a given value that contradicts the checkpoint is refused (one line), since testing
     on another split would count samples the model was trained on (``--allow_teacher_mismatch`` overrides)."""
-    from datasets import get_spec
-    from utils.core.checkpoints import load_checkpoint
-
     path = getattr(args, "ckpt_name", None)
     if not path or not Path(path).is_file():
         return  # a missing file is reported when the model is loaded
@@ -251,8 +236,6 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
 
 def _fits_role(model_name: str, role: str) -> bool:
     """Whether a model of that name can be tested as ``role`` (student: one modality; teacher: both)."""
-    from models import MODELS, get_entry
-
     if model_name not in MODELS:
         return False
     return len(get_entry(model_name).inputs) == (1 if role == "student" else 2)

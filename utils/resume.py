@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from kd_methods import METHODS
+from utils.core.checkpoints import jsonable as plain, load_checkpoint
 from utils.core.errors import FinishedRun, UserError
 from utils.core.names import script_of
 
@@ -26,15 +28,11 @@ def _method_of(saved: dict, run_path: Path) -> str | None:
     record = saved.get("provenance")
     if isinstance(record, dict) and record.get("method"):
         return record["method"]
-    from kd_methods import METHODS
-
     name = run_path.parent.parent.name  # <out_dir>/<method>/<database>/<run>
     return name if name in METHODS else None
 
 
 def _jsonable(value):
-    from utils.core.checkpoints import jsonable as plain
-
     return json.loads(json.dumps(plain(value)))
 
 
@@ -46,8 +44,6 @@ def _same_path(a: str, b: str) -> bool:
 def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
                 given: dict) -> argparse.Namespace:
     """The arguments of the run ``args.resume`` names, with the applicable ``given`` flags applied."""
-    from utils.core.checkpoints import load_checkpoint
-
     path = Path(args.resume)
     run_path = path if path.is_dir() else path.parent
     saved = load_checkpoint(path)

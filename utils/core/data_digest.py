@@ -14,6 +14,9 @@ import json
 import os
 from pathlib import Path
 
+from utils.core.atomic import atomic_write_bytes
+from utils.core.errors import UserError
+
 CACHE_FILE = ".mstd_digest.json"
 BLOCK = 8 << 20
 
@@ -49,9 +52,6 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, entries: dict) -> bool:
-    from utils.core.errors import UserError
-    from utils.core.atomic import atomic_write_bytes
-
     text = json.dumps({"version": 1, "files": entries}, indent=1, sort_keys=True) + "\n"
     try:
         atomic_write_bytes(path, lambda handle: handle.write(text.encode()), make_parents=True)

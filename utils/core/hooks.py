@@ -10,13 +10,13 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
+from utils.core.errors import UserError
+
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError:
-        from utils.core.errors import UserError
-
         names = [n for n, _ in model.named_modules() if n]
         raise UserError(f"{type(model).__name__} has no submodule '{path}'; known: {', '.join(names[:40])}") from None
 

@@ -1,6 +1,7 @@
 """Seeding, device choice, the CPU thread count and RNG state capture (for exact resumption)."""
 from __future__ import annotations
 
+import ast
 import os
 import random
 
@@ -103,8 +104,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import ast
-
     random.setstate(_to_tuple(ast.literal_eval(state["python"])))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))

@@ -39,6 +39,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import get_spec
 from utils.core.atomic import atomic_write_text
 from utils.core.errors import UserError
 from utils.sweep import stats as sweep_stats
@@ -61,8 +62,6 @@ RUN_TAIL = ("best_epoch", "config", "config_digest", "n_train", "n_val", "n_test
 def headline_metric(database: str) -> str:
     """Test accuracy, or mIoU where the dataset is a segmentation task (NYU-Depth-V2)."""
     try:
-        from datasets import get_spec
-
         return "mIoU" if get_spec(database).is_segmentation else "accuracy"
     except Exception:  # noqa: BLE001 - a database no longer registered: its runs still aggregate
         return "accuracy"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from utils.provenance import dataset_options
 from utils.sweep.graph import BASELINE, TEACHER
 from utils.sweep.node import node_state, read_json
 
@@ -36,8 +37,6 @@ def _data_key(results: dict) -> str:
     config = results.get("config") or {}
     arguments = config.get("arguments") or {}
     try:
-        from utils.provenance import dataset_options
-
         options = dataset_options(results.get("database"), arguments)
     except Exception:  # noqa: BLE001 - a database no longer registered: its digest alone
         options = {}

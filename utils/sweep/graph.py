@@ -24,6 +24,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from utils.core.atomic import atomic_write_text
 from utils.core.errors import UserError
 from utils.core.names import script_of
 
@@ -326,6 +327,4 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
 
 
 def write_graph(nodes: list[Node], path: Path) -> None:
-    from utils.core.atomic import atomic_write_text
-
     atomic_write_text(path, json.dumps([n.to_dict() for n in nodes], indent=1) + "\n")

@@ -23,14 +23,19 @@ which is most of a small run's time on a CPU.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
+import io
 import json
 import os
+import runpy
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 from utils.core.atomic import atomic_write_text  # the standard library only, as this module
@@ -205,12 +210,6 @@ class _ForkedScript:
 def _run_script(argv: list[str], log_fd: int) -> int:
     """In the forked child: run ``argv[0]`` (a script path relative to the repository) as ``__main__``, as
     ``python argv...`` would, with stdout and stderr on ``log_fd``; returns the exit code."""
-    import atexit
-    import io
-    import runpy
-    import threading
-    import traceback
-
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)

@@ -9,6 +9,7 @@ a job through submitit (SLURM), requeued and resumed from its checkpoint when pr
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shlex
 import subprocess
@@ -16,6 +17,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from tqdm import tqdm
 
 from utils.core import names
 from utils.core.atomic import atomic_write_bytes, check_writable, make_dirs
@@ -241,13 +244,9 @@ class Scheduler:
 
     @staticmethod
     def _line(bar, what: str, node: Node, detail: str = "") -> None:
-        from tqdm import tqdm
-
         tqdm.write(f"{what:8s} {node.label}" + (f": {detail}" if detail else ""), file=sys.stdout)
 
     def run(self) -> bool:
-        from tqdm import tqdm
-
         runs = self.sweep / "runs"
         earlier = 0
         for node in self.nodes:
@@ -333,8 +332,6 @@ class LocalLauncher:
         self.devices = {d: 0 for d in (devices or [])}
         self.context = None
         if warm:
-            import multiprocessing
-
             if "forkserver" in multiprocessing.get_all_start_methods():
                 self.context = multiprocessing.get_context("forkserver")
                 self.context.set_forkserver_preload(node_mod.WARM_PRELOAD)
