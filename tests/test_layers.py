@@ -4,7 +4,10 @@ import inside a function is an optional dependency or a named start-up case belo
 that read them are in ``tools/import_layers.py`` (``python tools/import_layers.py --list`` prints the figures)."""
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+from pathlib import Path
 
 from tools.import_layers import GROUPS, all_imports, cycles, group_of, project_modules, statements, upward
 
@@ -83,3 +86,14 @@ def test_imports_inside_functions_are_optional_dependencies_or_named_start_up_ca
 def test_the_allow_lists_name_real_modules():
     modules = project_modules()
     assert all(source in modules and target in modules for source, target in START_UP)
+
+
+def test_import_utils_stays_cheap():
+    """The scripts' entry point and the foundation load without torch (or any dataset, model or method module)."""
+    heavy = ("torch", "numpy", "datasets", "models", "kd_methods")
+    code = ("import json, sys\nimport utils, utils.sweep, utils.core.names, utils.core.errors, utils.core.atomic\n"
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
