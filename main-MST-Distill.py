@@ -1,6 +1,7 @@
 """MST-Distill (Li et al., "MST-Distill: Mixture of Specialized Teachers for Cross-Modal Knowledge Distillation",
 ACM MM 2025): co-train teacher, auxiliary teacher and student; train the MaskNets; distil from the routed mixture
-of specialised teachers. Everything is in kd_methods/mst.py; this script only names the method.
+of specialised teachers. The method is kd_methods/mst.py (its machinery in kd_methods/mst_*.py); this script only
+names it.
 
 Example (README, RAVDESS, visual student):
     python main-MST-Distill.py --database RAVDESS --batch_size 32 --mode m1 --Tmodel DSCNN-I \

@@ -54,7 +54,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_methods.mst import MSTDistill, loss_weights  # noqa: E402
+from kd_methods.mst import MSTDistill  # noqa: E402
+from kd_methods.mst_losses import loss_weights  # noqa: E402
 from utils.offline import offline_context  # noqa: E402
 from models import MODELS  # noqa: E402
 from utils import cli  # noqa: E402
@@ -152,12 +153,12 @@ def make_bound_step(method: MSTDistill, batch, stage_number: int):
                 terms = method.stage3_losses(batch, experts)
                 return [args.w_task * terms["task"], w_kl * terms["topk"], w_lb * terms["lb"]]
         else:
-            target = method._student_target(batch).detach()
+            target = method.student_target(batch).detach()
             clean = {}
             for group in method.groups:
-                seg = method._segments(group)
+                seg = method.experts.segments(group)
                 if seg is not None:
-                    clean[group.tag] = seg.clean_states(*method._inputs(batch, group))
+                    clean[group.tag] = seg.clean_states(*group.inputs(batch))
             whole = [group.model.model_name for group in method.groups if group.tag not in clean]
             note = f" (not cut, run whole: {', '.join(whole)})" if whole else ""
 

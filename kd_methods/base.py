@@ -9,6 +9,7 @@ everything else (epochs, backward/step, validation, selection, logging, checkpoi
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,7 @@ from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
 from kd_methods.checkpoints import load_model_checkpoint
 from models import build_model, get_entry, models_for
 from utils.core.errors import UserError
+from utils.core.metrics import ConfusionMatrix
 
 LossDict = dict[str, torch.Tensor]
 
@@ -35,10 +37,10 @@ class Stage:
     restored when the stage ends. ``select_key=None`` keeps the last epoch (no validation).
     ``train_modules`` are put in ``train()`` during training; every other module of the method stays in
     ``eval()``. ``epoch_logs()`` returns extra per-epoch figures (and resets its counters).
-    The shuffle order of epoch ``e`` is that of loader epoch ``loader_epoch_start + e``; by default stages count
-    on from the previous ones (as one global shuffling RNG would), ``0`` replays a standalone run's batches.
-    A stage with ``reports_best_epoch=False`` (a side model such as a comparison baseline) selects its own best
-    epoch, stored in ``best_epoch``, without becoming the run's ``best_epoch``.
+    The shuffle order of a stage's epochs counts on from the previous stages' (as one global shuffling RNG would).
+    Stages after the last one that trains the network the run reports (:meth:`Method.evaluation_model`) train
+    networks beside it, such as a comparison baseline: each trains as a run of its own would, with a standalone
+    run's batches (its shuffles start at loader epoch 0), and its selected epoch is not the run's ``best_epoch``.
     """
 
     name: str
@@ -55,9 +57,6 @@ class Stage:
     #: called when the stage starts, before ``make_optimizer`` (which then has no side effects): which parameters
     #: require gradients, counters reset
     on_stage_start: Callable[[], None] | None = None
-    loader_epoch_start: int | None = None
-    reports_best_epoch: bool = True
-    best_epoch: int | None = None
 
     def start(self) -> torch.optim.Optimizer:
         """What the engine does when the stage starts: :attr:`on_stage_start`, then the stage's optimiser."""
@@ -94,6 +93,42 @@ class RunContext:
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.source.input_shapes
+
+
+def autocast(args, device):
+    """bfloat16 autocast of ``--amp`` on CUDA; elsewhere no change."""
+    if args.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
+    """Task loss of the dataset (mean of batch means) and the reference's metrics of ``model`` on ``loader``."""
+    was_training = model.training
+    model.eval()
+    spec = ctx.spec
+    confusion = ConfusionMatrix(spec.num_classes, spec.ignore_index, device=ctx.device)
+    loss_sum, steps = 0.0, 0
+    for batch in loader:
+        with autocast(ctx.args, ctx.device):
+            logits = model(*batch.inputs(modalities))
+        logits = logits.float()
+        loss_sum += spec.task_loss(logits, batch.y).double()
+        confusion.update(logits, batch.y)
+        steps += 1
+    model.train(was_training)
+    loss = (loss_sum / steps).item() if steps else float("nan")
+    return loss, confusion.compute()
+
+
+def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
+    """:func:`evaluate` on the whole val and test splits: ``{"val": {"loss": ..., metrics}, "test": {...}}``."""
+    metrics = {}
+    for split in ("val", "test"):
+        loss, figures = evaluate(model, modalities, ctx.make_loader(split, max_steps=None), ctx)
+        metrics[split] = {"loss": loss, **figures}
+    return metrics
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
@@ -275,15 +310,6 @@ class Method(nn.Module):
 
     def extra_results(self) -> dict:
         return {}
-
-    def side_models(self) -> dict[str, tuple[nn.Module, tuple[str, ...]]]:
-        """Networks besides :meth:`evaluation_model` that the engine evaluates on val and test (e.g. a comparison
-        baseline a stage trained): ``results.json`` ``extra`` name -> (network, modalities it takes)."""
-        return {}
-
-    def side_model_results(self, name: str, metrics: dict, run_metrics: dict) -> dict:
-        """``results.json`` ``extra[name]`` of a side model, given its ``metrics`` (val, test) and the run's."""
-        return {"metrics": metrics}
 
     # -- shared defaults for single-stage student training -----------------------------------------------
     def student_val_step(self, batch: Batch, epoch: int) -> LossDict:

@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kd_methods.mst import (AUX_LAYERS, TEACHER_LAYERS, MSTDistill, SegmentedForward, gather_topk, kd_per_sample,
-                            load_balancing_loss, loss_weights)
+from kd_methods.mst import MSTDistill
+from kd_methods.mst_losses import gather_topk, kd_per_sample, load_balancing_loss, loss_weights
+from kd_methods.mst_options import AUX_LAYERS, TEACHER_LAYERS
+from kd_methods.segments import SegmentedForward
 from utils.offline import offline_context
 from datasets.base import Batch
 from kd_methods.sample_cache import per_sample_bytes

@@ -232,7 +232,7 @@ def test_any_registered_model_whose_inputs_fit(tmp_path, capsys):
 def test_mst_stage_defaults_live_in_the_spec_or_follow_the_dataset():
     import dataclasses
 
-    from kd_methods.mst import stage_defaults
+    from kd_methods.mst_options import stage_defaults
 
     args = cli.parse_args(get_method("MST-Distill"), ["--database", "UCI-MFeat"])
     assert (args.epochs_s1, args.epochs_s2, args.epochs, args.s1_lr) == (20, 5, 20, 1e-3)

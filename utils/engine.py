@@ -15,7 +15,6 @@ import math
 import sys
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,13 +25,12 @@ from datasets import DATASETS, BatchLoader, dataset_names, get_spec
 from datasets.checks import check_source, check_splits
 from datasets.splits import INDEX_SEED, generate_permutations, indices_path, resolve_split, write_indices_csv
 from kd_methods import get_method
-from kd_methods.base import Method, RunContext, Stage
+from kd_methods.base import Method, RunContext, Stage, autocast, evaluate, evaluate_splits
 from utils import cli
 from utils import provenance
 from utils.core.checkpoints import full_method_state, load_checkpoint
 from utils.core.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.core.health import read_metrics, training_warnings
-from utils.core.metrics import ConfusionMatrix
 from utils.core.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.core.script import exit_on_error
 from utils.rundir import RunDir
@@ -198,12 +196,6 @@ def _run_path(resume_arg):
     return path if path.is_dir() else path.parent
 
 
-def _autocast(args, device):
-    if args.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def set_modes(method: Method, stage: Stage, training: bool) -> None:
     method.eval()
     if training:
@@ -222,6 +214,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
     check_batch_sizes(stages[start_stage:], train_loader, ctx)
     val_loader = ctx.make_loader("val", max_steps=args.max_steps)
     test_loader = ctx.make_loader("test") if args.test_phase else None
+    beside = first_stage_beside(method, stages)
 
     for stage_index in range(start_stage, len(stages)):
         stage = stages[stage_index]
@@ -243,8 +236,7 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                 t0 = time.time()
                 if stage.on_epoch_start is not None:
                     stage.on_epoch_start(epoch, optimizer)
-                first = epoch_offset if stage.loader_epoch_start is None else stage.loader_epoch_start
-                loader.set_epoch(first + epoch)
+                loader.set_epoch(epoch if stage_index >= beside else epoch_offset + epoch)
                 train_means = train_epoch(method, stage, optimizer, loader, ctx, epoch, run_dir.path, bar)
                 row = {"stage": stage.name, "stage_index": stage_index, "epoch": epoch,
                        **{f"train/{k}": v for k, v in train_means.items()}}
@@ -274,12 +266,11 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
 
         if stage.selected is not None and best["state"] is not None:
             stage.selected.load_state_dict(best["state"])
-            stage.best_epoch = best["epoch"]
-            if stage.reports_best_epoch:
+            if stage_index < beside:
                 best_epoch = best["epoch"]
             run_dir.log(f"Stage '{stage.name}': restored the best epoch {best['epoch']} "
                         f"(val {stage.select_key} {best['value']:.5f})")
-        elif stage.select_key is None:
+        elif stage.select_key is None and stage_index < beside:
             best_epoch = stage.epochs - 1 if stage.epochs else best_epoch
         if stage.on_stage_end is not None:
             stage.on_stage_end()
@@ -290,6 +281,14 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                                             {"value": math.inf, "epoch": None, "state": None}, best_epoch, base))
         (run_dir.path / SNAPSHOT).unlink(missing_ok=True)  # the stage's selection is in its stage file now
     return best_epoch
+
+
+def first_stage_beside(method: Method, stages: list[Stage]) -> int:
+    """Index of the first stage after the last one that trains the network the run reports: such stages train
+    networks beside it (e.g. a comparison baseline), each as a run of its own (:class:`~kd_methods.base.Stage`)."""
+    reported = method.evaluation_model()[0]
+    trains = [i for i, stage in enumerate(stages) if any(m is reported for m in stage.train_modules)]
+    return trains[-1] + 1 if trains else len(stages)
 
 
 @contextlib.contextmanager
@@ -367,7 +366,7 @@ def train_epoch(method, stage: Stage, optimizer, loader, ctx: RunContext, epoch:
     steps = 0
     shown = bar is not None and not bar.disable
     for batch in loader:
-        with _autocast(ctx.args, ctx.device):
+        with autocast(ctx.args, ctx.device):
             losses = stage.train_step(batch, epoch)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -437,41 +436,12 @@ def validate(method, stage: Stage, step_fn, loader, ctx: RunContext, epoch: int)
     set_modes(method, stage, training=False)
     sums, steps = {}, 0
     for batch in loader:
-        with _autocast(ctx.args, ctx.device):
+        with autocast(ctx.args, ctx.device):
             losses = step_fn(batch, epoch)
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value.detach().double()
         steps += 1
     return {key: (value / steps).item() for key, value in sums.items()} if steps else {}
-
-
-@torch.no_grad()
-def evaluate(model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
-    """Task loss of the dataset (mean of batch means) and the reference's metrics of ``model`` on ``loader``."""
-    was_training = model.training
-    model.eval()
-    spec = ctx.spec
-    confusion = ConfusionMatrix(spec.num_classes, spec.ignore_index, device=ctx.device)
-    loss_sum, steps = 0.0, 0
-    for batch in loader:
-        with _autocast(ctx.args, ctx.device):
-            logits = model(*batch.inputs(modalities))
-        logits = logits.float()
-        loss_sum += spec.task_loss(logits, batch.y).double()
-        confusion.update(logits, batch.y)
-        steps += 1
-    model.train(was_training)
-    loss = (loss_sum / steps).item() if steps else float("nan")
-    return loss, confusion.compute()
-
-
-def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
-    """:func:`evaluate` on the whole val and test splits: ``{"val": {"loss": ..., metrics}, "test": {...}}``."""
-    metrics = {}
-    for split in ("val", "test"):
-        loss, figures = evaluate(model, modalities, ctx.make_loader(split, max_steps=None), ctx)
-        metrics[split] = {"loss": loss, **figures}
-    return metrics
 
 
 def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device,
@@ -489,8 +459,6 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
         "wall_time_s": round(wall_time, 2), "metrics": metrics, "extra": method.extra_results(),
         **identity_results(ctx, stages),
     }
-    for name, (side, side_modalities) in method.side_models().items():  # e.g. MST-Distill's no-KD baseline
-        results["extra"][name] = method.side_model_results(name, evaluate_splits(side, side_modalities, ctx), metrics)
     results["warnings"] = training_warnings(read_metrics(run_dir.path), metrics["val"], ctx.spec.num_classes,
                                             ctx.spec.is_segmentation)
     for warning in results["warnings"]:
