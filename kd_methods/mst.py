@@ -6,7 +6,7 @@ default behaviour is the reference's, every deliberate deviation is a named swit
 
 Participants: a multimodal teacher T (``--Tmodel``, on m1+m2), an auxiliary cross-modal teacher A
 (``--AUXmodel``, on the modality the student does not see) and the student S (``--Smodel``, on ``--mode``). None
-is pre-trained. One MaskNet per hooked layer of T and of A (tables below) turns a teacher into a "specialised
+is pre-trained. One MaskNet per hooked layer of T and of A (the models' last two taps) turns a teacher into a "specialised
 teacher" (expert): the teacher with that layer's output replaced by ``mask(o) * o``. Experts, in routing-id order:
 ``T0, T1, A0, A1`` (``--mask_layer_num`` per teacher). A GateNet on the student's logits routes each sample to
 its top-``k`` experts.
@@ -119,7 +119,7 @@ class MSTDistill(MSTOptions, Method):
         self.expert_names = [f"T{j}" for j in range(n)] + [f"A{j}" for j in range(n)]
         self.groups = [ExpertGroup("T", self.teacher, self.t_layers, 0, ("m1", "m2")),
                        ExpertGroup("A", self.aux, self.a_layers, n, (self.other,))]
-        self.experts = ExpertForwards(args, self.groups, self.masknets, self.kd, self.frozen, ctx.log)
+        self.experts = ExpertForwards(args, self.groups, self.masknets, self.kd, self.frozen, self._log)
         self.baseline = None
         if args.compare_baseline:
             self.baseline = NoKDBaseline(partial(self.build, args.Smodel, (self.mode,), "baseline student"), args.seed)
@@ -182,6 +182,9 @@ class MSTDistill(MSTOptions, Method):
             module.requires_grad_(any(module is m for m in modules) or self.keep_teacher_graph)
         if self.baseline is not None:
             self.baseline.requires_grad_(any(self.baseline is m for m in modules))
+
+    def _log(self, message: str) -> None:  # through the context, which deep copies of the method leave out
+        self.ctx.log(message)
 
     def frozen(self):
         """Grad mode for frozen networks' forwards: none, except when imitating the reference."""
