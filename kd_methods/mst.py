@@ -6,10 +6,10 @@ default behaviour is the reference's, every deliberate deviation is a named swit
 
 Participants: a multimodal teacher T (``--Tmodel``, on m1+m2), an auxiliary cross-modal teacher A
 (``--AUXmodel``, on the modality the student does not see) and the student S (``--Smodel``, on ``--mode``). None
-is pre-trained. One MaskNet per hooked layer of T and of A (the models' last two taps) turns a teacher into a "specialised
-teacher" (expert): the teacher with that layer's output replaced by ``mask(o) * o``. Experts, in routing-id order:
-``T0, T1, A0, A1`` (``--mask_layer_num`` per teacher). A GateNet on the student's logits routes each sample to
-its top-``k`` experts.
+is pre-trained. One MaskNet per hooked layer of T and of A (the models' last two taps) turns a teacher into a
+"specialised teacher" (expert): the teacher with that layer's output replaced by ``mask(o) * o``. Experts, in
+routing-id order: ``T0, T1, A0, A1`` (``--mask_layer_num`` per teacher). A GateNet on the student's logits routes
+each sample to its top-``k`` experts.
 
 Stages (each one an engine :class:`Stage`, saved as ``stageN-<name>.pth``):
 1. ``co-training``: T, A and S trained together, each on CE + KD_4 towards the two others; the KL targets are
