@@ -38,8 +38,6 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-import pytest
-
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -196,8 +194,12 @@ def flag_words(words) -> list[str]:
 
 # -- the checks ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_relative_link_resolves(page):
+def test_every_relative_link_resolves():
+    dead = [f"{page.relative_to(ROOT)}: {problem}" for page in PAGES for problem in dead_links(page)]
+    assert not dead, f"dead links: {dead}"
+
+
+def dead_links(page: Path) -> list[str]:
     prose, _ = split_fences(page.read_text())
     dead = []
     for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", prose):
@@ -209,11 +211,15 @@ def test_every_relative_link_resolves(page):
             dead.append(f"{target}: no file {resolved.relative_to(ROOT) if ROOT in resolved.parents else resolved}")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             dead.append(f"{target}: no heading '#{anchor}' in {resolved.relative_to(ROOT)}")
-    assert not dead, f"{page.name}: dead links: {dead}"
+    return dead
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_script_and_path_named_exists(page):
+def test_every_script_and_path_named_exists():
+    missing = {page.relative_to(ROOT).as_posix(): names for page in PAGES for names in [missing_names(page)] if names}
+    assert not missing, f"named, but the repository does not have them: {missing}"
+
+
+def missing_names(page: Path) -> list[str]:
     text = page.read_text()
     prose, _ = split_fences(text)
     missing = [name for name in SCRIPT_NAME.findall(text) if name not in TOP_LEVEL]
@@ -227,23 +233,33 @@ def test_every_script_and_path_named_exists(page):
                 missing.append(word)
             elif "/" not in word and re.fullmatch(r"[\w.-]+\.py", word) and word not in basenames | set(EXTERNAL):
                 missing.append(word)
-    assert not missing, f"{page.name} names what the repository does not have: {sorted(set(missing))}"
+    return sorted(set(missing))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_flag_of_a_command_is_accepted_by_its_script(page):
+def test_every_flag_of_a_command_is_accepted_by_its_script():
+    wrong = [f"{page.relative_to(ROOT)}: {problem}" for page in PAGES for problem in wrong_command_flags(page)]
+    assert not wrong, f"commands with flags their scripts do not have: {wrong}"
+
+
+def wrong_command_flags(page: Path) -> list[str]:
     wrong = []
     for script, words in commands(page):
-        assert (ROOT / script).is_file(), f"{page.name}: a command runs {script}, which does not exist"
+        if not (ROOT / script).is_file():
+            wrong.append(f"{script} does not exist")
+            continue
         own, runs = (words[:words.index("--")], words[words.index("--") + 1:]) if "--" in words else (words, [])
         wrong += [f"{script} {flag}" for flag in flag_words(own) if flag not in flags_of(script)]
         wrong += [f"{script} -- {flag} (no main-*.py has it)" for flag in flag_words(runs)
                   if flag not in flags_of_runs()]
-    assert not wrong, f"{page.name}: flags the scripts do not have: {wrong}"
+    return wrong
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_flag_named_in_the_text_exists(page):
+def test_every_flag_named_in_the_text_exists():
+    wrong = [f"{page.relative_to(ROOT)}: {flag}" for page in PAGES for flag in unknown_text_flags(page)]
+    assert not wrong, f"flags no script or method has: {wrong}"
+
+
+def unknown_text_flags(page: Path) -> list[str]:
     prose, _ = split_fences(page.read_text())
     wrong = []
     for span in inline_code(prose):
@@ -255,15 +271,16 @@ def test_every_flag_named_in_the_text_exists(page):
             continue
         words = [w for w in re.split(r"[\s/]+", span) if "*" not in w and w.split("=")[0] not in PLACEHOLDER_FLAGS]
         wrong += [flag for flag in flag_words(words) if flag not in every_flag()]
-    assert not wrong, f"{page.name}: flags no script or method has: {wrong}"
+    return wrong
 
 
-@pytest.mark.parametrize("page", PAGES[1:], ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_readme_sections_named_by_the_docs_exist(page):
+def test_readme_sections_named_by_the_docs_exist():
     readme = {heading_text(line) for line in split_fences((ROOT / "README.md").read_text())[0].split("\n")
               if re.match(r"^#{1,6} ", line)}
-    named = re.findall(r"README,? (?:sections? )?[\"']([^\"']+)[\"']", page.read_text())
-    assert not [name for name in named if name not in readme], f"{page.name} names README sections it lacks"
+    named = {f"{page.relative_to(ROOT)}: {name}" for page in PAGES[1:]
+             for name in re.findall(r"README,? (?:sections? )?[\"']([^\"']+)[\"']", page.read_text())
+             if name not in readme}
+    assert not named, f"README sections named that README.md does not have: {sorted(named)}"
 
 
 def _section(text: str, heading: str) -> str:

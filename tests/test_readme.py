@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from conftest import ROOT, run_dir_of, run_script
 
 README = (ROOT / "README.md").read_text()
@@ -18,12 +16,12 @@ RECORDS = {"results.md"}
 PAGES = [ROOT / "README.md", *(p for p in sorted((ROOT / "docs").glob("*.md")) if p.name not in RECORDS)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_commands_use_the_environment_of_the_set_up(page):
-    text = page.read_text()
-    bare = re.findall(r"(?:^|`)\s*(python3? [\w./-]+\.py[^\n`]*)", text, flags=re.M)
-    assert not bare, f"{page.name}: commands without .venv/bin/: {bare}"
-    assert not re.findall(r"(?:^|[`(])pip install", text, flags=re.M)
+def test_commands_use_the_environment_of_the_set_up():
+    for page in PAGES:
+        text = page.read_text()
+        bare = re.findall(r"(?:^|`)\s*(python3? [\w./-]+\.py[^\n`]*)", text, flags=re.M)
+        assert not bare, f"{page.relative_to(ROOT)}: commands without .venv/bin/: {bare}"
+        assert not re.findall(r"(?:^|[`(])pip install", text, flags=re.M), page.relative_to(ROOT)
 
 
 def test_set_up_says_which_interpreter_the_commands_run():
