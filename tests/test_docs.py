@@ -38,7 +38,9 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import utils
 from conftest import ROOT
+from kd_methods import all_methods
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 220
@@ -48,6 +50,8 @@ EXTERNAL = {"avmnist_gen.py": "the MFAS fork's AV-MNIST generator (docs/data.md)
 PLACEHOLDER_FLAGS = {"--x", "--no-x", "--flag"}
 COMMAND = re.compile(r"^(?:time\s+)?(?:\.venv/bin/)?python3?\s+([\w./-]+\.py)\b(.*)$", re.S)
 FLAG = re.compile(r"^--[A-Za-z][\w-]*")
+#: where scripts live: the top level and these folders
+SCRIPT_FOLDERS = ("", "data_preprocess", "benchmarks", "tools")
 SCRIPT_NAME = re.compile(r"(?<![\w/<-])((?:main|test)-[A-Za-z0-9_-]+\.py)\b")
 
 
@@ -150,20 +154,17 @@ def parsed_scripts() -> list[str]:
     """Every tracked script with a command line of its own (it reads argparse or goes through ``utils``)."""
     found = []
     for path in TRACKED:
-        if not path.endswith(".py") or path.startswith("tests/") or "/" in path and path.split("/")[0] not in (
-                "data_preprocess", "benchmarks", "tools"):
+        if not path.endswith(".py") or path.rpartition("/")[0] not in SCRIPT_FOLDERS:
             continue
         text = (ROOT / path).read_text()
-        if '__name__ == "__main__"' in text and ("argparse" in text or re.search(r"^(?:import|from) utils", text, re.M)):
+        has_command_line = "argparse" in text or re.search(r"^(?:import|from) utils", text, re.M)
+        if '__name__ == "__main__"' in text and has_command_line:
             found.append(path)
     return found
 
 
 @functools.lru_cache(maxsize=None)
 def flags_of_methods() -> frozenset[str]:
-    import utils
-    from kd_methods import all_methods
-
     flags: set[str] = set()
     for name in all_methods():
         flags |= _capture(lambda: utils.main(name), f"{name}.py")
@@ -284,7 +285,7 @@ def test_readme_sections_named_by_the_docs_exist():
 
 
 def _section(text: str, heading: str) -> str:
-    match = re.search(rf"^## {re.escape(heading)}\s*$", text, flags=re.M)
+    match = re.search(rf"^## {re.escape(heading)}(?:\s.*)?$", text, flags=re.M)  # also "## UCI-MFeat (...)"
     assert match, f"no section '## {heading}'"
     end = re.search(r"^## ", text[match.end():], flags=re.M)
     return text[match.end():match.end() + end.start() if end else None]
@@ -308,8 +309,8 @@ def test_readme_results_table_equals_the_one_in_docs_results():
     assert len(databases) == 1, f"README's results table mixes databases: {databases}"
     database = databases.pop()
     results = (ROOT / "docs" / "results.md").read_text()
-    kind = caption.split(":")[0]  # "Comparison"
-    same = [(c, r) for c, r in _captioned_tables(_section(results, database)) if c.split(":")[0] == kind]
+    kind = caption.split()[0].rstrip(":")  # "Comparison"
+    same = [(c, r) for c, r in _captioned_tables(_section(results, database)) if c.split()[0].rstrip(":") == kind]
     assert same, f"docs/results.md, section '{database}', has no '{kind}' table"
     expected_caption, expected_rows = same[0]
     block = "\n".join(["**" + expected_caption + "**", ""]
