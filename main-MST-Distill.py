@@ -3,7 +3,7 @@ ACM MM 2025): co-train teacher, auxiliary teacher and student; train the MaskNet
 of specialised teachers. The method is kd_methods/mst.py (its machinery in kd_methods/mst_*.py); this script only
 names it.
 
-Example (README, RAVDESS, visual student):
+Example (docs/mst-distill.md; RAVDESS, visual student):
     python main-MST-Distill.py --database RAVDESS --batch_size 32 --mode m1 --Tmodel DSCNN-I \
         --Smodel VisualBranchNet --AUXmodel AudioBranchNet
 Without options it runs on the embedded Synthetic-MVD data in well under a minute and compares the distilled

@@ -1,4 +1,4 @@
-"""CrisisMMD v2.0 preprocessing, humanitarian task -> ``<data_root>/CMMD-V2/CMMD_data.pth`` (README, "Data: CMMD-V2").
+"""CrisisMMD v2.0 preprocessing, humanitarian task -> ``<data_root>/CMMD-V2/CMMD_data.pth`` (docs/data.md, CMMD-V2).
 
 Input: CrisisMMD v2.0 (Alam et al., ICWSM 2018; crisisnlp.qcri.org/crisismmd): the ``data_image/`` tree and
 the split files ``crisismmd_datasplit_all/task_humanitarian*.tsv``. All humanitarian splits are merged (the
@@ -13,7 +13,8 @@ Steps (``--steps all`` runs both):
 ``features``  per row: ResNet-50 (torchvision, ImageNet weights V1 = the legacy ``pretrained=True``) global
               average-pooled feature ``[2048]`` of the 224x224-resized, ImageNet-normalised RGB image;
               ``vinai/bertweet-base`` ``pooler_output`` ``[768]`` of the text (at most 128 tokens including
-              ``<s>``/``</s>``, no attention mask, one sequence at a time); the class id of the README's list.
+              ``<s>``/``</s>``, no attention mask, one sequence at a time); the class id of the list in
+              docs/data.md (CMMD-V2).
               ``torch.save((image_feats float32 [N, 2048], text_feats float32 [N, 768], labels int64 [N]))``
               -> ``<dst>/CMMD_data.pth``, a tuple of NumPy arrays as the reference.
 

@@ -1,4 +1,4 @@
-"""RAVDESS preprocessing: raw speech audio + video -> ``RAVDESS_preprocessed_npy/`` (README, "Data: RAVDESS").
+"""RAVDESS preprocessing: raw speech audio + video -> ``RAVDESS_preprocessed_npy/`` (docs/data.md, section "RAVDESS").
 
 Input: the RAVDESS speech part (Livingstone & Russo, PLoS ONE 2018; zenodo.org/record/1188976), i.e.
 ``Audio_Speech_Actors_01-24`` (``Actor_XX/03-01-*.wav``) and the ``Video_Speech_Actor_XX`` archives

@@ -1,4 +1,4 @@
-"""VGGSound-50k preprocessing: videos + AVEL50k annotations + features -> ``<data_root>/VGGS50K/`` (see the README).
+"""VGGSound-50k preprocessing: videos + AVEL50k annotations + features -> ``<data_root>/VGGS50K/`` (docs/data.md).
 
 Inputs: a local copy of VGGSound videos (Chen et al., ICASSP 2020; any folder depth), the VGGSound-AVEL50k
 annotations of the CPSP work (Zhou et al., TPAMI 2023): ``vggsound-avel50k.csv`` (columns ``video_id``,

@@ -1,4 +1,4 @@
-"""AV-MNIST: MNIST digit images paired with spoken-digit spectrograms (README, "Data: AV-MNIST").
+"""AV-MNIST: MNIST digit images paired with spoken-digit spectrograms (docs/data.md, section "AV-MNIST").
 
 Files (the MultiBench ``avmnist`` package, Liang et al., "MultiBench", NeurIPS 2021 Datasets and Benchmarks)
 under ``<data_root>/avmnist/``: ``image/{train,test}_data.npy`` ``[n, 784]`` (``[n, 28, 28]`` gives the same

@@ -148,7 +148,7 @@ class DatasetSpec:
 
     ``load(args)`` returns a :class:`DataSource` with all samples in the reference order. ``students`` maps
     the student modality (``--mode``) to the default unimodal model; ``teacher`` is the default fusion model.
-    ``batch_size``/``lr``/``epochs`` are the reference README defaults. ``split`` is ``"index_file"`` (the
+    ``batch_size``/``lr``/``epochs`` are the defaults of the reference's README. ``split`` is ``"index_file"`` (the
     reference's ``metadata/<name>_indices.csv``) or ``"generated"`` (a permutation computed in memory).
     """
 
@@ -165,7 +165,7 @@ class DatasetSpec:
     ignore_index: int | None = None
     aliases: tuple[str, ...] = ()
     split: str = "index_file"
-    how_to_obtain: str = "see the README section 'Data'"
+    how_to_obtain: str = "see docs/data.md"
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     #: per-method overrides of the defaults above, e.g. ``{"MST-Distill": {"epochs": 5}}``
     method_defaults: dict[str, dict] = field(default_factory=dict)
@@ -219,7 +219,7 @@ def require_file(path: Path, description: str, spec_name: str) -> Path:
     if not Path(path).is_file():
         raise UserError(
             f"missing data file {path} ({description}) for {spec_name}; "
-            f"put it there or pass --data_root (README, section 'Data: {spec_name}')"
+            f"put it there or pass --data_root (docs/data.md, section '{spec_name}')"
         )
     return Path(path)
 
@@ -228,9 +228,9 @@ def open_npy(path: Path, description: str, spec_name: str, mmap: bool = True, fi
     """The one reader of ``.npy`` data files for every database: the array (memory-mapped unless ``mmap`` is
     False), or one :class:`UserError` line naming the file and what is wrong with it: missing, empty (0 bytes),
     cut short, a ``.npz`` archive saved under a ``.npy`` name, pickled Python objects (never loaded: they could run
-    code), or not a NumPy file at all. ``fix`` says how to write it properly (default: the dataset's README
-    section)."""
-    fix = fix or f"README, section 'Data: {spec_name}'"
+    code), or not a NumPy file at all. ``fix`` says how to write it properly (default: the dataset's section of
+    docs/data.md)."""
+    fix = fix or f"docs/data.md, section '{spec_name}'"
     path = Path(path)
     require_file(path, description, spec_name)
     what = f"{path} ({description}) for {spec_name}"
@@ -268,7 +268,7 @@ def reading(path: Path, spec_name: str):
     except OSError as error:
         detail = str(error).splitlines()[0] if str(error) else "I/O error"
         raise UserError(f"{path} cannot be read to the end ({detail}) for {spec_name}; it may be truncated: copy it "
-                        f"again (README, section 'Data: {spec_name}')") from None
+                        f"again (docs/data.md, section '{spec_name}')") from None
 
 
 def read_text(path: Path, expected: str) -> str:
@@ -290,7 +290,7 @@ def check_shape(array_shape, expected: tuple, path, spec_name: str) -> None:
         shown = "[" + ", ".join("N" if e is None else str(e) for e in expected) + "]"
         raise UserError(
             f"{path} has shape {list(array_shape)}, expected {shown} for {spec_name} "
-            f"(README, section 'Data: {spec_name}')"
+            f"(docs/data.md, section '{spec_name}')"
         )
 
 

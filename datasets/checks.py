@@ -1,4 +1,4 @@
-"""Checks of a loaded dataset before the first epoch, the same for every source (README, "Inputs that are refused").
+"""Checks of a loaded dataset before the first epoch, the same for every source (docs/inputs.md).
 
 A wrong label or a NaN feature does not crash training: the reference trains on, and the damage shows up as an
 ``IndexError`` at the final test, a truncated class id, or a NaN validation loss that silently switches model
@@ -47,8 +47,8 @@ def split_of(index: int, splits: dict) -> str:
 
 def check_splits(database: str, n: int, splits: dict) -> None:
     if n == 0:
-        raise UserError(f"{database} has no samples; check --data_root and the data files (README, section "
-                        f"'Data: {database}')")
+        raise UserError(f"{database} has no samples; check --data_root and the data files (docs/data.md, "
+                        f"section '{database}')")
     sizes = {name: len(indices) for name, indices in splits.items()}
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:

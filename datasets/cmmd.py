@@ -1,4 +1,4 @@
-"""CMMD-V2: CrisisMMD v2.0, humanitarian task, as pre-extracted features (README, "Data: CMMD-V2").
+"""CMMD-V2: CrisisMMD v2.0, humanitarian task, as pre-extracted features (docs/data.md, section "CMMD-V2").
 
 Source data: Alam et al., "CrisisMMD: Multimodal Twitter Datasets from Natural Disasters" (ICWSM 2018),
 version 2.0. ``data_preprocess/crisismmd.py`` turns it into ``<data_root>/CMMD-V2/CMMD_data.pth``: a

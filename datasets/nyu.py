@@ -1,4 +1,4 @@
-"""NYU-Depth-V2 semantic segmentation, 40 classes + void (README, "Data: NYU-Depth-V2").
+"""NYU-Depth-V2 semantic segmentation, 40 classes + void (docs/data.md, section "NYU-Depth-V2").
 
 One MATLAB v7.3 (HDF5) file ``<data_root>/NYU-Depth-V2/NYU-Depth-V2_data.mat`` with the labelled set of
 Silberman et al., "Indoor Segmentation and Support Inference from RGBD Images" (ECCV 2012) and the 40-class
@@ -47,7 +47,7 @@ def load(args: argparse.Namespace) -> TensorSource:
         for key, description in KEYS.items():
             if key not in handle:
                 raise UserError(f"{file_path} has no dataset '{key}' ({description}) for {NAME} "
-                                f"(README, section 'Data: {NAME}')")
+                                f"(docs/data.md, section '{NAME}')")
         images, depths, labels = handle["images"], handle["depths"], handle["labels40"]
         check_shape(images.shape, (None, 3, None, None), f"{file_path}:images", NAME)
         n, _, width, height = images.shape

@@ -1,4 +1,4 @@
-"""``Paired``: bring your own paired data, no code needed (README, section "Use your own data").
+"""``Paired``: bring your own paired data, no code needed (docs/own-data.md).
 
 ``--database Paired --data_root DIR`` reads
 
@@ -57,7 +57,7 @@ def _path(args, name: str) -> Path:
     return Path(args.data_root) / name
 
 
-FIX = "README, section 'Use your own data'"
+FIX = "docs/own-data.md"
 
 
 def _open(path: Path, description: str) -> np.ndarray:
@@ -382,7 +382,7 @@ SPEC = DatasetSpec(
     epochs=30,
     load=load,
     split="generated",
-    how_to_obtain="write m1.npy, m2.npy and labels.npy into --data_root (README, section 'Use your own data')",
+    how_to_obtain="write m1.npy, m2.npy and labels.npy into --data_root (docs/own-data.md)",
     add_arguments=add_arguments,
     method_defaults={"MST-Distill": {"epochs_s1": 30, "epochs_s2": 5, "s1_lr": 1e-3, "s2_lr": 1e-3}},
     configure=configure,

@@ -1,4 +1,4 @@
-"""RAVDESS: emotion recognition from face video and speech MFCCs, 8 classes (README, "Data: RAVDESS").
+"""RAVDESS: emotion recognition from face video and speech MFCCs, 8 classes (docs/data.md, section "RAVDESS").
 
 Source data: Livingstone & Russo, "The Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS)",
 PLoS ONE 13(5), 2018 (zenodo.org/record/1188976), speech part. ``data_preprocess/ravdess.py`` writes

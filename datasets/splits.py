@@ -91,8 +91,8 @@ def resolve_split(database: str, n: int, seed: int, from_file: bool = True,
     """
     check_seed(seed)
     if n == 0:
-        raise UserError(f"{database} has no samples; check --data_root and the data files (README, section "
-                        f"'Data: {database}')")
+        raise UserError(f"{database} has no samples; check --data_root and the data files (docs/data.md, "
+                        f"section '{database}')")
     if not from_file:
         return cut(generate_permutations(n, seed + 1)[seed])
     path = indices_path(database, metadata_dir)

@@ -106,8 +106,9 @@ SPEC = DatasetSpec(
     modalities={"m1": "view --mfeat_m1 (default fou)", "m2": "view --mfeat_m2 (default pix)"},
     teacher="Fusion-I",
     students={"m1": "MLP-m1", "m2": "MLP-m2"},
-    # measured over 40 epochs (README, "Data: UCI-MFeat"): the validation loss of main-S.py is lowest at epoch 17
-    # (fou; flat from 14) and 11 (pix), of main-T.py at 13, rising after; selection on validation keeps that epoch
+    # measured over 40 epochs (docs/data.md, section "UCI-MFeat"): the validation loss of main-S.py is lowest at
+    # epoch 17 (fou; flat from 14) and 11 (pix), of main-T.py at 13, rising after; selection on validation keeps
+    # that epoch
     batch_size=64,
     lr=1e-3,
     epochs=20,

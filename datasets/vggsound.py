@@ -1,4 +1,4 @@
-"""VGGSound-50k: the VGGSound-AVEL50k subset, video-level event classification, 141 classes (see the README).
+"""VGGSound-50k: the VGGSound-AVEL50k subset, video-level event classification, 141 classes (docs/data.md).
 
 Source data: Chen et al., "VGGSound: A Large-scale Audio-Visual Dataset" (ICASSP 2020) with the AVEL50k
 annotations of Zhou et al., "Contrastive Positive Sample Propagation along the Audio-Visual Event Line"

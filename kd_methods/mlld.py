@@ -26,7 +26,7 @@ def mlld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     ``class_gram="mean"`` divides both class Gram matrices by B (``E[p pᵀ]`` over the batch, entries in [0, 1]
     like the batch term's). The default ``"sum"`` keeps the reference: its entries grow like B/C, so the term
     grows like (B/C)², and it only sees the batch's distribution of predictions, not which sample gets which
-    class (README, "Reference parity and switches").
+    class (docs/parity.md).
     """
     if class_gram not in CLASS_GRAMS:
         raise ValueError(f"class_gram must be one of {CLASS_GRAMS}, got {class_gram!r}")
@@ -56,8 +56,8 @@ class MLLD(SingleTeacherDistiller):
     The reference's class term sums its C×C Gram matrix over the batch, so it grows with (B/C)²; with few classes
     and large batches (binary Synthetic-MVD, B = 256) its gradient is hundreds of times the CE's and, being blind
     to which sample gets which class, it drives the student to confident predictions at chance accuracy.
-    ``--mlld_class_gram mean`` averages the Gram matrix over the batch instead (README, "Reference parity and
-    switches"; the measurements are in ``docs/results.md``).
+    ``--mlld_class_gram mean`` averages the Gram matrix over the batch instead (docs/parity.md; the measurements are in
+    ``docs/results.md``).
     """
 
     name = "MLLD"

@@ -19,8 +19,8 @@ from utils.core.hooks import capture_features
 EMBED_DIM = 128
 
 #: the feature RKD and CRD distil is each model's last declared tap (``kd_methods.taps``, slot ``feature``): the
-#: reference's per-pair table used the same layer for a model in every pair (AV-MNIST: CNN-I fc1, LeNet5 fc1, ThreeLayerCNN-A
-#: conv3; RAVDESS/VGGSound: fc2; CMMD-V2: fc2), which is what the taps declare
+#: reference's per-pair table used the same layer for a model in every pair (AV-MNIST: CNN-I fc1, LeNet5 fc1,
+#: ThreeLayerCNN-A conv3; RAVDESS/VGGSound: fc2; CMMD-V2: fc2), which is what the taps declare
 FEATURE_SLOT = "feature"
 
 def feature_layer(database: str, model: str, method: str) -> str:
@@ -179,7 +179,7 @@ class RKD(FeatureDistiller):
 class RKDUU(RKD):
     """RKD (Park et al., CVPR 2019) from a unimodal teacher of the other modality (``main-RKD-UU.py``).
 
-    Batch size and lr default to the dataset's README table like every method (the reference script alone
+    Batch size and lr default to the per-dataset table of docs/scripts.md like every method (the reference script alone
     defaulted to 32; pass ``--batch_size 32`` to match it).
     """
 

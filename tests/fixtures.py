@@ -1,4 +1,4 @@
-"""Tiny datasets in the exact on-disk formats the loaders read (README, "Data"), for tests.
+"""Tiny datasets in the exact on-disk formats the loaders read (docs/data.md), for tests.
 
 ``make_fixture(database, root, n)`` writes one database under ``root`` (a ``--data_root``) and returns
 ``root``. Data are random from a fixed NumPy seed. Labels are laid out along the reference split permutation

@@ -236,7 +236,7 @@ def test_missing_file_names_exact_path(database, tmp_path):
     with pytest.raises(UserError) as error:
         load(database, root)
     message = str(error.value)
-    assert str(missing) in message and f"Data: {database}" in message and "\n" not in message
+    assert str(missing) in message and f"docs/data.md, section '{database}'" in message and "\n" not in message
 
 
 def test_vggsound_missing_feature_file(tmp_path):

@@ -322,3 +322,27 @@ def test_readme_results_table_equals_the_one_in_docs_results():
 def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text().count("\n")
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move long-form text into a docs/ page"
+
+
+CODE_DOC_REFERENCE = re.compile(r"docs/([\w.-]+\.md)")
+
+
+def test_code_points_at_docs_pages_that_exist():
+    """Docstrings, help texts and error messages name the docs page of their topic (``docs/data.md, section
+    'AV-MNIST'``): every page they name exists, the section they name is one of its headings, and none sends the
+    reader to a README section (the README is a front page; its old sections live in docs/)."""
+    problems = []
+    for name in tracked():
+        if not name.endswith(".py") or name.startswith("tests/test_docs"):
+            continue
+        text = (ROOT / name).read_text(encoding="utf-8")
+        for page in CODE_DOC_REFERENCE.findall(text):
+            if not (ROOT / "docs" / page).is_file():
+                problems.append(f"{name}: docs/{page} does not exist")
+        for page, section in re.findall(r"docs/([\w.-]+\.md), section ['\"]([^'\"{]+)['\"]", text):
+            if (ROOT / "docs" / page).is_file() and section.lower().replace(" ", "-") not in anchors(ROOT / "docs" /
+                                                                                                   page):
+                problems.append(f"{name}: docs/{page} has no section '{section}'")
+        if re.search(r"README,? (section )?[\"']", text):
+            problems.append(f"{name}: points at a README section")
+    assert not problems, "\n".join(problems)

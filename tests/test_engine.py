@@ -203,7 +203,7 @@ def test_data_file_of_the_wrong_shape_is_one_line_and_exit_code_2(tmp_path):
                         "--metadata_dir", tmp_path / "metadata", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert str(bad) in line and "[3, 112, 100]" in line and "Data: AV-MNIST" in line, line
+    assert str(bad) in line and "[3, 112, 100]" in line and "docs/data.md, section 'AV-MNIST'" in line, line
 
 
 # test-only methods, registered for this module's tests only

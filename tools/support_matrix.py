@@ -1,4 +1,4 @@
-"""Regenerate the README's method x dataset support table by running every distillation method for one step on
+"""Regenerate the method x dataset support table of docs/support.md by running every distillation method for one step on
 the tiny fixture of every paper dataset (random teachers saved as reference-style bare state dicts).
 
 Not part of the pytest suite (about 10 minutes on a 2-core CPU): run it after touching a method's layer tables.

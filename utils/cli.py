@@ -1,4 +1,4 @@
-"""The command-line contract shared by every script (README, "Scripts"): registries feed ``choices``, help
+"""The command-line contract shared by every script (docs/scripts.md): registries feed ``choices``, help
 strings state defaults, booleans are ``--x/--no-x``, and defaults left open (batch size, lr, epochs, model
 names) are filled from the dataset spec and ``--mode`` after parsing.
 """
@@ -160,9 +160,10 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--seed", type=int, default=0,
                        help="seed; also selects split column group_<seed> (default: %(default)s)")
-    train.add_argument("--batch_size", type=int, default=None, help="batch size (default: per dataset, README table)")
+    train.add_argument("--batch_size", type=int, default=None, 
+                       help="batch size (default: per dataset, docs/scripts.md)")
     train.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default: the method's, else per dataset, README table)")
+                       help="learning rate (default: the method's, else per dataset, docs/scripts.md)")
     train.add_argument("--epochs", type=int, default=None, help=method_cls.epochs_help)
     train.add_argument("--max_steps", type=int, default=None,
                        help="cap on batches per epoch, for smoke runs (default: none)")
@@ -186,7 +187,8 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     output.add_argument("--out_dir", default="./runs", help="root of run directories (default: %(default)s)")
     output.add_argument("--resume", default=None, metavar="PATH",
                         help="continue a killed run from its directory or checkpoint.pth, with its own arguments (only "
-                             "--epochs, raised, and runtime options such as --device may be given; README)")
+                             "--epochs, raised, and runtime options such as --device may be given; "
+                             "docs/checkpoints.md)")
     output.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="write TensorBoard events (default: on)")
 

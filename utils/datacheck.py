@@ -1,10 +1,11 @@
-"""``python check_data.py DIR``: check a bring-your-own data folder (README, section "Use your own data")
+"""``python check_data.py DIR``: check a bring-your-own data folder (docs/own-data.md)
 with every check a run makes before its first epoch, and print what a run would see, without training.
 
 The checks are the run's own (the same loader, split and checks as ``main-*.py --database Paired``): readable,
 numeric ``.npy`` files of the same ``N``, finite values within the float32 range, integer labels ``0..K-1``, a
 valid ``meta.json``, ``splits.csv`` and ``groups.npy`` (no group in two parts); and for every seed (``--seeds``,
-default all 20 split columns) non-empty train/val/test splits that hold every class. Exit code 0 when everything passes, else one ``error:`` line and 2.
+default all 20 split columns) non-empty train/val/test splits that hold every class. Exit code 0 when everything
+passes, else one ``error:`` line and 2.
 """
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ the sample groups when the split keeps groups together, so a changed ``groups.np
 split).
 ``best.pth`` adds the name of the saved model and the modalities it takes. Loading a model checkpoint
 (``--ckpt_name``) compares that record with the current run, so a teacher that saw this run's test samples, or a
-model of another name whose tensor shapes happen to fit, is refused instead of silently used (README, section
-"Checkpoints and resuming").
+model of another name whose tensor shapes happen to fit, is refused instead of silently used (docs/checkpoints.md).
 
 The record also carries the run's configuration (:func:`run_config`): every argument that can change its result, the
 identity of its data (:func:`data_digest`) and the configuration digests of the checkpoints it starts from, with its

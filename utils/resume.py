@@ -1,5 +1,4 @@
-"""``--resume``: continue the run of a run directory exactly as it was started (README, section "Checkpoints and
-resuming").
+"""``--resume``: continue the run of a run directory exactly as it was started (docs/checkpoints.md).
 
 The run's own arguments are used. Flags given beside ``--resume`` must agree with them, except where and how the
 run executes (:data:`RUNTIME_OPTIONS`) and ``--epochs`` raised to extend the run; those are applied and logged.

@@ -5,7 +5,7 @@ fails (full disk, no permission) removes its temporary file and ends the run wit
 is created only once its data and models have loaded (:meth:`RunDir.deferred`), so a run refused before its first
 epoch leaves nothing behind; the lines logged until then open its ``log.txt``.
 
-Checkpoint files (README, section "Checkpoints and resuming"): each one says what it is (``kind``: ``checkpoint``,
+Checkpoint files (docs/checkpoints.md): each one says what it is (``kind``: ``checkpoint``,
 ``best`` or ``stage``) and carries the run's provenance record (:mod:`utils.provenance`). A stage file
 ``stageN-<name>.pth`` holds the whole method state at the end of stage N; the per-epoch ``checkpoint.pth`` holds
 only what the current stage changes (the parameters its optimiser updates and every buffer) and names the stage

@@ -4,7 +4,7 @@
 ``best.pth``), ``node`` runs one node's real ``main-*.py`` in a subprocess (resuming it from its checkpoint when it
 died), ``runner`` executes the graph in dependency order (local processes or SLURM jobs through submitit),
 ``aggregate`` collects the run directories into ``runs.csv`` / ``table.csv`` with paired statistics and ``report``
-writes ``table.md``, ``table.tex`` and ``table.png``. See the README section "Reproduce the comparison table".
+writes ``table.md``, ``table.tex`` and ``table.png``. See docs/sweep.md.
 
 ``import utils.sweep`` stays light (no torch): the per-node wrapper process imports only ``utils.sweep.node``.
 """
