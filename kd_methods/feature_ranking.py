@@ -313,7 +313,7 @@ def channel_salience(model_a: nn.Module, model_b: nn.Module, inputs_a: Inputs, i
         model_a: the network whose channels are ranked (``f_theta1``); run in eval mode, no grad.
         model_b: the other modality's network (``f_theta2``); its output is computed once.
         inputs_a, inputs_b: a tensor or a tuple of tensors (a fusion model takes two), batch first, same ``N``.
-        layer: dotted submodule path of ``model_a`` (a hook name); ``None`` permutes the input's channels.
+        layer: dotted submodule path of ``model_a`` (e.g. one of its taps); ``None`` permutes the input's channels.
         repeats: ``M``, fresh permutations per channel (public code: 100 for the Gaussian case).
         distance: ``"mse"`` (Algorithm 1's choice, mean over all output elements), ``"l1"``, or a callable
             ``(out_a, out_b) -> scalar`` (applied to each copy).

@@ -29,6 +29,7 @@ from utils.core.checkpoints import load_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
 from kd_methods.features import feature_shapes, sample_inputs
 from kd_methods.mfh_lab import JOINT_MOMENTUM
+from kd_methods.taps import layers
 from utils.core.errors import NonFiniteLossError, UserError
 
 
@@ -106,21 +107,20 @@ def split_accuracy(ctx, model, inputs, split: str, layer: str | None = None, cha
 
 def check_layer(model, inputs, layer: str) -> str | None:
     """``layer`` as :func:`channel_salience` takes it (``'input'`` -> ``None``), or a :class:`UserError`."""
-    hooks = list(getattr(model, "hook_names", []))
     if layer == "input":
         if len(inputs) != 1:
             raise UserError(f"--layer input needs a unimodal model_a; {model.model_name} takes {'+'.join(inputs)}")
         return None
     if layer not in {n for n, _ in model.named_modules() if n}:
-        raise UserError(f"--layer '{layer}' is not a submodule of {model.model_name}; hook names: "
-                        f"{', '.join(hooks) or '-'}; or 'input'")
+        raise UserError(f"--layer '{layer}' is not a submodule of {model.model_name}; declared taps: "
+                        f"{', '.join(getattr(model, 'taps', ())) or '-'}; or 'input'")
     return layer
 
 
 def default_layer(model) -> str:
-    """The first hook name of ``model``, else its input."""
-    hooks = list(getattr(model, "hook_names", []))
-    return hooks[0] if hooks else "input"
+    """MFH's default layer of ``model`` (:func:`kd_methods.taps.layers`, slot ``mfh``), else its input."""
+    chosen = layers("mfh", model.model_name)
+    return chosen[0] if chosen else "input"
 
 
 def rank_channels(ctx, model_a, inputs_a, model_b, inputs_b, layer: str | None, repeats: int, samples: int,
@@ -205,7 +205,8 @@ class NullifiedTeacherKD(Method):
     @staticmethod
     def add_arguments(group: argparse._ArgumentGroup) -> None:
         group.add_argument("--nullify_layer", default=None,
-                           help="hook name of the teacher whose channels are nullified, or 'input' (default: none)")
+                           help="layer (e.g. a declared tap) of the teacher whose channels are nullified, or 'input' "
+                                "(default: none)")
         group.add_argument("--nullify_channels", type=_index, nargs="+", default=[],
                            help="channels (dim 1) of --nullify_layer to nullify (default: none, plain KD)")
         group.add_argument("--student_init", type=_index, default=0,
@@ -217,7 +218,7 @@ class NullifiedTeacherKD(Method):
     def check_args(cls, args, spec) -> None:
         check_kd_weights(args)
         if args.nullify_channels and args.nullify_layer is None:
-            raise UserError("--nullify_channels needs --nullify_layer (a hook name of --Tmodel, or 'input')")
+            raise UserError("--nullify_channels needs --nullify_layer (a layer of --Tmodel, e.g. a tap, or 'input')")
 
     def __init__(self, ctx):
         super().__init__(ctx)

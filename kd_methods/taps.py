@@ -15,11 +15,16 @@ slot        methods                        rule on the declared taps
 ``mgdfr``   MGDFR (ranked teacher layer)   the last tap
 ``c2kd``    C2KD (proxy layer)             the last tap
 ``mst``     MST-Distill (T and A)          the last two taps
+``mfh``     MFH tools (default --layer)    the first tap, probe taps included
 =========== ============================== ===========================================
 
+Probe taps (``probes=`` of a registration: the logits, layers inside a branch) are points only the MFH tools read:
+every slot but ``mfh`` chooses among the other taps, so declaring a probe changes no distillation method's layers.
+
 The paper models keep the reference's layers: where its choice differs from the rule, :data:`REFERENCE_LAYERS`
-(per model) or :data:`REFERENCE_HINTS` (per FitNets teacher/student pair, with the reference's regressors) says
-so. These two tables are the only per-model layer tables of the framework; a new model only declares its taps.
+(per model; also MFH's default layer where it is not the first tap) or :data:`REFERENCE_HINTS` (per FitNets
+teacher/student pair, with the reference's regressors) says so. These two tables are the only per-model layer
+tables of the framework; a new model only declares its taps.
 """
 from __future__ import annotations
 
@@ -36,7 +41,11 @@ RULES = {
     "mgdfr": (1, lambda taps: taps[-1:]),
     "c2kd": (1, lambda taps: taps[-1:]),
     "mst": (2, lambda taps: taps[-2:]),
+    "mfh": (1, lambda taps: taps[:1]),
 }
+
+#: slots whose rule sees the probe taps too
+PROBING_SLOTS = frozenset({"mfh"})
 
 #: (slot, model) -> the reference's layers where they differ from the rule of the slot
 REFERENCE_LAYERS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -50,6 +59,14 @@ REFERENCE_LAYERS: dict[tuple[str, str], tuple[str, ...]] = {
     ("c2kd", "AudioBranchNet"): ("fc1",),
     ("c2kd", "VisualBranchNet-VGGS"): ("fc1",),
     ("c2kd", "AudioBranchNet-VGGS"): ("fc1",),
+    ("mfh", "CNN-I"): ("AudioNet.conv1",),
+    ("mfh", "DSCNN-I"): ("visual_branch",),
+    ("mfh", "DSCNN-VGGS-I"): ("audio_branch",),
+    ("mfh", "MLP-I"): ("VisualNet.fc1",),
+    ("mfh", "FuseNet-RGBbranch"): ("CBR1_RGB_DEC.0",),
+    ("mfh", "FuseNet-Dbranch"): ("CBR1_D_DEC.0",),
+    ("mfh", "Fusion-I"): ("concat_identity",),
+    ("mfh", "MVD-MLP-I"): ("concat_identity",),
 }
 
 #: (slot, teacher, student) -> the reference's hint rows ``(teacher layer, student layer, regressor)`` where they
@@ -66,8 +83,10 @@ REFERENCE_HINTS: dict[tuple[str, str, str], tuple[tuple[str, str, str], ...]] = 
 }
 
 
-def declared(name: str) -> tuple[Tap, ...]:
-    return get_entry(name).taps
+def declared(name: str, slot: str | None = None) -> tuple[Tap, ...]:
+    """The taps of model ``name`` the rule of ``slot`` chooses among: its probe taps only for :data:`PROBING_SLOTS`
+    (the distillation rules never see them)."""
+    return tuple(tap for tap in get_entry(name).taps if slot in PROBING_SLOTS or not tap.probe)
 
 
 def layers(slot: str, name: str) -> tuple[str, ...] | None:
@@ -75,7 +94,7 @@ def layers(slot: str, name: str) -> tuple[str, ...] | None:
     if (slot, name) in REFERENCE_LAYERS:
         return REFERENCE_LAYERS[(slot, name)]
     needed, rule = RULES[slot]
-    taps = tuple(tap.name for tap in declared(name))
+    taps = tuple(tap.name for tap in declared(name, slot))
     return tuple(rule(taps)) if len(taps) >= needed else None
 
 

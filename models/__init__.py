@@ -4,7 +4,6 @@ Conventions every model follows (so the distillation code stays model-agnostic):
 * ``forward`` takes the batch tensors in the dataset's layout: ``forward(m1, m2)`` for fusion models,
   ``forward(x)`` for unimodal ones. Layout changes the reference did in input wrappers (e.g. the RAVDESS
   video permute) happen inside ``forward``; they have no parameters, so state dicts stay reference-exact.
-* ``hook_names``: the reference's default feature taps, addressed by dotted submodule path.
 * The registration declares ``taps`` (the feature taps distillation methods read, with their shapes; see
   :mod:`models.taps`) and ``example_inputs``; ``database=None`` marks a generic model sized from the data.
 * Submodule names equal the reference's, so its checkpoints load with ``load_state_dict(strict=True)``.

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
+from models.taps import LOGITS
 
 NUM_CLASSES = 10
 #: per-sample inputs: 28x28 image digits (m1), 112x112 audio spectrograms (m2)
@@ -20,8 +21,6 @@ AVMNIST_INPUTS = {"m1": (1, 28, 28), "m2": (1, 112, 112)}
 
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al., 1998) with average pooling and padding 2 on the first conv, for 28x28 digits."""
-
-    hook_names = ["conv1", "conv2", "conv3", "fc1", "fc2", "flatten_identity"]
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -44,8 +43,6 @@ class LeNet5(nn.Module):
 
 class ThreeLayerCNNAudio(nn.Module):
     """Three conv + max-pool stages and one linear classifier over 112x112 audio spectrograms."""
-
-    hook_names = ["conv1", "conv2", "conv3", "conv3_maxpool", "conv3_maxpool_flatten", "fc1"]
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -108,9 +105,6 @@ class CNNIntermediateFusion(nn.Module):
     The reference has no activation between ``fc1`` and ``fc2``; kept so checkpoints and features match.
     """
 
-    hook_names = ["AudioNet.conv1", "AudioNet.conv3", "AudioNet.conv5", "ImageNet.conv1", "ImageNet.conv2",
-                  "ImageNet.fc1", "concat_identity", "fc1", "fc2"]
-
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.AudioNet = AudioFeatureNet()
@@ -126,19 +120,24 @@ class CNNIntermediateFusion(nn.Module):
 
 @register_model("LeNet5", "AV-MNIST", ("m1",), "LeNet-5 image student (28x28 digits)",
                 taps={"conv1": (6, 28, 28), "conv2": (16, 10, 10), "conv3": (120, 1, 1), "fc1": (84,)},
-                example_inputs=AVMNIST_INPUTS)
+                probes={"fc2": LOGITS, "flatten_identity": (120,)}, example_inputs=AVMNIST_INPUTS)
 def lenet5(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return LeNet5(num_classes)
 
 
 @register_model("ThreeLayerCNN-A", "AV-MNIST", ("m2",), "three-conv audio student (112x112 spectrograms)",
                 taps={"conv1": (32, 112, 112), "conv2": (64, 56, 56), "conv3": (128, 28, 28)},
+                probes={"conv3_maxpool": (128, 14, 14), "conv3_maxpool_flatten": (25088,), "fc1": LOGITS},
                 example_inputs=AVMNIST_INPUTS)
 def three_layer_cnn_audio(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return ThreeLayerCNNAudio(num_classes)
 
 
 @register_model("CNN-I", "AV-MNIST", ("m1", "m2"), "intermediate-fusion CNN teacher (LeNet-5 image + 5-conv audio)",
-                taps={"concat_identity": (596,), "fc1": (298,)}, example_inputs=AVMNIST_INPUTS)
+                taps={"concat_identity": (596,), "fc1": (298,)},
+                probes={"AudioNet.conv1": (32, 112, 112), "AudioNet.conv3": (128, 28, 28),
+                        "AudioNet.conv5": (512, 7, 7), "ImageNet.conv1": (6, 28, 28), "ImageNet.conv2": (16, 10, 10),
+                        "ImageNet.fc1": (84,), "fc2": LOGITS},
+                example_inputs=AVMNIST_INPUTS)
 def cnn_intermediate_fusion(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return CNNIntermediateFusion(num_classes)

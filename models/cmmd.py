@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
+from models.taps import LOGITS
 
 NUM_CLASSES = 8
 IMAGE_DIM = 2048
@@ -32,8 +33,6 @@ class FeatureMLP(nn.Module):
 class UnimodalMLP(nn.Module):
     """Three-layer MLP classifier ``in -> 1024 -> 512 -> K`` on one modality's features."""
 
-    hook_names = ["fc1", "fc2", "fc3"]
-
     def __init__(self, in_dim: int, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.fc1 = nn.Linear(in_dim, 1024)
@@ -46,8 +45,6 @@ class UnimodalMLP(nn.Module):
 
 class FusionMLP(nn.Module):
     """Intermediate-fusion teacher: per-modality MLPs, concatenation [visual 512 | text 512], three-layer head."""
-
-    hook_names = ["VisualNet.fc1", "VisualNet.fc2", "TextualNet.fc1", "TextualNet.fc2", "fc1", "fc2", "fc3"]
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         super().__init__()
@@ -63,18 +60,21 @@ class FusionMLP(nn.Module):
 
 
 @register_model("MLP-I", "CMMD-V2", ("m1", "m2"), "intermediate-fusion MLP teacher (image + text features)",
-                taps={"fc1": (512,), "fc2": (256,)}, example_inputs=CMMD_INPUTS)
+                taps={"fc1": (512,), "fc2": (256,)},
+                probes={"VisualNet.fc1": (1024,), "VisualNet.fc2": (512,), "TextualNet.fc1": (1024,),
+                        "TextualNet.fc2": (512,), "fc3": LOGITS},
+                example_inputs=CMMD_INPUTS)
 def mlp_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return FusionMLP(num_classes)
 
 
 @register_model("MLP-Vb", "CMMD-V2", ("m1",), "MLP on 2048-d image features",
-                taps={"fc1": (1024,), "fc2": (512,)}, example_inputs=CMMD_INPUTS)
+                taps={"fc1": (1024,), "fc2": (512,)}, probes={"fc3": LOGITS}, example_inputs=CMMD_INPUTS)
 def mlp_visual(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return UnimodalMLP(IMAGE_DIM, num_classes)
 
 
 @register_model("MLP-Tb", "CMMD-V2", ("m2",), "MLP on 768-d text features",
-                taps={"fc1": (1024,), "fc2": (512,)}, example_inputs=CMMD_INPUTS)
+                taps={"fc1": (1024,), "fc2": (512,)}, probes={"fc3": LOGITS}, example_inputs=CMMD_INPUTS)
 def mlp_text(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return UnimodalMLP(TEXT_DIM, num_classes)

@@ -252,8 +252,6 @@ class FuseNet(FuseNetBase):
     """FuseNet (Hazirbas et al., ACCV 2016), intermediate fusion: a depth encoder whose stage outputs are
     averaged into the RGB encoder at every stage, and one decoder unpooling with the fused stream's indices."""
 
-    hook_names = ["after_fusion_identity", "CBR5_RGBD_DEC"]
-
     def __init__(self, num_labels: int = NUM_LABELS):
         super().__init__()
         replay_vgg16_construction_draws()  # the reference's VGG-16 whose convs its encoders copied
@@ -286,16 +284,12 @@ class FuseNetBranch(FuseNetBase):
 class FuseNetRGB(FuseNetBranch):
     """RGB-only FuseNet stream (student on m1)."""
 
-    hook_names = ["CBR1_RGB_DEC.0", "CBR2_RGB_ENC", "CBR4_RGB_ENC", "CBR5_RGB_ENC", "CBR4_RGB_DEC", "CBR5_RGB_DEC"]
-
     def __init__(self, num_labels: int = NUM_LABELS):
         super().__init__(RGB_ENCODER, RGB_DECODER, num_labels)
 
 
 class FuseNetDepth(FuseNetBranch):
     """Depth-only FuseNet stream (student on m2)."""
-
-    hook_names = ["CBR1_D_DEC.0", "CBR2_DEPTH_ENC", "CBR4_DEPTH_ENC", "CBR5_DEPTH_ENC", "CBR4_D_DEC", "CBR5_D_DEC"]
 
     def __init__(self, num_labels: int = NUM_LABELS):
         super().__init__(DEPTH_ENCODER, DEPTH_DECODER, num_labels)
@@ -313,12 +307,18 @@ def fusenet_intermediate(num_classes=NUM_LABELS, input_shapes=None, **_):
 
 
 @register_model("FuseNet-RGBbranch", "NYU-Depth-V2", ("m1",), "single-stream FuseNet on RGB",
-                taps={"CBR5_RGB_ENC": (512, 30, 40), "CBR5_RGB_DEC": (512, 30, 40)}, example_inputs=NYU_INPUTS)
+                taps={"CBR5_RGB_ENC": (512, 30, 40), "CBR5_RGB_DEC": (512, 30, 40)},
+                probes={"CBR1_RGB_DEC.0": (64, 480, 640), "CBR2_RGB_ENC": (128, 240, 320),
+                        "CBR4_RGB_ENC": (512, 60, 80), "CBR4_RGB_DEC": (256, 60, 80)},
+                example_inputs=NYU_INPUTS)
 def fusenet_rgb(num_classes=NUM_LABELS, input_shapes=None, **_):
     return FuseNetRGB(num_classes)
 
 
 @register_model("FuseNet-Dbranch", "NYU-Depth-V2", ("m2",), "single-stream FuseNet on depth",
-                taps={"CBR5_DEPTH_ENC": (512, 30, 40), "CBR5_D_DEC": (512, 30, 40)}, example_inputs=NYU_INPUTS)
+                taps={"CBR5_DEPTH_ENC": (512, 30, 40), "CBR5_D_DEC": (512, 30, 40)},
+                probes={"CBR1_D_DEC.0": (64, 480, 640), "CBR2_DEPTH_ENC": (128, 240, 320),
+                        "CBR4_DEPTH_ENC": (512, 60, 80), "CBR4_D_DEC": (256, 60, 80)},
+                example_inputs=NYU_INPUTS)
 def fusenet_depth(num_classes=NUM_LABELS, input_shapes=None, **_):
     return FuseNetDepth(num_classes)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
+from models.taps import LOGITS
 from utils.core.errors import UserError
 
 HIDDEN = (64, 32)
@@ -63,8 +64,6 @@ class ConvTrunk(nn.Module):
 class MLP(Head):
     """Unimodal MLP on the flattened input."""
 
-    hook_names = ["fc1", "fc2", "fc3"]
-
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__(in_dim, num_classes)
 
@@ -74,8 +73,6 @@ class MLP(Head):
 
 class SmallCNN(ConvTrunk):
     """Unimodal small CNN for ``[C, H, W]`` inputs: :class:`ConvTrunk`, then the MLP head (fc1, fc2, fc3)."""
-
-    hook_names = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__(channels)
@@ -89,8 +86,6 @@ class SmallCNN(ConvTrunk):
 
 class FusionNet(Head):
     """Multimodal teacher: per modality the CNN trunk (images) or the flattened input, concatenated, MLP head."""
-
-    hook_names = ["concat_identity", "fc1", "fc2", "fc3"]
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], num_classes: int):
         encoders, width = {}, 0
@@ -132,12 +127,12 @@ def _cnn(modality: str):
 
 for _modality in ("m1", "m2"):
     register_model(f"MLP-{_modality}", None, (_modality,), "generic MLP (64-32) on the flattened input",
-                   taps=HEAD_TAPS, example_inputs=VECTOR_INPUTS)(_mlp(_modality))
+                   taps=HEAD_TAPS, probes={"fc3": LOGITS}, example_inputs=VECTOR_INPUTS)(_mlp(_modality))
     register_model(f"CNN-{_modality}", None, (_modality,), "generic small CNN (16-32 conv, 64-32 MLP) for [C, H, W]",
-                   taps=CNN_TAPS, example_inputs=IMAGE_INPUTS)(_cnn(_modality))
+                   taps=CNN_TAPS, probes={"fc3": LOGITS}, example_inputs=IMAGE_INPUTS)(_cnn(_modality))
 
 
 @register_model("Fusion-I", None, ("m1", "m2"), "generic fusion teacher (CNN trunk for images, else flattened; MLP)",
-                taps=HEAD_TAPS, example_inputs=VECTOR_INPUTS)
+                taps=HEAD_TAPS, probes={"concat_identity": (None,), "fc3": LOGITS}, example_inputs=VECTOR_INPUTS)
 def fusion_teacher(num_classes=10, input_shapes=None, **_):
     return FusionNet({m: _shape(input_shapes, m, "Fusion-I") for m in ("m1", "m2")}, num_classes)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
+from models.taps import LOGITS
 
 NUM_CLASSES = 8
 AUDIO_FEATURES = 256 * 5  # 156 MFCC frames pooled by 3 three times -> 5
@@ -89,16 +90,15 @@ class DualStreamNet(ClassifierHead):
     """Dual-stream CNN teacher: an audio and a visual stream, concatenated ``[audio | visual]``, then the head.
 
     Shared by the RAVDESS (``DSCNN-I``) and VGGSound (``DSCNN-VGGS-I``) teachers, which differ only in their
-    branches, the visual input layout and the reference's default taps.
+    branches, and the visual input layout.
     """
 
     def __init__(self, audio_branch: nn.Module, visual_branch: nn.Module, visual_layout, in_features: int,
-                 num_classes: int, hook_names: list[str]):
+                 num_classes: int):
         super().__init__()
         self.audio_branch = audio_branch
         self.visual_branch = visual_branch
         self.visual_layout = visual_layout
-        self.hook_names = list(hook_names)
         self._init_head(in_features, num_classes)
 
     def forward(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,6 @@ class SingleStreamNet(ClassifierHead):
         setattr(self, branch_name, branch)  # registered first: the reference's state-dict order
         self.branch_name = branch_name
         self.layout = layout
-        self.hook_names = [branch_name, "fc1", "fc2", "fc3"]
         self._init_head(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,21 +126,25 @@ def keep_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("DSCNN-I", "RAVDESS", ("m1", "m2"), "dual-stream CNN teacher (Conv3d video + Conv1d MFCC)",
-                taps=HEAD_TAPS, example_inputs=RAVDESS_INPUTS)
+                taps=HEAD_TAPS, example_inputs=RAVDESS_INPUTS,
+                probes={"visual_branch": (VISUAL_FEATURES,), "visual_branch.conv1": (6, 15, 224, 224),
+                        "visual_branch.conv2": (12, 7, 112, 112), "visual_branch.conv3": (24, 3, 56, 56),
+                        "audio_branch": (AUDIO_FEATURES,), "audio_branch.conv1": (32, 156),
+                        "audio_branch.conv2": (128, 52), "audio_branch.conv3": (256, 17), "fc3": LOGITS})
 def dscnn_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    taps = ["visual_branch", "visual_branch.conv1", "visual_branch.conv2", "visual_branch.conv3", "audio_branch",
-            "audio_branch.conv1", "audio_branch.conv2", "audio_branch.conv3", "fc1", "fc2", "fc3"]
     return DualStreamNet(audio_branch(), visual_branch(), video_to_channels_first, AUDIO_FEATURES + VISUAL_FEATURES,
-                         num_classes, taps)
+                         num_classes)
 
 
 @register_model("VisualBranchNet", "RAVDESS", ("m1",), "Conv3d face-video student",
-                taps={"visual_branch": (VISUAL_FEATURES,), **HEAD_TAPS}, example_inputs=RAVDESS_INPUTS)
+                taps={"visual_branch": (VISUAL_FEATURES,), **HEAD_TAPS}, probes={"fc3": LOGITS},
+                example_inputs=RAVDESS_INPUTS)
 def visual_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("visual_branch", visual_branch(), video_to_channels_first, VISUAL_FEATURES, num_classes)
 
 
 @register_model("AudioBranchNet", "RAVDESS", ("m2",), "Conv1d MFCC student",
-                taps={"audio_branch": (AUDIO_FEATURES,), **HEAD_TAPS}, example_inputs=RAVDESS_INPUTS)
+                taps={"audio_branch": (AUDIO_FEATURES,), **HEAD_TAPS}, probes={"fc3": LOGITS},
+                example_inputs=RAVDESS_INPUTS)
 def audio_branch_net(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("audio_branch", audio_branch(), keep_layout, AUDIO_FEATURES, num_classes)

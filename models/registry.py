@@ -28,7 +28,8 @@ class ModelEntry:
 
     ``taps`` declares the model's feature taps (:mod:`models.taps`; which ones a method reads is
     :mod:`kd_methods.taps`): submodule paths in forward order, the logits excluded, each with its per-sample output
-    shape for ``example_inputs`` (``None`` where a dimension follows the input size). ``example_inputs`` are
+    shape for ``example_inputs`` (``None`` where a dimension follows the input size), then its probe taps (points only
+    the MFH tools read; the logits may be one, their width ``None``: it follows the class count). ``example_inputs`` are
     per-sample input shapes the model is built for (the paper shapes for the paper models; any fitting shapes for
     generic ones).
     """
@@ -50,17 +51,22 @@ MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, database: str | None, inputs: tuple[str, ...], description: str = "",
-                   taps: dict[str, tuple] | None = None, example_inputs: dict[str, tuple] | None = None):
+                   taps: dict[str, tuple] | None = None, example_inputs: dict[str, tuple] | None = None,
+                   probes: dict[str, tuple] | None = None):
     """Class or function decorator that registers a builder under its CLI name.
 
     ``taps`` maps each tap (submodule path, forward order, logits excluded) to its per-sample output shape for
-    ``example_inputs``; see :class:`ModelEntry` and :mod:`models.taps`.
+    ``example_inputs``; ``probes`` likewise maps the further points only the MFH tools read (distillation rules skip
+    them). See :class:`ModelEntry` and :mod:`models.taps`.
     """
 
     def decorator(builder):
         if name in MODELS:
             raise ValueError(f"model name registered twice: {name}")
-        declared = tuple(Tap(tap, tuple(shape)) for tap, shape in (taps or {}).items())
+        declared = (tuple(Tap(tap, tuple(shape)) for tap, shape in (taps or {}).items())
+                    + tuple(Tap(tap, tuple(shape), probe=True) for tap, shape in (probes or {}).items()))
+        if len({tap.name for tap in declared}) != len(declared):
+            raise ValueError(f"model {name} declares a tap twice (taps and probes share one namespace)")
         MODELS[name] = ModelEntry(name, database, tuple(inputs), builder, description, declared,
                                   dict(example_inputs or {}))
         return builder
@@ -81,6 +87,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     model = entry.builder(**kwargs)
     model.model_name = name
     model.taps = tuple(tap.name for tap in entry.taps)
+    model.probes = frozenset(tap.name for tap in entry.taps if tap.probe)
     return model
 
 

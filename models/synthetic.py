@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import register_model
+from models.taps import LOGITS
 
 HIDDEN = (64, 32)
 #: the default Synthetic-MVD widths (50 + 50 columns; the builders follow --mvd_dim_a/--mvd_dim_b)
@@ -34,8 +35,6 @@ class MLPHead(nn.Module):
 class MVDFusionMLP(MLPHead):
     """Multimodal teacher: the two modalities concatenated (m1 first), then the MLP head."""
 
-    hook_names = ["concat_identity", "fc1", "fc2", "fc3"]
-
     def __init__(self, dim_m1: int, dim_m2: int, num_classes: int):
         super().__init__(dim_m1 + dim_m2, num_classes)
         self.concat_identity = nn.Identity()
@@ -45,13 +44,11 @@ class MVDFusionMLP(MLPHead):
 
 
 class MVDUnimodalMLP(MLPHead):
-    hook_names = ["fc1", "fc2", "fc3"]
+    """Unimodal student: the MLP head on one modality."""
 
 
 class LogisticRegression(nn.Module):
     """One linear layer ``d -> K``: the teacher and student of the MFH synthetic experiments."""
-
-    hook_names = ["fc"]
 
     def __init__(self, in_dim: int, num_classes: int):
         super().__init__()
@@ -66,30 +63,30 @@ def _dim(input_shapes, modality):
 
 
 @register_model("MVD-MLP-I", "Synthetic-MVD", ("m1", "m2"), "fusion MLP teacher (64-32 hidden)",
-                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
+                taps=MLP_TAPS, probes={"concat_identity": (None,), "fc3": LOGITS}, example_inputs=MVD_INPUTS)
 def mvd_mlp_fusion(num_classes=2, input_shapes=None, **_):
     return MVDFusionMLP(_dim(input_shapes, "m1"), _dim(input_shapes, "m2"), num_classes)
 
 
 @register_model("MVD-MLP-m1", "Synthetic-MVD", ("m1",), "MLP on modality a (m1)",
-                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
+                taps=MLP_TAPS, probes={"fc3": LOGITS}, example_inputs=MVD_INPUTS)
 def mvd_mlp_m1(num_classes=2, input_shapes=None, **_):
     return MVDUnimodalMLP(_dim(input_shapes, "m1"), num_classes)
 
 
 @register_model("MVD-MLP-m2", "Synthetic-MVD", ("m2",), "MLP on modality b (m2)",
-                taps=MLP_TAPS, example_inputs=MVD_INPUTS)
+                taps=MLP_TAPS, probes={"fc3": LOGITS}, example_inputs=MVD_INPUTS)
 def mvd_mlp_m2(num_classes=2, input_shapes=None, **_):
     return MVDUnimodalMLP(_dim(input_shapes, "m2"), num_classes)
 
 
 @register_model("MVD-LR-m1", "Synthetic-MVD", ("m1",), "logistic regression on modality a (MFH)",
-                example_inputs=MVD_INPUTS)
+                probes={"fc": LOGITS}, example_inputs=MVD_INPUTS)
 def mvd_lr_m1(num_classes=2, input_shapes=None, **_):
     return LogisticRegression(_dim(input_shapes, "m1"), num_classes)
 
 
 @register_model("MVD-LR-m2", "Synthetic-MVD", ("m2",), "logistic regression on modality b (MFH)",
-                example_inputs=MVD_INPUTS)
+                probes={"fc": LOGITS}, example_inputs=MVD_INPUTS)
 def mvd_lr_m2(num_classes=2, input_shapes=None, **_):
     return LogisticRegression(_dim(input_shapes, "m2"), num_classes)

@@ -11,6 +11,7 @@ import torch
 
 from models.ravdess import HEAD_TAPS, Conv1dBranch, Conv3dBranch, DualStreamNet, SingleStreamNet, keep_layout
 from models.registry import register_model
+from models.taps import LOGITS
 
 NUM_CLASSES = 141
 AUDIO_FEATURES = 64 * 4  # 128-long embedding pooled by 3 three times -> 4
@@ -35,21 +36,23 @@ def visual_branch_vggs() -> Conv3dBranch:
 
 
 @register_model("DSCNN-VGGS-I", "VGGSound-50k", ("m1", "m2"), "dual-stream CNN teacher on VGGish/VGG features",
-                taps=HEAD_TAPS, example_inputs=VGGS_INPUTS)
+                taps=HEAD_TAPS, probes={"audio_branch": (AUDIO_FEATURES,), "visual_branch": (VISUAL_FEATURES,),
+                                        "fc3": LOGITS}, example_inputs=VGGS_INPUTS)
 def dscnn_vggs_intermediate(num_classes=NUM_CLASSES, input_shapes=None, **_):
-    taps = ["audio_branch", "visual_branch", "fc1", "fc2", "fc3"]
     return DualStreamNet(audio_branch_vggs(), visual_branch_vggs(), features_to_channels_first,
-                         AUDIO_FEATURES + VISUAL_FEATURES, num_classes, taps)
+                         AUDIO_FEATURES + VISUAL_FEATURES, num_classes)
 
 
 @register_model("VisualBranchNet-VGGS", "VGGSound-50k", ("m1",), "Conv3d student on visual feature maps",
-                taps={"visual_branch": (VISUAL_FEATURES,), **HEAD_TAPS}, example_inputs=VGGS_INPUTS)
+                taps={"visual_branch": (VISUAL_FEATURES,), **HEAD_TAPS}, probes={"fc3": LOGITS},
+                example_inputs=VGGS_INPUTS)
 def visual_branch_net_vggs(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("visual_branch", visual_branch_vggs(), features_to_channels_first, VISUAL_FEATURES,
                            num_classes)
 
 
 @register_model("AudioBranchNet-VGGS", "VGGSound-50k", ("m2",), "Conv1d student on audio embeddings",
-                taps={"audio_branch": (AUDIO_FEATURES,), **HEAD_TAPS}, example_inputs=VGGS_INPUTS)
+                taps={"audio_branch": (AUDIO_FEATURES,), **HEAD_TAPS}, probes={"fc3": LOGITS},
+                example_inputs=VGGS_INPUTS)
 def audio_branch_net_vggs(num_classes=NUM_CLASSES, input_shapes=None, **_):
     return SingleStreamNet("audio_branch", audio_branch_vggs(), keep_layout, AUDIO_FEATURES, num_classes)

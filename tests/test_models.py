@@ -60,7 +60,7 @@ _FUSENET_BRANCH = {  # the reference FuseNet's 480x640 shapes scaled to 64x96
     "CBR1_{d}_DEC.0": (B, 64, 64, 96), "CBR2_{e}_ENC": (B, 128, 32, 48), "CBR4_{e}_ENC": (B, 512, 8, 12),
     "CBR5_{e}_ENC": (B, 512, 4, 6), "CBR4_{d}_DEC": (B, 256, 8, 12), "CBR5_{d}_DEC": (B, 512, 4, 6),
 }
-HOOK_SHAPES = {
+TAP_SHAPES = {
     "LeNet5": {"conv1": (B, 6, 28, 28), "conv2": (B, 16, 10, 10), "conv3": (B, 120, 1, 1), "fc1": (B, 84),
                "fc2": (B, 10), "flatten_identity": (B, 120)},
     "ThreeLayerCNN-A": {"conv1": (B, 32, 112, 112), "conv2": (B, 64, 56, 56), "conv3": (B, 128, 28, 28),
@@ -143,7 +143,7 @@ def _inputs(name: str) -> tuple[torch.Tensor, ...]:
 def _run(name: str):
     """One forward with every default hook captured (cached: the 3-d CNNs and FuseNets are slow on CPU)."""
     model = _model(name)
-    with torch.no_grad(), capture_features(model, model.hook_names) as features:
+    with torch.no_grad(), capture_features(model, model.taps) as features:
         output = model(*_inputs(name))
     assert active_hook_count(model) == 0
     return output, dict(features)
@@ -151,7 +151,7 @@ def _run(name: str):
 
 def test_every_paper_model_is_registered():
     assert set(PARAM_COUNTS) <= set(MODELS)
-    assert set(HOOK_SHAPES) == set(PARAM_COUNTS)
+    assert set(TAP_SHAPES) == set(PARAM_COUNTS)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -171,14 +171,16 @@ def test_forward_output_shape(name):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_hook_names_resolve_and_capture(name):
+def test_taps_resolve_and_capture(name):
     model = _model(name)
-    assert isinstance(model.hook_names, list) and model.hook_names
-    for path in model.hook_names:
+    assert isinstance(model.taps, tuple) and model.taps
+    for path in model.taps:
         model.get_submodule(path)
     _, features = _run(name)
-    assert list(features) and set(features) == set(model.hook_names)
-    for path, shape in HOOK_SHAPES.get(name, {}).items():
+    assert list(features) and set(features) == set(model.taps)
+    if name in TAP_SHAPES:  # the paper models: exactly these taps (probes included), with the reference's shapes
+        assert set(model.taps) == set(TAP_SHAPES[name])
+    for path, shape in TAP_SHAPES.get(name, {}).items():
         assert tuple(features[path].shape) == shape, path
 
 
@@ -188,7 +190,7 @@ FC1_MODELS = [n for n in ALL_MODELS if not n.startswith(("FuseNet", "MVD-LR"))]
 
 @pytest.mark.parametrize("name", FC1_MODELS)
 def test_fc_hooks_see_pre_activation(name):
-    assert "fc1" in _model(name).hook_names
+    assert "fc1" in _model(name).taps
     # ReLU is functional, so the hooked linear output still holds negative values.
     _, features = _run(name)
     assert (features["fc1"] < 0).any()

@@ -12,7 +12,7 @@ from datasets import DATASETS
 from kd_methods.features import feature_shapes
 from kd_methods.fitnets import REGRESSORS
 from models import MODELS, build_model
-from kd_methods.taps import REFERENCE_HINTS, REFERENCE_LAYERS, RULES, hint_rows, layers, regressor_kind
+from kd_methods.taps import REFERENCE_HINTS, REFERENCE_LAYERS, RULES, declared, hint_rows, layers, regressor_kind
 from models.taps import feature_info
 
 #: image examples ([C, H, W]) of more than LARGE pixels are probed at 1/SCALE of their size (NYU: 96x128)
@@ -45,20 +45,22 @@ def _declared_at(shape: tuple, scale: int) -> tuple:
 def test_declared_taps_match_a_forward(name):
     entry = MODELS[name]
     assert entry.example_inputs and set(entry.example_inputs) >= set(entry.inputs)
-    if not entry.taps:  # only the one-layer logistic regressions have no feature between input and logits
+    if not declared(name):  # only the one-layer logistic regressions have no feature between input and logits
         assert name.startswith("MVD-LR")
-        return
+    assert entry.taps  # MFH reads every model at some tap (probes included)
     model, inputs, scale = _probed(name)
     assert model.taps == tuple(tap.name for tap in entry.taps)
-    for declared, probed in zip(entry.taps, feature_info(model, inputs)):
-        want = _declared_at(declared.shape, scale)
+    for declared_tap, probed in zip(entry.taps, feature_info(model, inputs), strict=True):
+        assert probed.name == declared_tap.name and probed.probe == declared_tap.probe
+        want = _declared_at(declared_tap.shape, scale)
         assert len(probed.shape) == len(want), name
-        assert all(w is None or w == p for w, p in zip(want, probed.shape)), (name, declared, probed)
+        assert all(w is None or w == p for w, p in zip(want, probed.shape)), (name, declared_tap, probed)
 
 
 def test_the_one_table_names_registered_models_and_submodules():
     for (slot, name), chosen in REFERENCE_LAYERS.items():
-        assert slot in RULES and name in MODELS and chosen != RULES[slot][1](tuple(t.name for t in MODELS[name].taps))
+        assert slot in RULES and name in MODELS
+        assert chosen != RULES[slot][1](tuple(t.name for t in declared(name, slot)))
     for (slot, teacher, student), rows in REFERENCE_HINTS.items():
         assert slot in RULES and teacher in MODELS and student in MODELS
         assert all(kind in REGRESSORS for _, _, kind in rows)
@@ -134,3 +136,30 @@ def test_generic_hint_rows_get_regressors_from_the_probed_shapes(teacher, studen
     for t, s, _ in hint_rows(slot, teacher, student, t_shapes, s_shapes):
         kind = regressor_kind(s_shapes[s], t_shapes[t])
         assert REGRESSORS[kind](s_shapes[s], t_shapes[t])(torch.randn(2, *s_shapes[s])).shape == (2, *t_shapes[t])
+
+
+#: MFH's default ``--layer`` per model (the first entry of the models' former ``hook_names`` lists)
+MFH_DEFAULTS = {
+    "LeNet5": "conv1", "ThreeLayerCNN-A": "conv1", "CNN-I": "AudioNet.conv1", "DSCNN-I": "visual_branch",
+    "VisualBranchNet": "visual_branch", "AudioBranchNet": "audio_branch", "DSCNN-VGGS-I": "audio_branch",
+    "VisualBranchNet-VGGS": "visual_branch", "AudioBranchNet-VGGS": "audio_branch", "MLP-I": "VisualNet.fc1",
+    "MLP-Vb": "fc1", "MLP-Tb": "fc1", "FuseNet-I": "after_fusion_identity", "FuseNet-RGBbranch": "CBR1_RGB_DEC.0",
+    "FuseNet-Dbranch": "CBR1_D_DEC.0", "MVD-MLP-I": "concat_identity", "MVD-MLP-m1": "fc1", "MVD-MLP-m2": "fc1",
+    "MVD-LR-m1": "fc", "MVD-LR-m2": "fc", "Fusion-I": "concat_identity", "MLP-m1": "fc1", "MLP-m2": "fc1",
+    "CNN-m1": "conv1", "CNN-m2": "conv1",
+}
+
+
+def test_mfh_default_layer_is_a_declared_tap_and_pinned():
+    assert set(MFH_DEFAULTS) == set(MODELS)
+    for name, layer in MFH_DEFAULTS.items():
+        assert layers("mfh", name) == (layer,), name
+        assert layer in {tap.name for tap in MODELS[name].taps}, name
+
+
+def test_no_distillation_rule_chooses_a_probe_tap():
+    # (the reference's own choices in REFERENCE_LAYERS may name any submodule, probes included)
+    for name in MODELS:
+        probes = {tap.name for tap in MODELS[name].taps if tap.probe}
+        for slot in RULES.keys() - {"mfh"} - {s for s, n in REFERENCE_LAYERS if n == name}:
+            assert not set(layers(slot, name) or ()) & probes, (slot, name)

@@ -428,8 +428,8 @@ def add_experiment_arguments(group) -> None:
     group.add_argument("--ckpt_b", default=None,
                        help="rank/nullify: best.pth of the modality-b network (default: none)")
     group.add_argument("--layer", default=None,
-                       help="rank/nullify: hook name of model_a whose channels are ranked, or 'input' "
-                            "(default: the model's first hook name)")
+                       help="rank/nullify: layer of model_a (e.g. a declared tap) whose channels are ranked, or "
+                            "'input' (default: the model's MFH tap, kd_methods/taps.py slot mfh)")
     group.add_argument("--joint_epochs", type=int, default=1000,
                        help="Algorithm 1 step 1 on Synthetic-MVD: full-batch epochs (default: %(default)s)")
     group.add_argument("--joint_lr", type=float, default=JOINT_LR,
