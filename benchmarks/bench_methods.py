@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import get_spec  # noqa: E402
 from datasets.base import BatchLoader, TensorSource  # noqa: E402
-from kd_methods import METHODS, _import_all  # noqa: E402
+from kd_methods import METHODS, all_methods  # noqa: E402
 from kd_methods.base import RunContext  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from utils import cli  # noqa: E402
@@ -81,10 +81,10 @@ def build_run(method_cls, database: str, source, options, folder: Path, keep_gra
     spec = get_spec(database)
     argv = ["--database", database, "--batch_size", str(options.batch_size), "--epochs", "1",
             "--device", options.device, "--no-record"]
-    if method_cls.needs_checkpoint:
+    if method_cls.card.needs_checkpoint:
         argv += ["--ckpt_name", "placeholder"]
     args = cli.parse_args(method_cls, argv)
-    if method_cls.needs_checkpoint:
+    if method_cls.card.needs_checkpoint:
         path = folder / f"{args.Tmodel}.pth"
         if not path.exists():
             model = build_model(args.Tmodel, num_classes=spec.num_classes, input_shapes=source.input_shapes)
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    _import_all()
+    all_methods()
     names = [n for n in sorted(METHODS) if n not in NOT_DISTILLATION and (not options.methods or n in options.methods)]
     database = "AV-MNIST" if all(m in MODELS for m in AVMNIST_MODELS) else "Synthetic-MVD"
     spec = get_spec(database)
@@ -182,7 +182,7 @@ def main(argv=None) -> None:
             try:
                 figures, (stage_name, count, args) = compare(METHODS[name], database, source, options, Path(folder))
                 note = f" (stage '{stage_name}' of {count})" if count > 1 else ""
-                models = f"{args.Tmodel} -> {args.Smodel}" if "teacher" in METHODS[name].roles else args.Smodel
+                models = f"{args.Tmodel} -> {args.Smodel}" if "teacher" in METHODS[name].card.roles else args.Smodel
                 rows.append(f"| {name}{note} | {models} | {figures[0]:.2f} | {figures[1]:.2f} | "
                             f"{figures[0] / figures[1]:.2f}x |")
             except Exception as error:  # noqa: BLE001 - report and go on: one method must not stop the table

@@ -98,7 +98,7 @@ class Runner:
         if method in EVALUATES:
             producer = self.best.get((database, *EVALUATES[method]))
             return argv + ["--ckpt_name", str(producer)] if producer else "no checkpoint from " + EVALUATES[method][0]
-        if getattr(method_cls, "needs_checkpoint", False):
+        if method_cls.card.needs_checkpoint:
             teacher, path = self.teacher_checkpoint(method_cls, database, mode)
             return argv + ["--ckpt_name", str(path)] if path else f"no checkpoint of {teacher}"
         return argv
@@ -181,7 +181,7 @@ def amp_losses(method: str, database: str, root: Path | None, folder: Path, chec
         argv += ["--data_root", str(root), "--metadata_dir", str(root / "metadata"), "--batch_size", "4",
                  *FIXTURE_FLAGS.get(method, [])]
     method_cls = get_method(method)
-    if getattr(method_cls, "needs_checkpoint", False):
+    if method_cls.card.needs_checkpoint:
         argv += ["--ckpt_name", str(checkpoint)]
     argv += STAGE_FLAGS.get(method, [])
     args = cli.parse_args(method_cls, argv)
@@ -226,7 +226,7 @@ def run_amp(databases, methods, roots, runner: Runner, folder: Path, deadline: f
                 continue
             method_cls = get_method(name)
             best = None
-            if getattr(method_cls, "needs_checkpoint", False):
+            if method_cls.card.needs_checkpoint:
                 teacher, best = runner.teacher_checkpoint(method_cls, database, "m1")
                 if best is None:
                     rows.append(f"| {database} | {name} | skipped | no checkpoint of {teacher} | | |")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
 from kd_methods.checkpoints import load_model_checkpoint
 from models import build_model, get_entry, models_for
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 from utils.core.metrics import ConfusionMatrix
 
@@ -161,31 +162,22 @@ def freeze(module: nn.Module) -> nn.Module:
 class Method(nn.Module):
     """Base class of every training script's method.
 
-    Class attributes declare the CLI: ``roles`` lists the model flags the script takes (``teacher`` ->
-    ``--Tmodel``, ``student`` -> ``--Smodel``, ``aux`` -> ``--AUXmodel``); ``teacher_kind`` is
-    ``"multimodal"`` (fusion teacher on both modalities) or ``"crossmodal"`` (unimodal teacher on the other
-    modality); ``needs_checkpoint`` makes ``--ckpt_name`` mandatory.
+    What the command line, the sweep and the tables know about a method is its :attr:`card` (a
+    :class:`~utils.core.cards.MethodCard`, declared with literal arguments in the class body, read without importing
+    torch); the class holds the training.
     """
 
-    name: str = ""
-    summary: str = ""
-    roles: tuple[str, ...] = ("student",)
-    teacher_kind: str | None = None
-    needs_checkpoint: bool = False
-    checkpoint_help: str = "pre-trained teacher: a best.pth of ours or a reference-style bare state dict"
-    #: per-dataset defaults that differ from the dataset spec, e.g. {"batch_size": 32}
-    defaults: dict = {}
-    #: the script evaluates the model of ``--ckpt_name`` (test-T/test-S): its database, mode, dataset options, seed
-    #: and model name default to the checkpoint's (utils.cli), so the test split is the one it was trained beside
-    evaluates_checkpoint: bool = False
-    #: help of ``--epochs`` (a method whose stages have their own epoch flags says which stages it sets)
-    epochs_help: str = "epochs (default: per dataset)"
-    #: a row of the comparison table of ``reproduce.py`` (utils/sweep); False for the teachers and tools
-    in_comparison: bool = True
-    #: row group of that table; None derives it from ``teacher_kind`` / ``needs_checkpoint`` (comparison_group)
-    table_group: str | None = None
-    #: flags the sweep adds to this method's runs, e.g. switching off a built-in comparison baseline
-    sweep_flags: tuple[str, ...] = ()
+    card: ClassVar[MethodCard]
+    #: the card's name (set from the card for each class that declares one)
+    name: ClassVar[str] = ""
+    #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference
+    #: did (it never wrapped teacher forwards in no_grad), to measure what the no-grad path saves
+    keep_teacher_graph: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "card" in cls.__dict__:
+            cls.name = cls.card.name
 
     def __init__(self, ctx: RunContext):
         super().__init__()
@@ -211,14 +203,14 @@ class Method(nn.Module):
         """Default model names per role for ``spec`` and student modality ``mode``."""
         other = spec.other_modality(mode)
         defaults = {"student": spec.students[mode], "aux": spec.students[other]}
-        defaults["teacher"] = spec.teacher if cls.teacher_kind != "crossmodal" else spec.students[other]
+        defaults["teacher"] = spec.teacher if cls.card.teacher_kind != "crossmodal" else spec.students[other]
         return defaults
 
     @classmethod
     def dataset_defaults(cls, spec: DatasetSpec) -> dict:
         """Option defaults that depend on the dataset: its batch size, learning rate and epochs, overridden by the
-        method's own :attr:`defaults`, then by what the dataset states for this method (``spec.method_defaults``)."""
-        return {"batch_size": spec.batch_size, "lr": spec.lr, "epochs": spec.epochs, **cls.defaults,
+        card's ``defaults``, then by what the dataset states for this method (``spec.method_defaults``)."""
+        return {"batch_size": spec.batch_size, "lr": spec.lr, "epochs": spec.epochs, **cls.card.defaults,
                 **spec.method_defaults.get(cls.name, {})}
 
     @classmethod
@@ -237,17 +229,6 @@ class Method(nn.Module):
     def epoch_plan(cls, args: argparse.Namespace) -> str:
         """How long the run trains, for the first line of its log."""
         return f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}"
-
-    @classmethod
-    def comparison_group(cls) -> str:
-        """The table group: methods distilling a pre-trained multimodal or cross-modal teacher, else teacher-free."""
-        if cls.table_group:
-            return cls.table_group
-        if cls.needs_checkpoint and cls.teacher_kind == "multimodal":
-            return "multimodal-teacher"
-        if cls.needs_checkpoint and cls.teacher_kind == "crossmodal":
-            return "crossmodal-teacher"
-        return "teacher-free"
 
     # -- building blocks ---------------------------------------------------------------------------------
     def build(self, name: str, expected_inputs: tuple[str, ...] | None = None, role: str = "model") -> nn.Module:
@@ -276,10 +257,6 @@ class Method(nn.Module):
         """Load a teacher from our ``best.pth`` or a reference-style bare state dict: :func:`load_model_checkpoint`."""
         return load_model_checkpoint(model, path, self.ctx, role)
 
-    #: benchmarks only: run frozen networks with autograd and trainable-looking parameters, as the reference
-    #: did (it never wrapped teacher forwards in no_grad), to measure what the no-grad path saves
-    keep_teacher_graph: bool = False
-
     def teacher_forward(self, model: nn.Module, batch: Batch, modalities: tuple[str, ...]) -> torch.Tensor:
         """Forward of a frozen network: no autograd graph (unless :attr:`keep_teacher_graph`)."""
         with torch.set_grad_enabled(self.keep_teacher_graph and torch.is_grad_enabled()):
@@ -287,10 +264,10 @@ class Method(nn.Module):
 
     def teacher_modalities(self) -> tuple[str, ...]:
         """What the teacher is fed: both modalities (multimodal) or the other one (cross-modal)."""
-        return ("m1", "m2") if self.teacher_kind == "multimodal" else (self.other,)
+        return ("m1", "m2") if self.card.teacher_kind == "multimodal" else (self.other,)
 
     def pretrained_teacher(self) -> nn.Module:
-        """Build ``--Tmodel`` for :attr:`teacher_kind`, load ``--ckpt_name`` into it and freeze it."""
+        """Build ``--Tmodel`` for the card's ``teacher_kind``, load ``--ckpt_name`` into it and freeze it."""
         teacher = self.build(self.args.Tmodel, self.teacher_modalities(), "teacher")
         self.load_teacher(teacher, self.args.ckpt_name)
         teacher.requires_grad_(self.keep_teacher_graph)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
-from kd_methods.kd import TEACHER_HELP
+from utils.core.cards import MethodCard
 from utils.core.hooks import capture_features
 
 #: the feature a model's proxy head reads: its last declared tap (``kd_methods.taps``, slot ``c2kd``; the
@@ -186,14 +186,20 @@ class C2KD(Method):
     for the loss and the reference quirks kept by default.
     """
 
-    name = "C2KD"
-    summary = ("C2KD: cross-modal teacher (initialised from --ckpt_name) and student trained jointly with proxy heads "
-               "and a rank-gated non-target KL.")
-    roles = ("teacher", "student")
-    teacher_kind = "crossmodal"
-    needs_checkpoint = True
-    checkpoint_help = TEACHER_HELP["crossmodal"] + "; it initialises the teacher, which C2KD keeps training"
-    defaults = {"lr": 0.01}  # SGD; the reference's default, whatever the dataset
+    card = MethodCard(
+        name="C2KD",
+        position=80,
+        summary=("C2KD: cross-modal teacher (initialised from --ckpt_name) and student trained jointly with proxy "
+                 "heads and a rank-gated non-target KL."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+        checkpoint_help=("pre-trained teacher of the other modality: a best.pth from main-S.py --mode <other> or a "
+                         "reference state dict (checkpoints/stu/wo_kd/...); it initialises the teacher, which C2KD "
+                         "keeps training"),
+        # SGD; the reference's default, whatever the dataset
+        defaults={"lr": 0.01},
+    )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from kd_methods import register_method
-from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
+from kd_methods.kd import SingleTeacherDistiller
 from kd_methods.rkd import EMBED_DIM, Embed, FeatureDistiller
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 
 NCE_EPS = 1e-7
@@ -195,10 +196,15 @@ class CRD(FeatureDistiller):
     NYU-Depth-V2 is refused (no feature table in the reference).
     """
 
-    name = "CRD"
-    summary = "Contrastive representation distillation (Tian et al., ICLR 2020) from a pre-trained multimodal teacher."
-    teacher_kind = "multimodal"
-    checkpoint_help = TEACHER_HELP["multimodal"]
+    card = MethodCard(
+        name="CRD",
+        position=50,
+        summary=("Contrastive representation distillation (Tian et al., ICLR 2020) from a pre-trained multimodal "
+                 "teacher."),
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -247,8 +253,12 @@ class CRD(FeatureDistiller):
 class CRDUU(CRD):
     """CRD (Tian et al., ICLR 2020) from a unimodal teacher of the other modality (``main-CRD-UU.py``)."""
 
-    name = "CRD-UU"
-    summary = ("Contrastive representation distillation (Tian et al., ICLR 2020) from a unimodal teacher of the "
-               "other modality.")
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="CRD-UU",
+        position=50,
+        summary=("Contrastive representation distillation (Tian et al., ICLR 2020) from a unimodal teacher of the "
+                 "other modality."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )

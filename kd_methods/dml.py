@@ -5,6 +5,7 @@ import argparse
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 
 
@@ -31,10 +32,14 @@ class DML(Method):
       reported model. The peer stays at its last epoch.
     """
 
-    name = "DML"
-    summary = "Deep Mutual Learning (Zhang et al., CVPR 2018): student and other-modality peer trained together."
-    roles = ("teacher", "student")
-    teacher_kind = "crossmodal"  # the peer: default model and input modality of a cross-modal teacher
+    card = MethodCard(
+        name="DML",
+        position=30,
+        summary="Deep Mutual Learning (Zhang et al., CVPR 2018): student and other-modality peer trained together.",
+        roles=("teacher", "student"),
+        # the peer: default model and input modality of a cross-modal teacher
+        teacher_kind="crossmodal",
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from kd_methods import register_method
 from kd_methods.base import Stage
 from kd_methods.features import feature_shapes, modules_up_to, sample_inputs
-from kd_methods.kd import KD, TEACHER_HELP
+from kd_methods.kd import KD
 from models import MODELS
 from kd_methods import taps as method_taps
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 from utils.core.hooks import capture_features
 
@@ -161,8 +162,14 @@ class FitNets(KD):
     selected on the α-weighted validation loss (reference) or on the CE (``--select_on_ce``).
     """
 
-    name = "FitNets"
-    summary = "FitNets: hint training (regressed intermediate features), then KD from a multimodal teacher."
+    card = MethodCard(
+        name="FitNets",
+        position=70,
+        summary="FitNets: hint training (regressed intermediate features), then KD from a multimodal teacher.",
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
     slot = "hints"
 
     @staticmethod
@@ -257,8 +264,12 @@ class FitNetsUU(FitNets):
     As :class:`FitNets`; the teacher is a ``main-S.py`` model of the other modality, fed that modality.
     """
 
-    name = "FitNets-UU"
-    summary = "FitNets: hint training, then KD from a cross-modal unimodal teacher."
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="FitNets-UU",
+        position=70,
+        summary="FitNets: hint training, then KD from a cross-modal unimodal teacher.",
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )
     slot = "hints-uu"

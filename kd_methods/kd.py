@@ -15,25 +15,17 @@ import torch.nn as nn
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
 from kd_methods.base import LossDict, Method, Stage, halving_schedule
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
-
-TEACHER_HELP = {
-    "multimodal": "pre-trained multimodal teacher: a best.pth from main-T.py or a reference state dict "
-                  "(checkpoints/tea/...)",
-    "crossmodal": "pre-trained teacher of the other modality: a best.pth from main-S.py --mode <other> or a "
-                  "reference state dict (checkpoints/stu/wo_kd/...)",
-}
 
 
 class SingleTeacherDistiller(Method):
     """A frozen pre-trained teacher, one student, optional extra trainable modules, the alpha-weighted loss.
 
-    Subclasses set ``teacher_kind`` and implement :meth:`distill_terms`; they add trainable modules (embedders)
+    Subclasses declare a card with their ``teacher_kind`` and implement :meth:`distill_terms`; they add trainable modules (embedders)
     as attributes and list them in :meth:`extra_modules` so the optimiser covers them.
     """
 
-    roles = ("teacher", "student")
-    needs_checkpoint = True
     #: dense (NYU-Depth-V2) outputs supported; the relation- and feature-based baselines refuse them up front
     supports_dense = True
     #: completes the refusal message: why the method cannot run on segmentation outputs
@@ -99,10 +91,15 @@ class KD(SingleTeacherDistiller):
     for it; the targets were detached, so results are identical).
     """
 
-    name = "KD"
-    summary = "Knowledge distillation (Hinton et al. 2015) from a pre-trained multimodal teacher to a unimodal student."
-    teacher_kind = "multimodal"
-    checkpoint_help = TEACHER_HELP["multimodal"]
+    card = MethodCard(
+        name="KD",
+        position=10,
+        summary=("Knowledge distillation (Hinton et al. 2015) from a pre-trained multimodal teacher to a unimodal "
+                 "student."),
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
 
     def distill_terms(self, batch, epoch):
         teacher_logits = self.teacher_forward(self.teacher, batch, self.teacher_modalities())
@@ -117,7 +114,12 @@ class KDUU(KD):
     Identical to :class:`KD` except that the teacher is a ``main-S.py`` model fed the other modality.
     """
 
-    name = "KD-UU"
-    summary = "Knowledge distillation (Hinton et al. 2015) from a pre-trained unimodal teacher of the other modality."
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="KD-UU",
+        position=10,
+        summary=("Knowledge distillation (Hinton et al. 2015) from a pre-trained unimodal teacher of the other "
+                 "modality."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )

@@ -25,6 +25,7 @@ from kd_methods import register_method
 from kd_methods.base import Method, Stage, build_for_run, freeze
 from kd_methods.checkpoints import load_model_checkpoint
 from models import get_entry
+from utils.core.cards import MethodCard
 from utils.core.checkpoints import load_checkpoint
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified
 from kd_methods.features import feature_shapes, sample_inputs
@@ -193,14 +194,18 @@ class NullifiedTeacherKD(Method):
     channels, ``--exp nullify`` runs this method for every teacher variant.
     """
 
-    name = "MFH-KD"
-    summary = ("MFH-KD (Xue et al., ICLR 2023, Sec. 5.4): KD from a pre-trained cross-modal teacher whose listed "
-               "channels of one layer are nullified (set to their batch mean).")
-    roles = ("teacher", "student")
-    teacher_kind = "crossmodal"
-    needs_checkpoint = True
-    checkpoint_help = "the pre-trained cross-modal teacher (--Tmodel): a best.pth of main-S.py on the other modality"
-    in_comparison = False  # a tool of main-MFH.py --exp nullify, not a baseline of the comparison table
+    card = MethodCard(
+        name="MFH-KD",
+        position=110,
+        summary=("MFH-KD (Xue et al., ICLR 2023, Sec. 5.4): KD from a pre-trained cross-modal teacher whose listed "
+                 "channels of one layer are nullified (set to their batch mean)."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+        checkpoint_help="the pre-trained cross-modal teacher (--Tmodel): a best.pth of main-S.py on the other modality",
+        # a tool of main-MFH.py --exp nullify, not a baseline of the comparison table
+        in_comparison=False,
+    )
 
     @staticmethod
     def add_arguments(group: argparse._ArgumentGroup) -> None:

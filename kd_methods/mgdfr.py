@@ -38,6 +38,7 @@ from kd_methods.base import Method, Stage, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from kd_methods.reporting import save_artifact
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 
 #: the teacher layer whose channels are ranked: the teacher's last declared tap (``kd_methods.taps``, slot ``mgdfr``;
@@ -60,12 +61,16 @@ class MGDFR(Method):
     student. See the module docstring for the phases and the reference quirks kept by default.
     """
 
-    name = "MGDFR"
-    summary = ("MGDFR: co-train a cross-modal teacher with a student, rank the teacher's features by permutation "
-               "salience (MFH Algorithm 1), then KD to a fresh student.")
-    roles = ("teacher", "student")
-    teacher_kind = "crossmodal"
-    table_group = "crossmodal-teacher"  # its teacher is co-trained in the run, as the paper groups it
+    card = MethodCard(
+        name="MGDFR",
+        position=90,
+        summary=("MGDFR: co-train a cross-modal teacher with a student, rank the teacher's features by permutation "
+                 "salience (MFH Algorithm 1), then KD to a fresh student."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        # its teacher is co-trained in the run, as the paper groups it
+        table_group="crossmodal-teacher",
+    )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:

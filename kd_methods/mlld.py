@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.base import kd_loss
-from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
+from kd_methods.kd import SingleTeacherDistiller
+from utils.core.cards import MethodCard
 
 TEMPERATURES = (2.0, 3.0, 4.0, 5.0, 6.0)
 #: ``--mlld_class_gram``: the class-level Gram matrix summed over the batch (reference) or averaged over it
@@ -60,10 +61,14 @@ class MLLD(SingleTeacherDistiller):
     ``docs/results.md``).
     """
 
-    name = "MLLD"
-    summary = "Multi-level logit distillation (Jin et al., CVPR 2023) from a pre-trained multimodal teacher."
-    teacher_kind = "multimodal"
-    checkpoint_help = TEACHER_HELP["multimodal"]
+    card = MethodCard(
+        name="MLLD",
+        position=20,
+        summary="Multi-level logit distillation (Jin et al., CVPR 2023) from a pre-trained multimodal teacher.",
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
     supports_dense = False
     dense_reason = ("its class and batch terms need [B, C] logits, not per-pixel [B, C, H, W] maps "
                     "(the reference crashes there)")
@@ -86,7 +91,11 @@ class MLLD(SingleTeacherDistiller):
 class MLLDUU(MLLD):
     """MLLD (Jin et al., CVPR 2023) from a unimodal teacher of the other modality (``main-MLLD-UU.py``)."""
 
-    name = "MLLD-UU"
-    summary = "Multi-level logit distillation (Jin et al., CVPR 2023) from a unimodal teacher of the other modality."
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="MLLD-UU",
+        position=20,
+        summary="Multi-level logit distillation (Jin et al., CVPR 2023) from a unimodal teacher of the other modality.",
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )

@@ -73,6 +73,7 @@ from kd_methods.mst_report import EpochMeter, describe, routing_results, routing
 from kd_methods.sample_cache import SampleCache
 from kd_methods.taps import layers
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
+from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 
 STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
@@ -82,17 +83,20 @@ STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
 class MSTDistill(MSTOptions, Method):
     """MST-Distill (Li et al., ACM MM 2025): three stages, see the module docstring."""
 
-    name = "MST-Distill"
-    summary = ("MST-Distill (Li et al., ACM MM 2025): co-train a multimodal teacher, a cross-modal auxiliary teacher "
-               "and the student; train MaskNets that specialise the teachers; distil into the student from a routed "
-               "mixture of the specialised teachers.")
-    roles = ("teacher", "student", "aux")
-    teacher_kind = "multimodal"
-    needs_checkpoint = False
-    table_group = "MST-Distill"
-    sweep_flags = ("--no-compare_baseline",)  # in a sweep the no-KD node is the baseline
-    epochs_help = ("stage-3 (distillation) epochs, and the comparison baseline's; it does not shorten stages 1-2, "
-                   "which run --epochs_s1 and --epochs_s2 epochs (default: per dataset)")
+    card = MethodCard(
+        name="MST-Distill",
+        position=100,
+        summary=("MST-Distill (Li et al., ACM MM 2025): co-train a multimodal teacher, a cross-modal auxiliary "
+                 "teacher and the student; train MaskNets that specialise the teachers; distil into the student from "
+                 "a routed mixture of the specialised teachers."),
+        roles=("teacher", "student", "aux"),
+        teacher_kind="multimodal",
+        epochs_help=("stage-3 (distillation) epochs, and the comparison baseline's; it does not shorten stages 1-2, "
+                     "which run --epochs_s1 and --epochs_s2 epochs (default: per dataset)"),
+        table_group="MST-Distill",
+        # in a sweep the no-KD node is the baseline
+        sweep_flags=("--no-compare_baseline",),
+    )
 
     # -- the participants: T, A, S, one MaskNet per hooked layer, the GateNet ---------------------------------------
     def __init__(self, ctx: RunContext):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.features import feature_shapes, sample_inputs, tap_layers
-from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
+from kd_methods.kd import SingleTeacherDistiller
+from utils.core.cards import MethodCard
 from utils.core.hooks import capture_features
 
 #: the student stages that get a projector (the teacher side is its logits): every tap the student declares
@@ -130,10 +131,14 @@ class OFA(SingleTeacherDistiller):
     trained with the OFA loss against the frozen teacher's logits; one Adam over the student and the projectors.
     """
 
-    name = "OFA"
-    summary = "OFA: stage-wise projectors of the student trained against the teacher's logits (multimodal teacher)."
-    teacher_kind = "multimodal"
-    checkpoint_help = TEACHER_HELP["multimodal"]
+    card = MethodCard(
+        name="OFA",
+        position=60,
+        summary="OFA: stage-wise projectors of the student trained against the teacher's logits (multimodal teacher).",
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
     supports_dense = False
     dense_reason = "its loss needs class logits per sample (the reference raises)"
 
@@ -179,7 +184,11 @@ class OFA(SingleTeacherDistiller):
 class OFAUU(OFA):
     """OFA (Hao et al., NeurIPS 2023) from a cross-modal unimodal teacher (``main-OFA-UU.py``)."""
 
-    name = "OFA-UU"
-    summary = "OFA: stage-wise projectors of the student trained against a cross-modal unimodal teacher's logits."
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="OFA-UU",
+        position=60,
+        summary="OFA: stage-wise projectors of the student trained against a cross-modal unimodal teacher's logits.",
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )

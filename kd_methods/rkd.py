@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from datasets import get_spec
 from kd_methods import register_method
 from kd_methods.features import feature_shapes, tap_layers
-from kd_methods.kd import TEACHER_HELP, SingleTeacherDistiller
+from kd_methods.kd import SingleTeacherDistiller
+from utils.core.cards import MethodCard
 from utils.core.hooks import capture_features
 
 #: the embedding width of RKD's and CRD's embedders (hard-coded in the reference)
@@ -146,10 +147,14 @@ class RKD(FeatureDistiller):
     accumulating, and a one-sample batch gives a zero relational loss instead of NaN weights.
     """
 
-    name = "RKD"
-    summary = "Relational knowledge distillation (Park et al., CVPR 2019) from a pre-trained multimodal teacher."
-    teacher_kind = "multimodal"
-    checkpoint_help = TEACHER_HELP["multimodal"]
+    card = MethodCard(
+        name="RKD",
+        position=40,
+        summary="Relational knowledge distillation (Park et al., CVPR 2019) from a pre-trained multimodal teacher.",
+        roles=("teacher", "student"),
+        teacher_kind="multimodal",
+        needs_checkpoint=True,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -183,8 +188,12 @@ class RKDUU(RKD):
     defaulted to 32; pass ``--batch_size 32`` to match it).
     """
 
-    name = "RKD-UU"
-    summary = ("Relational knowledge distillation (Park et al., CVPR 2019) from a unimodal teacher of the other "
-               "modality.")
-    teacher_kind = "crossmodal"
-    checkpoint_help = TEACHER_HELP["crossmodal"]
+    card = MethodCard(
+        name="RKD-UU",
+        position=40,
+        summary=("Relational knowledge distillation (Park et al., CVPR 2019) from a unimodal teacher of the other "
+                 "modality."),
+        roles=("teacher", "student"),
+        teacher_kind="crossmodal",
+        needs_checkpoint=True,
+    )

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage
+from utils.core.cards import MethodCard
 
 
 @register_method
 class MultimodalTeacher(Method):
     """Train a fusion model on both modalities (``main-T.py``)."""
 
-    name = "T"
-    in_comparison = False  # the sweep's teacher node, not a compared method
-    summary = "Train the multimodal (fusion) teacher on m1 and m2."
-    roles = ("teacher",)
+    card = MethodCard(
+        name="T",
+        position=0,
+        summary="Train the multimodal (fusion) teacher on m1 and m2.",
+        roles=("teacher",),
+        # the sweep's teacher node, not a compared method
+        in_comparison=False,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -42,10 +47,13 @@ class MultimodalTeacher(Method):
 class UnimodalModel(Method):
     """Train a unimodal model on ``--mode`` (``main-S.py``)."""
 
-    name = "S"
-    in_comparison = False  # the sweep's no-KD and cross-modal teacher node
-    summary = "Train a unimodal model on --mode: the no-KD baseline, or a cross-modal teacher for -UU methods."
-    roles = ("student",)
+    card = MethodCard(
+        name="S",
+        position=0,
+        summary="Train a unimodal model on --mode: the no-KD baseline, or a cross-modal teacher for -UU methods.",
+        # the sweep's no-KD and cross-modal teacher node
+        in_comparison=False,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -78,8 +86,18 @@ class _TestMixin:
 class TestMultimodal(_TestMixin, MultimodalTeacher):
     """Evaluate a trained fusion model on the test split (``test-T.py``)."""
 
-    name = "test-T"
-    summary = "Test a trained multimodal model (prints and saves the reference's metrics)."
+    card = MethodCard(
+        name="test-T",
+        position=0,
+        summary="Test a trained multimodal model (prints and saves the reference's metrics).",
+        roles=("teacher",),
+        needs_checkpoint=True,
+        checkpoint_help=("the model to test: a best.pth of ours (its database, --mode, dataset options, --seed and "
+                         "model name are the defaults, so the test split is the one it was trained beside) or a "
+                         "reference-style bare state dict"),
+        evaluates_checkpoint=True,
+        in_comparison=False,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -90,8 +108,17 @@ class TestMultimodal(_TestMixin, MultimodalTeacher):
 class TestUnimodal(_TestMixin, UnimodalModel):
     """Evaluate a trained unimodal model (a baseline or any distilled student) on the test split (``test-S.py``)."""
 
-    name = "test-S"
-    summary = "Test a trained unimodal model or distilled student (prints and saves the reference's metrics)."
+    card = MethodCard(
+        name="test-S",
+        position=0,
+        summary="Test a trained unimodal model or distilled student (prints and saves the reference's metrics).",
+        needs_checkpoint=True,
+        checkpoint_help=("the model to test: a best.pth of ours (its database, --mode, dataset options, --seed and "
+                         "model name are the defaults, so the test split is the one it was trained beside) or a "
+                         "reference-style bare state dict"),
+        evaluates_checkpoint=True,
+        in_comparison=False,
+    )
 
     def __init__(self, ctx):
         super().__init__(ctx)

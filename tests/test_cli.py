@@ -40,7 +40,7 @@ def test_help_lists_the_registries_and_booleans_are_switchable(name):
     for database in DATASETS:
         assert database in text
     for role, flag in (("teacher", "--Tmodel"), ("student", "--Smodel"), ("aux", "--AUXmodel")):
-        assert (flag in text) == (role in method.roles), flag
+        assert (flag in text) == (role in method.card.roles), flag
     for action in parser._actions:
         if action.type is bool:
             pytest.fail(f"{name}: {action.option_strings} parses with bool(), so 'False' would be True; use BooleanOptionalAction")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,7 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path):
 class _NaNAtEpochTwo(UnimodalModel):
     """Test-only method whose loss turns NaN in epoch 2."""
 
-    name = "test-nan-at-epoch-2"
+    card = replace(UnimodalModel.card, name="test-nan-at-epoch-2")
 
     def stages(self):
         (stage,) = super().stages()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -339,7 +340,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
 class _RefusedAtStageStart(UnimodalModel):
     """Test-only method that fails after its run directory exists but before its first epoch."""
 
-    name = "test-inputs-refused-at-stage-start"
+    card = replace(UnimodalModel.card, name="test-inputs-refused-at-stage-start")
 
     def stages(self):
         (stage,) = super().stages()
@@ -360,7 +361,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(tmp_path, c
 class _NaNFromTheStart(UnimodalModel):
     """Test-only method whose training loss is NaN in its first epoch."""
 
-    name = "test-inputs-nan-epoch-0"
+    card = replace(UnimodalModel.card, name="test-inputs-nan-epoch-0")
 
     def stages(self):
         (stage,) = super().stages()
@@ -380,7 +381,7 @@ def test_nan_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path, capsys):
 class _NaNValidation(UnimodalModel):
     """Test-only method whose validation loss turns NaN in epoch 1."""
 
-    name = "test-inputs-nan-validation"
+    card = replace(UnimodalModel.card, name="test-inputs-nan-validation")
 
     def stages(self):
         (stage,) = super().stages()

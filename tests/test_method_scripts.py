@@ -36,20 +36,20 @@ def trained_mvd_teachers(tmp_path_factory):
 
 def checkpoint_kind(method_cls) -> str:
     """The trained network a method's ``--ckpt_name`` names: its teacher, or (test-T / test-S) the model it tests."""
-    if method_cls.evaluates_checkpoint:
-        return "multimodal" if "teacher" in method_cls.roles else "crossmodal"
-    return "crossmodal" if method_cls.teacher_kind == "crossmodal" else "multimodal"
+    if method_cls.card.evaluates_checkpoint:
+        return "multimodal" if "teacher" in method_cls.card.roles else "crossmodal"
+    return "crossmodal" if method_cls.card.teacher_kind == "crossmodal" else "multimodal"
 
 
 @pytest.mark.parametrize("name", sorted(all_methods()))
 def test_every_registered_method_runs_on_synthetic(name, trained_mvd_teachers, tmp_path, capsys):
     method_cls = get_method(name)
     argv = [*MVD, "--epochs", "1", "--max_steps", "2", "--out_dir", str(tmp_path), "--no-record", "--device", "cpu"]
-    if method_cls.needs_checkpoint:
+    if method_cls.card.needs_checkpoint:
         argv += ["--ckpt_name", trained_mvd_teachers[checkpoint_kind(method_cls)]]
     engine.main(name, argv)
     results = check_results(run_dir_of(capsys.readouterr().out), name)
-    if "student" in method_cls.roles and not method_cls.evaluates_checkpoint:
+    if "student" in method_cls.card.roles and not method_cls.card.evaluates_checkpoint:
         assert results["models"]["student"] == "MVD-MLP-m1"
 
 

@@ -22,11 +22,11 @@ def test_name_lists_equal_the_registries():
     assert names.DATABASES == tuple(datasets.DATASETS), "utils/core/names.py DATABASES differs from datasets.DATASETS"
     assert names.DATABASE_ALIASES == datasets.ALIASES
     assert names.database_names() == datasets.dataset_names()
-    assert sorted(names.METHODS) == sorted(registered), \
+    assert sorted(names.method_names()) == sorted(registered), \
         "utils/core/names.py METHODS differs from kd_methods.all_methods()"
-    assert len(set(names.METHODS)) == len(names.METHODS)
-    compared = {n for n, cls in registered.items() if cls.in_comparison}
-    assert sorted(names.COMPARISON_METHODS) == sorted(compared), "utils/core/names.py COMPARISON_METHODS differs"
+    assert len(set(names.method_names())) == len(names.method_names())
+    compared = {n for n, cls in registered.items() if cls.card.in_comparison}
+    assert sorted(names.comparison_method_names()) == sorted(compared), "utils/core/names.py COMPARISON_METHODS differs"
 
 
 def test_name_lists_in_registration_order():
@@ -35,8 +35,8 @@ def test_name_lists_in_registration_order():
             "print(json.dumps([list(datasets.DATASETS), list(kd_methods.all_methods())]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     databases, methods = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert names.DATABASES == tuple(databases) and names.METHODS == tuple(methods)
-    assert names.COMPARISON_METHODS == tuple(m for m in methods if m in names.COMPARISON_METHODS)
+    assert names.DATABASES == tuple(databases) and names.method_names() == tuple(methods)
+    assert names.comparison_method_names() == tuple(m for m in methods if m in names.comparison_method_names())
 
 
 def _in_fresh_interpreter(argv: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
@@ -63,5 +63,16 @@ def test_help_lists_databases_and_methods_without_torch():
     proc, seen = _in_fresh_interpreter(["--help"])
     assert seen == {"heavy": [], "code": 0}, proc.stderr
     text = " ".join(proc.stdout.split())  # argparse wraps the help text
-    for name in (*names.database_names(), *names.COMPARISON_METHODS):
+    for name in (*names.database_names(), *names.comparison_method_names()):
         assert name.replace("-", "- ") in text or name in text, name
+
+
+def test_cards_read_from_the_source_equal_the_imported_ones():
+    """utils/core/cards.py reads each card with ``ast``; importing the module builds the same card."""
+    import kd_methods
+    from utils.core.cards import discover_cards
+
+    methods = kd_methods.all_methods()
+    for name, card in discover_cards().items():
+        assert methods[name].card == card, name
+        assert methods[name].__module__ == card.module, name

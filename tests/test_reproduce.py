@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,7 @@ def dummy_method():
     """A cross-modal KD variant registered for one test only (the registry is restored afterwards)."""
 
     class DummyUU(KD):
-        name = "Dummy-UU"
-        teacher_kind = "crossmodal"
+        card = replace(KD.card, name="Dummy-UU", teacher_kind="crossmodal")
 
     methods = kd_methods.all_methods()
     methods[DummyUU.name] = DummyUU
@@ -73,7 +73,7 @@ def test_graph_from_registry_includes_a_new_method(dummy_method):
     expected = set(sweep_graph.comparison_methods())
     assert "Dummy-UU" in expected and {"T", "S", "test-T", "test-S"}.isdisjoint(expected)
     assert set(groups) == expected | {"T", "S"}
-    assert dummy_method.comparison_group() == "crossmodal-teacher"
+    assert dummy_method.card.group == "crossmodal-teacher"
     for node in groups["Dummy-UU"]:  # its teacher: main-S.py of the other mode, same seed
         teacher = ids[node.teacher]
         assert teacher.method == "S" and teacher.mode != node.mode and teacher.seed == node.seed

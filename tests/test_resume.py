@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_epochs_extend_a_killed_run_exactly_and_runtime_flags_apply(monkeypatch,
 class _BestAtEpochZero(UnimodalModel):
     """Test-only method whose validation loss grows by one per epoch: epoch 0 stays the best."""
 
-    name = "test-best-at-epoch-0"
+    card = replace(UnimodalModel.card, name="test-best-at-epoch-0")
 
     def stages(self):
         (stage,) = super().stages()

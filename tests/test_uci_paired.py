@@ -118,7 +118,8 @@ def family_roots(tmp_path_factory):
 def test_every_method_runs_on_every_family(method, family, family_roots, tmp_path):
     argv, teachers, spec = family_roots[family]
     method_cls = get_method(method)
-    ckpt = ["--ckpt_name", teachers[method_cls.teacher_kind or "multimodal"]] if method_cls.needs_checkpoint else []
+    card = method_cls.card
+    ckpt = ["--ckpt_name", teachers[card.teacher_kind or "multimodal"]] if card.needs_checkpoint else []
     results = engine.main(method, [*argv, *ckpt, *STAGE_FLAGS.get(method, []), "--epochs", "1", "--max_steps", "2",
                                    "--no-record", "--device", "cpu", "--out_dir", str(tmp_path)])
     role, expected = ("teacher", spec.teacher) if method == "T" else ("student", spec.students["m1"])

@@ -33,7 +33,7 @@ STAGE_FLAGS = {"MST-Distill": ["--epochs_s1", "1", "--epochs_s2", "1", "--hidden
 
 def random_teacher(method_cls, database: str, root: Path) -> list[str]:
     """``--ckpt_name`` of a randomly initialised teacher, saved as the reference saved its checkpoints."""
-    if not method_cls.needs_checkpoint:
+    if not method_cls.card.needs_checkpoint:
         return []
     spec = get_spec(database)
     name = method_cls.default_models(spec, "m1")["teacher"]

@@ -127,7 +127,7 @@ def check_checkpoint_path(namespace, dest: str) -> None:
 def build_parser(method_cls) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else method_cls.name,
-        description=method_cls.summary or method_cls.__doc__,
+        description=method_cls.card.summary or method_cls.__doc__,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--database", default="Synthetic-MVD", choices=dataset_names(), metavar="NAME",
@@ -147,12 +147,12 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     names = sorted(MODELS)
     flags = {"teacher": ("--Tmodel", "teacher"), "student": ("--Smodel", "student"),
              "aux": ("--AUXmodel", "auxiliary cross-modal teacher")}
-    for role in method_cls.roles:
+    for role in method_cls.card.roles:
         flag, what = flags[role]
         models.add_argument(flag, default=None, choices=names, metavar="NAME",
                             help=f"{what} model (default: from the dataset and --mode); one of {', '.join(names)}")
-    if method_cls.needs_checkpoint:
-        models.add_argument("--ckpt_name", default=None, help=method_cls.checkpoint_help + " (required)")
+    if method_cls.card.needs_checkpoint:
+        models.add_argument("--ckpt_name", default=None, help=method_cls.card.checkpoint_text + " (required)")
         models.add_argument("--allow_teacher_mismatch", action=argparse.BooleanOptionalAction, default=False,
                             help="use a --ckpt_name trained on other data, another split or as another model anyway, "
                                  "with a warning in the log (default: off: refused)")
@@ -164,7 +164,7 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
                        help="batch size (default: per dataset, docs/scripts.md)")
     train.add_argument("--lr", type=float, default=None,
                        help="learning rate (default: the method's, else per dataset, docs/scripts.md)")
-    train.add_argument("--epochs", type=int, default=None, help=method_cls.epochs_help)
+    train.add_argument("--epochs", type=int, default=None, help=method_cls.card.epochs_help)
     train.add_argument("--max_steps", type=int, default=None,
                        help="cap on batches per epoch, for smoke runs (default: none)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -214,7 +214,7 @@ def parse_args(method_cls, argv=None) -> argparse.Namespace:
     if args.resume:  # continue that run with its own arguments (utils/resume.py)
         return resume_args(method_cls, parser, args, given_flags(method_cls, argv))
     given = given_flags(method_cls, argv)
-    if method_cls.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
+    if method_cls.card.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
         adopt_checkpoint_settings(method_cls, args, given)
     check_dataset_options(args, given)
     return finalize_args(method_cls, args)
@@ -230,9 +230,9 @@ def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
     method_cls.fill_defaults(args, spec)  # batch size, lr, epochs and method options such as MST's epochs_s1
     defaults = method_cls.default_models(spec, args.mode)
     for role, flag in (("teacher", "Tmodel"), ("student", "Smodel"), ("aux", "AUXmodel")):
-        if role in method_cls.roles and getattr(args, flag, None) is None:
+        if role in method_cls.card.roles and getattr(args, flag, None) is None:
             setattr(args, flag, defaults[role])
-    if method_cls.needs_checkpoint and not getattr(args, "ckpt_name", None):
+    if method_cls.card.needs_checkpoint and not getattr(args, "ckpt_name", None):
         raise UserError(f"{method_cls.name} needs a pre-trained teacher: pass --ckpt_name PATH "
                         f"(a best.pth from main-T.py / main-S.py, or a reference state dict)")
     if args.batch_size < 1 or args.epochs < 1 or args.lr <= 0:

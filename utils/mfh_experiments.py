@@ -37,6 +37,7 @@ from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
 from utils import cli, engine
 from utils.core.atomic import atomic_write_bytes, atomic_write_text
+from utils.core.cards import MethodCard
 from utils.core.checkpoints import atomic_save, atomic_write_json
 from utils.core.errors import NonFiniteLossError, UserError
 from utils.core.runtime import configure_threads, resolve_device, seed_everything
@@ -471,11 +472,9 @@ class ExperimentCommand(Method):
     students of ``--exp nullify``) and :func:`add_experiment_arguments`. Never instantiated: the experiments are
     not one training run (``--exp nullify`` runs ``MFH-KD`` through the engine once per student)."""
 
-    name = "MFH"
-    summary = ("MFH experiments (Xue et al., ICLR 2023): Fig. 2/3 and Table 2 on Gaussian data, Algorithm 1 "
-               "feature ranking and KD from nullified teachers on any dataset.")
-    roles = ("student",)
-    teacher_kind = "crossmodal"
+    card = MethodCard(name="MFH", summary="MFH experiments (Xue et al., ICLR 2023): Fig. 2/3 and Table 2 on Gaussian "
+                      "data, Algorithm 1 feature ranking and KD from nullified teachers on any dataset.",
+                      teacher_kind="crossmodal")
 
     @staticmethod
     def add_arguments(group) -> None:

@@ -192,7 +192,7 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
     if record is None:
         return
     allow = getattr(args, "allow_teacher_mismatch", False)
-    flag = {"student": "Smodel", "teacher": "Tmodel"}.get(method_cls.roles[0])
+    flag = {"student": "Smodel", "teacher": "Tmodel"}.get(method_cls.card.roles[0])
     conflicts = []
 
     def adopt(key, value, same=lambda a, b: a == b):
@@ -223,7 +223,7 @@ def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:
         for key, value in (record.get("dataset_options") or {}).items():
             adopt(key, value)
     name = record.get("model_name") or record.get("models", {}).get(flag)
-    if flag is not None and name and _fits_role(name, method_cls.roles[0]):  # else the load names the misfit
+    if flag is not None and name and _fits_role(name, method_cls.card.roles[0]):  # else the load names the misfit
         adopt(flag, name)
     if conflicts and not allow:
         one = len(conflicts) == 1

@@ -88,7 +88,7 @@ def group_of(method: str) -> str:
     if method == TEACHER or method.startswith(f"{BASELINE}-"):
         return "teacher"
     cls = _REGISTRY_CACHE.setdefault("r", _registry()).get(method)
-    return cls.comparison_group() if cls is not None else "other"
+    return cls.card.group if cls is not None else "other"
 
 
 def _sd(values: list[float]) -> float:

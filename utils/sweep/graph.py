@@ -2,10 +2,10 @@
 
 Per (database, seed) the multimodal teacher ``main-T.py``; per (database, mode, seed) ``main-S.py --mode m``, which is
 both the no-KD baseline of mode ``m`` and the cross-modal teacher of the other mode; then every compared method
-(``Method.in_comparison``). A method with ``needs_checkpoint`` gets ``--ckpt_name`` = the ``best.pth`` of the teacher
-its ``teacher_kind`` names: the ``main-T.py`` node (``"multimodal"``) or the ``main-S.py`` node of the other mode
-(``"crossmodal"``). ``Method.sweep_flags`` are added to the method's runs. Nothing here names a method, so a newly
-registered method joins the sweep as it is.
+(its card's ``in_comparison``, utils/core/cards.py). A method whose card has ``needs_checkpoint`` gets ``--ckpt_name``
+= the ``best.pth`` of the teacher its ``teacher_kind`` names: the ``main-T.py`` node (``"multimodal"``) or the
+``main-S.py`` node of the other mode (``"crossmodal"``). The card's ``sweep_flags`` are added to the method's runs.
+Nothing here names a method, so a newly registered method joins the sweep as it is.
 
 A node's identity is its script, the flags that define what it computes (runtime flags such as ``--device`` or
 ``--threads`` excluded, the teacher's checkpoint replaced by the teacher node's id) and the digest of its data
@@ -80,7 +80,7 @@ def comparison_methods() -> dict[str, type]:
     """Registered methods of the comparison table, in registry order."""
     from kd_methods import all_methods
 
-    return {name: cls for name, cls in all_methods().items() if cls.in_comparison}
+    return {name: cls for name, cls in all_methods().items() if cls.card.in_comparison}
 
 
 def split_flags(tokens: list[str]) -> list[list[str]]:
@@ -233,7 +233,7 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
     seeds = list(dict.fromkeys(seeds))
     for name in methods:
         cls = registry[name]
-        if cls.needs_checkpoint and cls.teacher_kind not in ("multimodal", "crossmodal"):
+        if cls.card.needs_checkpoint and cls.card.teacher_kind not in ("multimodal", "crossmodal"):
             raise UserError(f"method {name} needs a checkpoint but declares no teacher_kind; the sweep cannot pick "
                             f"its teacher (set teacher_kind to 'multimodal' or 'crossmodal')")
 
@@ -268,7 +268,7 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         from kd_methods import get_method
 
         args, extra = list(base), list(threads)
-        fixed, sets = [[flag] for flag in get_method(method).sweep_flags], per_method.get(method, [])
+        fixed, sets = [[flag] for flag in get_method(method).card.sweep_flags], per_method.get(method, [])
         shared = [g for g in passthrough if flag_name(g) in accepted[method]]
         epochs = epochs_of(sets) or epochs_of(passthrough)
         given = {flag_name(g) for g in passthrough + sets}
@@ -310,7 +310,7 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         needed_modes = list(modes)
         for name in methods:  # a cross-modal teacher of a mode outside --modes is still needed
             cls = registry[name]
-            if cls.needs_checkpoint and cls.teacher_kind == "crossmodal":
+            if cls.card.needs_checkpoint and cls.card.teacher_kind == "crossmodal":
                 needed_modes += [spec.other_modality(m) for m in modes]
         needed_modes = [m for m in MODES if m in needed_modes]
         for seed in seeds:
@@ -320,8 +320,8 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
                 for name in methods:
                     cls = registry[name]
                     dep = None
-                    if cls.needs_checkpoint:
-                        dep = teacher if cls.teacher_kind == "multimodal" else unimodal[spec.other_modality(mode)]
+                    if cls.card.needs_checkpoint:
+                        dep = teacher if cls.card.teacher_kind == "multimodal" else unimodal[spec.other_modality(mode)]
                     add(name, spec, mode, seed, dep)
     return nodes
 

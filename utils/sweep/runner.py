@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", nargs="+", default=["m1", "m2"], help="student modalities (default: m1 m2)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                        help=f"methods, of {', '.join(names.COMPARISON_METHODS)} (default: all of them)")
+                        help=f"methods, of {', '.join(names.comparison_method_names())} (default: all of them)")
     parser.add_argument("--jobs", type=int, default=1, help="nodes run at once (default: %(default)s)")
     parser.add_argument("--out_dir", default=None,
                         help="sweep directory; runs live under DIR/runs (default: runs/sweeps/<databases>)")
@@ -104,9 +104,10 @@ def check_names(args) -> None:
     for name in args.database:
         if name not in names.database_names():
             raise UserError(f"unknown database '{name}'; valid databases: {', '.join(names.database_names())}")
+    compared = names.comparison_method_names()
     for name in args.methods or []:
-        if name not in names.COMPARISON_METHODS:
-            raise UserError(f"unknown method '{name}'; valid methods: {', '.join(names.COMPARISON_METHODS)}")
+        if name not in compared:
+            raise UserError(f"unknown method '{name}'; valid methods: {', '.join(compared)}")
 
 
 def main(argv=None) -> int:
