@@ -3,7 +3,7 @@
 
 The method modules are discovered from their cards (the modules of ``kd_methods`` and of the packages named in
 ``$CMKD_METHODS``, read without importing them); a name is imported when it is asked for, so ``import kd_methods``
-stays light. docs/adding-a-method.md says how to add one.
+stays light. docs/extending.md, "Adding a method", says how to add one.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from utils.core.errors import UserError
 class SingleTeacherDistiller(Method):
     """A frozen pre-trained teacher, one student, optional extra trainable modules, the alpha-weighted loss.
 
-    Subclasses declare a card with their ``teacher_kind`` and implement :meth:`distill_terms`; they add trainable modules (embedders)
-    as attributes and list them in :meth:`extra_modules` so the optimiser covers them.
+    Subclasses declare a card with their ``teacher_kind`` and implement :meth:`distill_terms`; they add trainable
+    modules (embedders) as attributes and list them in :meth:`extra_modules` so the optimiser covers them.
     """
 
     #: dense (NYU-Depth-V2) outputs supported; the relation- and feature-based baselines refuse them up front

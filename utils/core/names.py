@@ -9,12 +9,18 @@ refusal of an unknown name) reads them here: milliseconds instead of torch's 3-5
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from utils.core.cards import discover_cards
 
 #: ``datasets.DATASETS``, in registration order
 DATABASES = ("Synthetic-MVD", "AV-MNIST", "RAVDESS", "VGGSound-50k", "CMMD-V2", "NYU-Depth-V2", "UCI-MFeat", "Paired")
 #: ``datasets.ALIASES``: another name -> the registered one
 DATABASE_ALIASES = {"CrisisMMD-V2": "CMMD-V2"}
+#: the folder of the scripts
+REPOSITORY = Path(__file__).resolve().parents[2]
+#: the script that runs a method without a script of its own: ``python main.py NAME [flags]``
+GENERIC_SCRIPT = "main.py"
 
 
 def database_names(with_aliases: bool = True) -> list[str]:
@@ -32,6 +38,13 @@ def comparison_method_names() -> tuple[str, ...]:
     return tuple(name for name, card in discover_cards().items() if card.in_comparison)
 
 
+def script_command(method: str) -> list[str]:
+    """The script (and its leading argument) that runs ``method``: its own ``main-<method>.py`` (``test-T.py`` /
+    ``test-S.py`` for the test methods) where the repository has one, else ``main.py <method>``."""
+    own = f"{method}.py" if method.startswith("test-") else f"main-{method}.py"
+    return [own] if (REPOSITORY / own).is_file() else [GENERIC_SCRIPT, method]
+
+
 def script_of(method: str) -> str:
-    """The script that runs ``method``: ``main-<method>.py``, ``test-T.py`` / ``test-S.py`` for the test methods."""
-    return f"{method}.py" if method.startswith("test-") else f"main-{method}.py"
+    """:func:`script_command` as it is typed: ``main-KD.py``, ``main.py MyMethod``."""
+    return " ".join(script_command(method))

@@ -5,7 +5,8 @@ both the no-KD baseline of mode ``m`` and the cross-modal teacher of the other m
 (its card's ``in_comparison``, utils/core/cards.py). A method whose card has ``needs_checkpoint`` gets ``--ckpt_name``
 = the ``best.pth`` of the teacher its ``teacher_kind`` names: the ``main-T.py`` node (``"multimodal"``) or the
 ``main-S.py`` node of the other mode (``"crossmodal"``). The card's ``sweep_flags`` are added to the method's runs.
-Nothing here names a method, so a newly registered method joins the sweep as it is.
+Nothing here names a method, so a newly registered method joins the sweep as it is; one without a script of its own
+runs as ``main.py NAME``.
 
 A node's identity is its script, the flags that define what it computes (runtime flags such as ``--device`` or
 ``--threads`` excluded, the teacher's checkpoint replaced by the teacher node's id) and the digest of its data

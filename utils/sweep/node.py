@@ -103,14 +103,14 @@ def teacher_checkpoint(sweep_runs: Path, node: dict) -> Path | None:
 
 def fresh_command(node: dict, node_dir: Path, ckpt: str | None, runtime: list[str],
                   python: str = "python") -> list[str]:
-    cmd = [python, node["script"], *node["args"]]
+    cmd = [python, *node["script"].split(), *node["args"]]
     if node.get("teacher"):
         cmd += ["--ckpt_name", str(ckpt)]
     return cmd + ["--out_dir", str(node_dir), *runtime]
 
 
 def resume_command(node: dict, run_dir: Path, runtime: list[str], python: str = "python") -> list[str]:
-    return [python, node["script"], "--resume", str(run_dir), *runtime]
+    return [python, *node["script"].split(), "--resume", str(run_dir), *runtime]
 
 
 def _error_line(text: str, rc: int) -> str:
