@@ -18,11 +18,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repository and its fixtur
 
 import torch  # noqa: E402
 
-from datasets import get_spec  # noqa: E402
 from fixtures import FIXTURE_DATABASES, make_fixture  # noqa: E402
 from kd_methods import all_methods, get_method  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import engine  # noqa: E402
+from utils import cli, engine  # noqa: E402
 
 NOT_DISTILLATION = {"T", "S", "test-T", "test-S"}
 #: smallest settings that still run every stage
@@ -35,9 +34,11 @@ def random_teacher(method_cls, database: str, root: Path) -> list[str]:
     """``--ckpt_name`` of a randomly initialised teacher, saved as the reference saved its checkpoints."""
     if not method_cls.card.needs_checkpoint:
         return []
-    spec = get_spec(database)
+    data = cli.describe(get_method("T"), ["--database", database, "--data_root", str(root), "--metadata_dir",
+                                          str(root / "metadata")])
+    spec = data.spec
     name = method_cls.default_models(spec, "m1")["teacher"]
-    source = spec.load(type("Args", (), {"data_root": str(root), "data_on_device": False})())
+    source = spec.load(data.args)
     path = root / f"{database}_{name}.pth"
     torch.save(build_model(name, num_classes=spec.num_classes, input_shapes=source.input_shapes).state_dict(), path)
     return ["--ckpt_name", str(path)]

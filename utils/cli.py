@@ -14,6 +14,7 @@ from datasets import DATASETS, dataset_names, get_spec
 from models import MODELS
 from utils.core.errors import UserError
 from utils.provenance import adopt_checkpoint_settings
+from utils.description import RunDescription
 from utils.resume import resume_args
 
 
@@ -208,22 +209,36 @@ def given_flags(method_cls, argv=None) -> dict:
     return vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 
-def parse_args(method_cls, argv=None) -> argparse.Namespace:
+def describe(method_cls, argv=None) -> RunDescription:
+    """The run the command line ``argv`` asks for, resolved once (:class:`~utils.description.RunDescription`)."""
     parser = build_parser(method_cls)
     args = parser.parse_args(argv)
     if args.resume:  # continue that run with its own arguments (utils/resume.py)
-        return resume_args(method_cls, parser, args, given_flags(method_cls, argv))
+        resumed, changes = resume_args(method_cls, parser, args, given_flags(method_cls, argv))
+        return RunDescription(method_cls.name, get_spec(resumed.database).configured(resumed), resumed,
+                              tuple(changes))
     given = given_flags(method_cls, argv)
     if method_cls.card.evaluates_checkpoint:  # test-T / test-S: the checkpoint's data and split by default
         adopt_checkpoint_settings(method_cls, args, given)
     check_dataset_options(args, given)
-    return finalize_args(method_cls, args)
+    return described(method_cls, args)
 
 
-def finalize_args(method_cls, args: argparse.Namespace) -> argparse.Namespace:
-    """Fill defaults that depend on the dataset (as configured by its options, e.g. Paired's data shapes) and the
-    mode, then let the method check its options."""
+def parse_args(method_cls, argv=None) -> argparse.Namespace:
+    """The options of :func:`describe`."""
+    return describe(method_cls, argv).args
+
+
+def described(method_cls, args: argparse.Namespace) -> RunDescription:
+    """The description of a run whose options are parsed: the spec configured once, the options finalized."""
     spec = get_spec(args.database).configured(args)
+    return RunDescription(method_cls.name, spec, finalize_args(method_cls, args, spec))
+
+
+def finalize_args(method_cls, args: argparse.Namespace, spec=None) -> argparse.Namespace:
+    """Fill defaults that depend on the dataset (as configured by its options, e.g. Paired's data shapes) and the
+    mode, then let the method check its options. ``spec``: the database's spec configured by ``args``."""
+    spec = spec if spec is not None else get_spec(args.database).configured(args)
     args.database = spec.name
     if args.cuda_id is not None and args.device == "auto":
         args.device = f"cuda:{args.cuda_id}"

@@ -33,6 +33,7 @@ from utils.core.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.core.health import read_metrics, training_warnings
 from utils.core.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
 from utils.core.script import exit_on_error
+from utils.description import RunDescription
 from utils.rundir import RunDir
 
 LOG_EVERY = 20  # steps between progress-bar refreshes and finiteness checks (each one syncs the device)
@@ -42,13 +43,15 @@ def main(method_name: str, argv=None) -> dict | None:
     """Entry point of every ``main-*.py`` / ``test-*.py``: bad input ends with one line and exit code 2."""
     def body():
         method_cls = get_method(method_name)
-        return run(method_cls, cli.parse_args(method_cls, argv))
+        return run(method_cls, cli.describe(method_cls, argv))
 
     return exit_on_error(body)
 
 
-def build_context(args, device, log=print) -> RunContext:
-    spec = get_spec(args.database).configured(args)
+def build_context(args, device, log=print, spec=None) -> RunContext:
+    """The run's data, splits and loaders; ``spec``: the database's spec configured by ``args`` (else resolved
+    here)."""
+    spec = spec if spec is not None else get_spec(args.database).configured(args)
     source = spec.load(args)
     if spec.resolve_split is not None:  # a split of the database's own (Paired: DIR/splits.csv or groups.npy)
         train, val, test = spec.resolve_split(args, len(source), log)
@@ -76,20 +79,20 @@ def build_context(args, device, log=print) -> RunContext:
     return ctx
 
 
-def run_tag(args) -> str:
+def run_tag(args, spec) -> str:
     names = [getattr(args, flag) for flag in ("Tmodel", "Smodel") if getattr(args, flag, None)]
-    spec = get_spec(args.database)
     tag = spec.run_tag(args) if spec.run_tag is not None else ""  # e.g. UCI-MFeat's view pair
     options = f"_{tag}" if tag else ""
     return f"{'--'.join(names)}{options}_{args.mode}_seed{args.seed}"
 
 
-def run(method_cls: type[Method], args) -> dict:
+def run(method_cls: type[Method], description: RunDescription) -> dict:
     started = time.time()
+    args = description.args
     threads = configure_threads(getattr(args, "threads", None))
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    changes = vars(args).pop("resume_changes", [])  # flags applied over the resumed run's own (cli.parse_args)
+    changes = description.resume_changes
     resume = load_checkpoint(args.resume) if args.resume else None
 
     if resume is not None:
@@ -101,13 +104,13 @@ def run(method_cls: type[Method], args) -> dict:
                     + (f"; changed: {', '.join(changes)}" if changes else ""))
     else:
         # created once the data and models have loaded: a run refused before its first epoch leaves nothing
-        run_dir = RunDir.deferred(args.out_dir, method_cls.name, args.database, run_tag(args),
+        run_dir = RunDir.deferred(args.out_dir, method_cls.name, args.database, run_tag(args, description.spec),
                                   vars(args), args.record)
         run_dir.log(f"{method_cls.name} on {args.database}: {method_cls.epoch_plan(args)}")
     if run_dir.lock.took_over:
         run_dir.log(f"Took over the lock of {run_dir.lock.took_over}, which has ended")
     try:
-        ctx = build_context(args, device, log=run_dir.log)
+        ctx = build_context(args, device, log=run_dir.log, spec=description.spec)
         ctx.run_path = run_dir.path
         ctx.provenance = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec, ctx.splits)
         if resume is not None:
@@ -516,7 +519,6 @@ def indices_main(argv=None) -> None:
 
     def body():
         args = parser.parse_args(argv)
-        args.data_on_device = False
         spec = get_spec(args.database)
         if spec.split != "index_file":
             raise UserError(f"{spec.name} splits are generated in memory from --seed; it needs no index file")

@@ -42,6 +42,7 @@ from utils.core.checkpoints import atomic_save, atomic_write_json
 from utils.core.errors import NonFiniteLossError, UserError
 from utils.core.runtime import configure_threads, resolve_device, seed_everything
 from utils.core.script import exit_on_error
+from utils.description import RunDescription
 from utils.engine import build_context
 from utils.rundir import RunDir
 
@@ -313,7 +314,7 @@ def compute_ranking(args, ctx, run_dir: RunDir) -> dict:
 
 
 def student_args(args, teacher_name: str, teacher_path: Path, layer: str, channels: list[int], init: int,
-                 out_dir: Path) -> argparse.Namespace:
+                 out_dir: Path) -> RunDescription:
     """The options of one ``MFH-KD`` student run: this run's framework and dataset options, the teacher and the
     nullified channels set explicitly, every other ``MFH-KD`` option at its default."""
     inner = cli.build_parser(NullifiedTeacherKD).parse_args(["--ckpt_name", str(teacher_path)])
@@ -323,7 +324,7 @@ def student_args(args, teacher_name: str, teacher_path: Path, layer: str, channe
     inner.Tmodel, inner.ckpt_name = teacher_name, str(teacher_path)
     inner.nullify_layer, inner.nullify_channels, inner.student_init = layer, list(channels), init
     inner.out_dir, inner.record, inner.resume = str(out_dir), False, None
-    return cli.finalize_args(NullifiedTeacherKD, inner)
+    return cli.described(NullifiedTeacherKD, inner)
 
 
 def run_nullify(args, ctx, run_dir: RunDir) -> dict:

@@ -40,7 +40,7 @@ CHECKPOINT_INPUTS = ("ckpt_name", "ckpt_a", "ckpt_b", "init_from")
 #: checkpoints (their contents count, through the data digest and the checkpoints' configurations) and the seed
 #: (runs of one configuration differ by their seed)
 NOT_IN_CONFIG = ("device", "cuda_id", "num_workers", "threads", "data_on_device", "record", "resume", "out_dir",
-                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", "resume_changes", *CHECKPOINT_INPUTS)
+                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", *CHECKPOINT_INPUTS)
 
 
 def dataset_options(database: str, args) -> dict:

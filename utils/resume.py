@@ -41,8 +41,9 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                given: dict) -> argparse.Namespace:
-    """The arguments of the run ``args.resume`` names, with the applicable ``given`` flags applied."""
+                given: dict) -> tuple[argparse.Namespace, list[str]]:
+    """The arguments of the run ``args.resume`` names, with the applicable ``given`` flags applied, and those
+    flags as ``--flag value (was old)``."""
     path = Path(args.resume)
     run_path = path if path.is_dir() else path.parent
     saved = load_checkpoint(path)
@@ -89,5 +90,4 @@ def resume_args(method_cls, parser: argparse.ArgumentParser, args: argparse.Name
     if "cuda_id" in given and "device" not in given:
         resumed.device = f"cuda:{given['cuda_id']}"
     resumed.resume = args.resume
-    resumed.resume_changes = applied
-    return resumed
+    return resumed, applied
