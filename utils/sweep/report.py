@@ -276,7 +276,7 @@ def plot(table: list[dict], path: Path) -> None:
                           label="bottom: paired difference, 95 % t-interval (unadjusted)"),
                    Line2D([], [], marker="o", color="C0", linestyle="none",
                           label="bottom, filled: gain at Holm-adjusted t-test p < 0.05")]
-        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize="small", frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncol=min(2, len(handles)), fontsize="small", frameon=False)
         fig.tight_layout(rect=(0, 0.09 if len(columns) > 1 else 0.14, 1, 1))
     try:
         atomic_write_bytes(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
