@@ -45,8 +45,8 @@ def test_methods_build_the_adam_the_flag_asks_for(flag, fused, tmp_path):
     from utils.engine import run
 
     method_cls = get_method("S")
-    args = cli.parse_args(method_cls, ["--epochs", "1", "--max_steps", "1", "--device", "cpu", "--no-record",
-                                       "--out_dir", str(tmp_path), *flag])
+    description = cli.describe(method_cls, ["--epochs", "1", "--max_steps", "1", "--device", "cpu", "--no-record",
+                                            "--out_dir", str(tmp_path), *flag])
     built = []
     original = torch.optim.Adam.__init__
 
@@ -56,7 +56,7 @@ def test_methods_build_the_adam_the_flag_asks_for(flag, fused, tmp_path):
 
     torch.optim.Adam.__init__ = spy
     try:
-        run(method_cls, args)
+        run(method_cls, description)
     finally:
         torch.optim.Adam.__init__ = original
     assert built and all(value is fused for value in built)
