@@ -112,7 +112,7 @@ def run(method_cls: type[Method], description: RunDescription) -> dict:
     try:
         ctx = build_context(args, device, log=run_dir.log, spec=description.spec)
         ctx.run_path = run_dir.path
-        ctx.provenance = run_dir.provenance = provenance.run_record(method_cls.name, args, ctx.spec, ctx.splits)
+        ctx.provenance = run_dir.provenance = provenance.run_record(description, ctx.splits)
         if resume is not None:
             _check_same_inputs(resume, ctx.provenance, run_dir.path, args)
         method = method_cls(ctx).to(device)

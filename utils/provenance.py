@@ -19,42 +19,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets import DATASETS, get_spec
+from datasets import get_spec
 from datasets.groups import group_codes
 from kd_methods.checkpoints import record_of
 from models import MODELS, get_entry
 from utils.core.checkpoints import load_checkpoint
 from utils.core.data_digest import canonical_digest, file_sha256, files_sha256
 from utils.core.errors import UserError
+from utils.description import CHECKPOINT_INPUTS, RunDescription, dataset_options
 
 RECORD_VERSION = 2
-MODEL_FLAGS = ("Tmodel", "Smodel", "AUXmodel")
-#: flags naming a checkpoint a run starts from (a teacher, networks to test, MST-Distill's --init_from)
-CHECKPOINT_INPUTS = ("ckpt_name", "ckpt_a", "ckpt_b", "init_from")
-#: arguments that do not change a run's result: where and how it runs, where it writes, the paths of its data and
-#: checkpoints (their contents count, through the data digest and the checkpoints' configurations) and the seed
-#: (runs of one configuration differ by their seed)
-NOT_IN_CONFIG = ("device", "cuda_id", "num_workers", "threads", "data_on_device", "record", "resume", "out_dir",
-                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", *CHECKPOINT_INPUTS)
-
-
-def dataset_options(database: str, args) -> dict:
-    """Every option the dataset of ``database`` adds to the command line, with its value in ``args``.
-
-    Found by letting the dataset add its flags to an empty parser, so a new dataset needs nothing here.
-    """
-    spec = get_spec(database)
-    if spec.add_arguments is None:
-        return {}
-    parser = argparse.ArgumentParser(add_help=False)
-    spec.add_arguments(parser)
-    values = args if isinstance(args, dict) else vars(args)
-    return {action.dest: values.get(action.dest) for action in parser._actions}
 
 
 def split_digest(splits: dict, groups: np.ndarray | None = None) -> str:
@@ -113,25 +93,16 @@ def checkpoint_inputs(args) -> dict:
     return out
 
 
-def run_config(method: str | None, args, spec_name: str, data: str, checkpoints: dict) -> dict:
-    """What defines a run's result, seed aside: the method, database, every argument but those of
-    :data:`NOT_IN_CONFIG`, the model names (arguments too), the data digest and, per checkpoint it starts from, that
+def run_config(method: str | None, options: Mapping, spec_name: str, data: str, checkpoints: dict) -> dict:
+    """What defines a run's result, seed aside: the method, database, the run's result-defining options
+    (:attr:`RunDescription.options <utils.description.RunDescription.options>`: every argument but those of
+    :data:`~utils.description.NOT_IN_CONFIG`, the model names included), the data digest and, per checkpoint it starts from, that
     checkpoint's configuration digest (its file's SHA-256 where it has no record). Equal across the seeds of one
     experiment, different for anything else."""
-    values = vars(args) if not isinstance(args, dict) else args
-    others = _other_datasets_options(spec_name)
-    arguments = {k: v for k, v in sorted(values.items())
-                 if k not in NOT_IN_CONFIG and k not in others and not k.startswith("_")}
     starts_from = {flag: entry.get("config_digest") or f"file:{entry['sha256']}" for flag, entry in
                    sorted(checkpoints.items())}
-    return {"method": method, "database": spec_name, "arguments": arguments, "data_digest": data,
+    return {"method": method, "database": spec_name, "arguments": dict(sorted(options.items())), "data_digest": data,
             "starts_from": starts_from}
-
-
-def _other_datasets_options(spec_name: str) -> set:
-    """Options every script takes for the other datasets (they do not change this run's data)."""
-    mine = set(dataset_options(spec_name, {}))
-    return {dest for name in DATASETS for dest in dataset_options(name, {})} - mine
 
 
 def config_digest(config: dict) -> str:
@@ -156,16 +127,16 @@ def code_version() -> dict:
     return {"commit": commit, "dirty": dirty, "torch": torch.__version__}
 
 
-def run_record(method: str | None, args, spec, splits: dict) -> dict:
+def run_record(description: RunDescription, splits: dict) -> dict:
     """The record of a run: what every checkpoint it writes was trained on, and the run's configuration."""
-    spec_name = spec if isinstance(spec, str) else spec.name
-    data = data_digest(spec, args) if not isinstance(spec, str) else None
+    args, spec, spec_name = description.args, description.spec, description.spec.name
+    data = data_digest(spec, args)
     checkpoints = checkpoint_inputs(args)
-    config = run_config(method, args, spec_name, data, checkpoints)
+    config = run_config(description.method, description.options, spec_name, data, checkpoints)
     data_root = getattr(args, "data_root", None)
     return {
-        "version": RECORD_VERSION, "method": method, "database": spec_name, "mode": getattr(args, "mode", None),
-        "models": {flag: getattr(args, flag) for flag in MODEL_FLAGS if getattr(args, flag, None)},
+        "version": RECORD_VERSION, "method": description.method, "database": spec_name,
+        "mode": getattr(args, "mode", None), "models": description.models,
         "dataset_options": dataset_options(spec_name, args), "seed": getattr(args, "seed", None),
         "split_sha256": split_digest(splits, split_groups(spec_name, args, sum(len(splits[k]) for k in splits))),
         "split_sizes": {k: int(len(splits[k])) for k in ("train", "val", "test")},
@@ -177,7 +148,7 @@ def run_record(method: str | None, args, spec, splits: dict) -> dict:
 
 def context_record(ctx) -> dict:
     """The record of the run behind ``ctx`` without its method name (a context's ``make_record``)."""
-    return run_record(None, ctx.args, ctx.spec, ctx.splits)
+    return run_record(RunDescription(None, ctx.spec, ctx.args), ctx.splits)
 
 
 def adopt_checkpoint_settings(method_cls, args, given: dict) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.provenance import dataset_options
+from utils.description import dataset_options
 from utils.sweep.graph import BASELINE, TEACHER
 from utils.sweep.node import node_state, read_json
 
