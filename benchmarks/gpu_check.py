@@ -184,12 +184,13 @@ def amp_losses(method: str, database: str, root: Path | None, folder: Path, chec
     if method_cls.card.needs_checkpoint:
         argv += ["--ckpt_name", str(checkpoint)]
     argv += STAGE_FLAGS.get(method, [])
-    args = cli.parse_args(method_cls, argv)
+    description = cli.describe(method_cls, argv)
+    args = description.args
     device = torch.device(DEVICE)
     terms, depth, dtypes = {}, 0, set()
     for precision in ("fp32", "bf16"):
         seed_everything(args.seed)
-        ctx = engine.build_context(args, device, log=lambda _message: None)
+        ctx = engine.build_context(description, device, log=lambda _message: None)
         built = method_cls(ctx).to(device)
         stage = next(s for s in built.stages() if s.epochs > 0)
         stage.start()

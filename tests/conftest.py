@@ -156,9 +156,9 @@ def build_method(name: str, argv: list[str]):
     from utils.core.runtime import seed_everything
 
     method_cls = get_method(name)
-    args = cli.parse_args(method_cls, argv)
-    seed_everything(args.seed)
-    ctx = build_context(args, torch.device("cpu"), log=lambda _message: None)
+    description = cli.describe(method_cls, argv)
+    seed_everything(description.args.seed)
+    ctx = build_context(description, torch.device("cpu"), log=lambda _message: None)
     return method_cls(ctx), ctx
 
 

@@ -12,8 +12,9 @@ QUICK = ["--mvd_samples", "400", "--no-record", "--device", "cpu"]
 
 
 def _mgdfr(tmp_path, *extra):
-    args = cli.parse_args(MGDFR, ["--epochs", "1", "--max_steps", "1", "--out_dir", str(tmp_path), *QUICK, *extra])
-    ctx = engine.build_context(args, torch.device("cpu"))
+    description = cli.describe(MGDFR, ["--epochs", "1", "--max_steps", "1", "--out_dir", str(tmp_path), *QUICK,
+                                       *extra])
+    ctx = engine.build_context(description, torch.device("cpu"))
     return MGDFR(ctx), ctx
 
 

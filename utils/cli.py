@@ -11,6 +11,7 @@ import os
 import sys
 
 from datasets import DATASETS, dataset_names, get_spec
+from datasets.base import DatasetSpec
 from models import MODELS
 from utils.core.errors import UserError
 from utils.provenance import adopt_checkpoint_settings
@@ -235,10 +236,9 @@ def described(method_cls, args: argparse.Namespace) -> RunDescription:
     return RunDescription(method_cls.name, spec, finalize_args(method_cls, args, spec))
 
 
-def finalize_args(method_cls, args: argparse.Namespace, spec=None) -> argparse.Namespace:
+def finalize_args(method_cls, args: argparse.Namespace, spec: DatasetSpec) -> argparse.Namespace:
     """Fill defaults that depend on the dataset (as configured by its options, e.g. Paired's data shapes) and the
     mode, then let the method check its options. ``spec``: the database's spec configured by ``args``."""
-    spec = spec if spec is not None else get_spec(args.database).configured(args)
     args.database = spec.name
     if args.cuda_id is not None and args.device == "auto":
         args.device = f"cuda:{args.cuda_id}"

@@ -49,8 +49,9 @@ def check(data_root: str, seeds: list[int] | None = None, paired_norm: str = "st
     notes: list[str] = []
     argv = ["--database", NAME, "--data_root", data_root, "--seed", str(seeds[0]), "--paired_norm", paired_norm,
             "--out_dir", str(Path(data_root) / "unused")]
-    args = cli.parse_args(get_method("S"), argv)
-    ctx = build_context(args, torch.device("cpu"), log=notes.append)  # loader, split, every check, statistics
+    description = cli.describe(get_method("S"), argv)
+    args = description.args
+    ctx = build_context(description, torch.device("cpu"), log=notes.append)  # loader, split, every check, statistics
     spec, source = ctx.spec, ctx.source
     every = all_splits(args, len(source), lambda _: None)
     chosen = {seed: every[seed] for seed in seeds}

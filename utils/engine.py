@@ -48,10 +48,9 @@ def main(method_name: str, argv=None) -> dict | None:
     return exit_on_error(body)
 
 
-def build_context(args, device, log=print, spec=None) -> RunContext:
-    """The run's data, splits and loaders; ``spec``: the database's spec configured by ``args`` (else resolved
-    here)."""
-    spec = spec if spec is not None else get_spec(args.database).configured(args)
+def build_context(description: RunDescription, device, log=print) -> RunContext:
+    """The data, splits and loaders of the run ``description`` describes (:func:`utils.cli.describe`)."""
+    args, spec = description.args, description.spec
     source = spec.load(args)
     if spec.resolve_split is not None:  # a split of the database's own (Paired: DIR/splits.csv or groups.npy)
         train, val, test = spec.resolve_split(args, len(source), log)
@@ -110,7 +109,7 @@ def run(method_cls: type[Method], description: RunDescription) -> dict:
     if run_dir.lock.took_over:
         run_dir.log(f"Took over the lock of {run_dir.lock.took_over}, which has ended")
     try:
-        ctx = build_context(args, device, log=run_dir.log, spec=description.spec)
+        ctx = build_context(description, device, log=run_dir.log)
         ctx.run_path = run_dir.path
         ctx.provenance = run_dir.provenance = provenance.run_record(description, ctx.splits)
         if resume is not None:

@@ -502,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> tuple[argparse.Namespace, RunDescription | None]:
+    """The experiment's options, and for the experiments on a framework dataset (rank, nullify) the run they read
+    the data of, resolved once (:func:`utils.cli.described`); ``None`` for the Gaussian experiments."""
     args = build_parser().parse_args(argv)
     check_experiment_args(args)
     if args.resume:
@@ -514,21 +516,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.repeats = args.repeats or 100
         if args.epochs < 0:
             raise UserError("--epochs must be >= 0")
-        return args
+        return args, None
     args.seed = args.seed if args.seed is not None else 0
     args.runs = args.runs or 3
     args.repeats = args.repeats or 10
     cli.check_dataset_options(args, cli.given_flags(ExperimentCommand, argv))
-    args = cli.finalize_args(ExperimentCommand, args)
+    description = cli.described(ExperimentCommand, args)
     if bool(args.ckpt_a) != bool(args.ckpt_b):
         raise UserError("pass both --ckpt_a and --ckpt_b (networks on modality a and b), or neither")
     if not args.ckpt_a and args.database != "Synthetic-MVD":
         raise UserError(f"--exp {args.exp} on {args.database} needs trained networks: pass --ckpt_a and --ckpt_b "
                         f"(best.pth files of main-S.py); only Synthetic-MVD trains them itself (Algorithm 1 step 1)")
-    return args
+    return args, description
 
 
-def run_experiment(args) -> dict:
+def run_experiment(args, description: RunDescription | None = None) -> dict:
+    """Run the experiment ``args.exp``; ``description``: the framework run rank and nullify read the data of."""
     device = resolve_device(args.device)
     seed_everything(args.seed)
     threads = args.threads  # default here: 1 for gamma/alpha/table2 and Synthetic-MVD
@@ -553,7 +556,7 @@ def run_experiment(args) -> dict:
         elif args.exp == "table2":
             results = run_table2(args, run_dir, device)
         else:
-            ctx = build_context(args, device, log=run_dir.log)
+            ctx = build_context(description, device, log=run_dir.log)
             ctx.run_path = run_dir.path
             results = run_rank(args, ctx, run_dir) if args.exp == "rank" else run_nullify(args, ctx, run_dir)
         results["wall_time_s"] = round(time.time() - started, 2)
@@ -572,5 +575,5 @@ def run_experiment(args) -> dict:
 
 def main(argv=None) -> dict | None:
     """Entry point of ``main-MFH.py``: bad input ends with one line on stderr and exit code 2."""
-    return exit_on_error(lambda: run_experiment(parse_args(argv)),
+    return exit_on_error(lambda: run_experiment(*parse_args(argv)),
                          interrupted="interrupted (Ctrl-C)")
