@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from datasets.base import Batch, BatchLoader, DataSource, DatasetSpec
 from kd_methods.checkpoints import load_model_checkpoint
 from models import build_model, get_entry, models_for
-from utils.core.cards import MethodCard
+from utils.core.cards import MethodCard, fill_unset
 from utils.core.errors import UserError
 from utils.core.metrics import ConfusionMatrix
 
@@ -200,26 +200,20 @@ class Method(nn.Module):
 
     @classmethod
     def default_models(cls, spec: DatasetSpec, mode: str) -> dict[str, str]:
-        """Default model names per role for ``spec`` and student modality ``mode``."""
-        other = spec.other_modality(mode)
-        defaults = {"student": spec.students[mode], "aux": spec.students[other]}
-        defaults["teacher"] = spec.teacher if cls.card.teacher_kind != "crossmodal" else spec.students[other]
-        return defaults
+        """Default model names per role for ``spec`` and student modality ``mode`` (the card's)."""
+        return cls.card.default_models(spec, mode)
 
     @classmethod
     def dataset_defaults(cls, spec: DatasetSpec) -> dict:
-        """Option defaults that depend on the dataset: its batch size, learning rate and epochs, overridden by the
-        card's ``defaults``, then by what the dataset states for this method (``spec.method_defaults``)."""
-        return {"batch_size": spec.batch_size, "lr": spec.lr, "epochs": spec.epochs, **cls.card.defaults,
-                **spec.method_defaults.get(cls.name, {})}
+        """Option defaults that depend on the dataset (the card's
+        :meth:`~utils.core.cards.MethodCard.dataset_defaults`)."""
+        return cls.card.dataset_defaults(spec)
 
     @classmethod
     def fill_defaults(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
         """Set every option left at None to its :meth:`dataset_defaults` value: the one place such defaults are
         filled (by ``utils.cli`` and for contexts built without the command line)."""
-        for key, value in cls.dataset_defaults(spec).items():
-            if getattr(args, key, None) is None:
-                setattr(args, key, value)
+        fill_unset(args, cls.dataset_defaults(spec))
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:

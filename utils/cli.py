@@ -9,10 +9,13 @@ import fnmatch
 import math
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from datasets import DATASETS, dataset_names, get_spec
 from datasets.base import DatasetSpec
 from models import MODELS
+from utils.core.cards import MethodCard, fill_unset
 from utils.core.errors import UserError
 from utils.provenance import adopt_checkpoint_settings
 from utils.description import RunDescription
@@ -126,10 +129,34 @@ def check_checkpoint_path(namespace, dest: str) -> None:
                         f"main-S.py run)")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A command line that is not one method's (main-MFH.py runs experiments, not one training run): what
+    :func:`build_parser`, :func:`given_flags` and :func:`described` read of a method class, given directly: the
+    card (name, ``--help`` summary, model roles, defaults), the hook adding the command's own flags and the one
+    checking them once the dataset's defaults are filled."""
+
+    card: MethodCard
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda group: None
+    check_args: Callable[[argparse.Namespace, DatasetSpec], None] = lambda args, spec: None
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def fill_defaults(self, args: argparse.Namespace, spec: DatasetSpec) -> None:
+        fill_unset(args, self.card.dataset_defaults(spec))
+
+    def default_models(self, spec: DatasetSpec, mode: str) -> dict[str, str]:
+        return self.card.default_models(spec, mode)
+
+
 def build_parser(method_cls) -> argparse.ArgumentParser:
+    """The command line of ``method_cls``, a method class or a :class:`Command`: the framework's options (data, the
+    models of its card's roles, training, output), its own (``add_arguments``) and every dataset's."""
     parser = _Parser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else method_cls.name,
-        description=method_cls.card.summary or method_cls.__doc__,
+        description=method_cls.card.summary or getattr(method_cls, "__doc__", None),
     )
     data = parser.add_argument_group("data")
     data.add_argument("--database", default="Synthetic-MVD", choices=dataset_names(), metavar="NAME",

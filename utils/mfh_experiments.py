@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from datasets.synthetic import config_from_args
-from kd_methods.base import Method
 from kd_methods.feature_ranking import SELECTION_KINDS, select_channels
 from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_kd_weights, check_layer,
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
@@ -468,27 +467,19 @@ def check_experiment_args(args) -> None:
     check_kd_weights(args)
 
 
-class ExperimentCommand(Method):
-    """The command line of ``main-MFH.py`` for :mod:`utils.cli`: the framework's options, ``--Smodel`` (the
-    students of ``--exp nullify``) and :func:`add_experiment_arguments`. Never instantiated: the experiments are
-    not one training run (``--exp nullify`` runs ``MFH-KD`` through the engine once per student)."""
-
-    card = MethodCard(name="MFH", summary="MFH experiments (Xue et al., ICLR 2023): Fig. 2/3 and Table 2 on Gaussian "
-                      "data, Algorithm 1 feature ranking and KD from nullified teachers on any dataset.",
-                      teacher_kind="crossmodal")
-
-    @staticmethod
-    def add_arguments(group) -> None:
-        add_experiment_arguments(group)
-
-    @classmethod
-    def check_args(cls, args, spec) -> None:
-        check_experiment_args(args)
+#: the command line of ``main-MFH.py`` for :mod:`utils.cli`: the framework's options, ``--Smodel`` (the students of
+#: ``--exp nullify``) and :func:`add_experiment_arguments` (the experiments are not one training run: ``--exp nullify``
+#: runs ``MFH-KD`` through the engine once per student)
+COMMAND = cli.Command(
+    card=MethodCard(name="MFH", summary="MFH experiments (Xue et al., ICLR 2023): Fig. 2/3 and Table 2 on Gaussian "
+                    "data, Algorithm 1 feature ranking and KD from nullified teachers on any dataset.",
+                    teacher_kind="crossmodal"),
+    add_arguments=add_experiment_arguments, check_args=lambda args, spec: check_experiment_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The framework's standard parser (data, models, training, output, dataset options) plus the MFH flags."""
-    parser = cli.build_parser(ExperimentCommand)
+    parser = cli.build_parser(COMMAND)
     # MFH conventions: the student is modality b (m2 on Synthetic-MVD, whose m1 is modality a); table2's
     # public seed is 42, the figures' 0
     parser.set_defaults(mode="m2", seed=None)
@@ -520,8 +511,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, RunDescription | None]:
     args.seed = args.seed if args.seed is not None else 0
     args.runs = args.runs or 3
     args.repeats = args.repeats or 10
-    cli.check_dataset_options(args, cli.given_flags(ExperimentCommand, argv))
-    description = cli.described(ExperimentCommand, args)
+    cli.check_dataset_options(args, cli.given_flags(COMMAND, argv))
+    description = cli.described(COMMAND, args)
     if bool(args.ckpt_a) != bool(args.ckpt_b):
         raise UserError("pass both --ckpt_a and --ckpt_b (networks on modality a and b), or neither")
     if not args.ckpt_a and args.database != "Synthetic-MVD":

@@ -36,6 +36,13 @@ TEACHER_HELP = {
 GENERIC_CHECKPOINT_HELP = "pre-trained teacher: a best.pth of ours or a reference-style bare state dict"
 
 
+def fill_unset(args, values: dict) -> None:
+    """Set each option of ``values`` that ``args`` (a Namespace) leaves at None."""
+    for key, value in values.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
 @dataclass(frozen=True)
 class MethodCard:
     """A method's declaration: its command line, its place in the sweep and the comparison table.
@@ -75,6 +82,21 @@ class MethodCard:
     search_space: dict = field(default_factory=dict)
     #: the module that declares the card (set by :func:`discover_cards`; not part of the declaration)
     module: str = field(default="", compare=False)
+
+    def dataset_defaults(self, spec) -> dict:
+        """Option defaults on the dataset ``spec`` (a ``DatasetSpec``): its batch size, learning rate and epochs,
+        overridden by :attr:`defaults`, then by what the dataset states for this method (``spec.method_defaults``)."""
+        return {"batch_size": spec.batch_size, "lr": spec.lr, "epochs": spec.epochs, **self.defaults,
+                **spec.method_defaults.get(self.name, {})}
+
+    def default_models(self, spec, mode: str) -> dict[str, str]:
+        """Default model names per role on the dataset ``spec`` for the student modality ``mode``: the dataset's
+        student of each modality, and its fusion teacher unless :attr:`teacher_kind` is cross-modal (then the
+        student of the other modality)."""
+        other = spec.other_modality(mode)
+        defaults = {"student": spec.students[mode], "aux": spec.students[other]}
+        defaults["teacher"] = spec.teacher if self.teacher_kind != "crossmodal" else spec.students[other]
+        return defaults
 
     @property
     def group(self) -> str:
