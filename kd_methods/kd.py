@@ -99,6 +99,7 @@ class KD(SingleTeacherDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
     )
 
     def distill_terms(self, batch, epoch):
@@ -122,4 +123,5 @@ class KDUU(KD):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
     )

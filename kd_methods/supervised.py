@@ -53,6 +53,8 @@ class UnimodalModel(Method):
         summary="Train a unimodal model on --mode: the no-KD baseline, or a cross-modal teacher for -UU methods.",
         # the sweep's no-KD and cross-modal teacher node
         in_comparison=False,
+        # tuned as the no-KD baseline (reproduce.py --tune); the cross-modal teachers keep the defaults
+        search_space={"lr": ("log", 0.1, 10.0, "relative")},
     )
 
     def __init__(self, ctx):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from utils.core.errors import UserError
+from utils.core.search_space import Param, parse_space
 
 #: the environment variable naming the method packages besides kd_methods
 PACKAGES_VARIABLE = "CMKD_METHODS"
@@ -78,10 +79,19 @@ class MethodCard:
     #: where the method stands in listings and in its table group (the built-in methods: the paper's order); methods
     #: of equal position follow in discovery order (package, module name, place in the module)
     position: int = 1000
-    #: the hyper-parameters a search may tune, flag -> range; empty until a search is defined for the method
+    #: the student-side options a tuning search may change (``reproduce.py --tune``), option name -> range, in the
+    #: form of utils/core/search_space.py, e.g. ``{"lr": ("log", 0.1, 10.0, "relative")}``; checked when built
     search_space: dict = field(default_factory=dict)
     #: the module that declares the card (set by :func:`discover_cards`; not part of the declaration)
     module: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        parse_space(self.name, self.search_space)  # a malformed space fails where the card is declared
+
+    @property
+    def search_params(self) -> tuple[Param, ...]:
+        """The parsed :attr:`search_space`, in declaration order."""
+        return parse_space(self.name, self.search_space)
 
     def dataset_defaults(self, spec) -> dict:
         """Option defaults on the dataset ``spec`` (a ``DatasetSpec``): its batch size, learning rate and epochs,
