@@ -14,7 +14,8 @@ A numeric range may end with ``"relative"``: its ends are then multiples of the 
 resolves it with :meth:`Param.resolved` once the defaults are filled.
 
 Only student-side options belong in a space: a teacher keeps its defaults (the no-KD student of one mode is also the
-other mode's cross-modal teacher), and the training budget is never searched (no option with an ``epochs`` part such as ``epochs_s1`` or ``hint_epochs``, no seed).
+other mode's cross-modal teacher), and the training budget is never searched (no option with an ``epochs`` part such
+as ``epochs_s1`` or ``hint_epochs``, no seed).
 """
 from __future__ import annotations
 
