@@ -1,6 +1,8 @@
 """MGDFR (MFH Algorithm 1 + KD): the phase-C teacher and the channel removal."""
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,7 @@ def _mgdfr(tmp_path, *extra):
 def test_mgdfr_phase_c_teacher_default_unchanged_and_removal_uses_batch_mean(tmp_path):
     torch.manual_seed(0)
     method, ctx = _mgdfr(tmp_path)
+    method.args = argparse.Namespace(**vars(method.args))  # the test switches --mgdfr_apply_removal below
     method.end_co_training()  # phase B on one batch, then the fresh student
     assert method.salience.min().item() == 0.0 and method.salience.max().item() == 1.0
     assert not torch.equal(method.student.fc1.weight, method.co_student.fc1.weight)

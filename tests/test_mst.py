@@ -7,6 +7,7 @@ Runs single-threaded: on a shared 2-core machine small tensor ops are much faste
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -29,6 +30,18 @@ from tests.tolerances import assert_reordered_close, floor_between, perturbation
 from utils import cli
 from utils.core.errors import UserError
 from utils.core.hooks import active_hook_count
+
+
+def with_writable_options(method):
+    """``method`` with a writable copy of its options, for tests that compare two code paths of one built method
+    by switching an option between calls (a described run's options are read-only)."""
+    frozen, writable = method.args, argparse.Namespace(**vars(method.args))
+    holders = [method, *method.modules(), *(value for value in vars(method).values() if hasattr(value, "__dict__"))]
+    for holder in holders:  # the method and the helpers it built (its experts read the options at every call)
+        for name, value in list(vars(holder).items()):
+            if value is frozen:
+                setattr(holder, name, writable)
+    return method
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -120,7 +133,7 @@ def test_kd_per_sample_matches_batch_kd():
 
 def test_router_kd_grad_keeps_the_value_and_trains_the_router():
     ctx = offline_context(["--database", "Synthetic-MVD", "--mvd_samples", "40", "--k", "2"])
-    method = MSTDistill(ctx)
+    method = with_writable_options(MSTDistill(ctx))
     batch = next(iter(ctx.make_loader("train")))
     method.eval()
     results = {}
@@ -188,7 +201,7 @@ def test_fast_path_equals_reference_path(family):
     argv = ["--database", database, "--batch_size", "2", "--k", "1" if "1-layer" in family else "2", *extra]
     ctx = offline_context(argv, samples=2, input_shapes=shapes)
     torch.manual_seed(0)
-    method = MSTDistill(ctx)
+    method = with_writable_options(MSTDistill(ctx))
     if database == "NYU-Depth-V2":  # FuseNet's 0.02-gain init gives near-constant logits: make them informative
         for net in (method.teacher, method.aux, method.student):
             for module in net.modules():
@@ -264,7 +277,7 @@ def test_cached_frozen_outputs_equal_the_per_batch_computation(family):
     ctx = offline_context(["--database", database, "--batch_size", "2", "--k", "2", *extra], samples=6,
                           input_shapes=shapes, log=logs.append)
     torch.manual_seed(0)
-    method = MSTDistill(ctx)
+    method = with_writable_options(MSTDistill(ctx))
     stages = method.stages()
     batch = _shuffled_batch(ctx)
 
@@ -317,7 +330,7 @@ def test_cache_budget_and_when_it_is_off():
     ctx = offline_context(["--database", "AV-MNIST", "--batch_size", "2", "--hidden_dim_factor", "8",
                            "--mst_cache_mb", "1"], samples=4, log=logs.append)
     torch.manual_seed(0)
-    method = MSTDistill(ctx)
+    method = with_writable_options(MSTDistill(ctx))
     set_modes(method, method.stages()[1], training=True)
     # student targets (40 B a sample) and T's features (a few KB) fit in 1 MB, A's conv2+conv3 maps (1.2 MB a
     # sample) do not: A's prefix then runs per batch

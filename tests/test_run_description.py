@@ -52,3 +52,14 @@ def test_the_configuration_digest_comes_from_the_descriptions_result_defining_op
     assert other_runtime.options == description.options
     other_result = cli.describe(get_method("S"), [*PINNED_ARGV, "--epochs", "4"])
     assert other_result.options != description.options
+
+
+def test_a_described_runs_options_cannot_be_written_after_it_is_described():
+    description = cli.describe(get_method("S"), PINNED_ARGV)
+    with pytest.raises(AttributeError, match="read-only"):
+        description.args.epochs = 4
+    with pytest.raises(AttributeError, match="read-only"):
+        description.args.side_channel = True
+    with pytest.raises(AttributeError, match="read-only"):
+        del description.args.lr
+    assert description.args.epochs == 3 and vars(description.args)["lr"] == 0.01

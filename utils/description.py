@@ -46,6 +46,25 @@ def _other_datasets_options(spec_name: str) -> set:
     return {dest for name in DATASETS for dest in dataset_options(name, {})} - mine
 
 
+class FrozenNamespace(argparse.Namespace):
+    """The options of a described run: read like a Namespace, never written (a run's options are final once it is
+    described, so no part of a run can pass another something through them)."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the options of a described run are read-only (tried to set '{name}'); resolve it in "
+                             f"utils.cli.describe instead")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"the options of a described run are read-only (tried to delete '{name}')")
+
+
+def frozen(args: argparse.Namespace) -> FrozenNamespace:
+    """A read-only copy of ``args``."""
+    copy = FrozenNamespace()
+    copy.__dict__.update(vars(args))
+    return copy
+
+
 @dataclass(frozen=True)
 class RunDescription:
     #: the method's name (``None`` for a context built without one, e.g. a data check)
@@ -54,6 +73,10 @@ class RunDescription:
     args: argparse.Namespace
     #: ``--resume``: the flags applied over the resumed run's own arguments ("--flag value (was old)")
     resume_changes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.args, FrozenNamespace):
+            object.__setattr__(self, "args", frozen(self.args))
 
     @property
     def models(self) -> dict[str, str]:
