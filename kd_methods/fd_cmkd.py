@@ -73,8 +73,10 @@ from utils.core.hooks import capture_features
 MIN_WIDTH = 4
 #: the authors' ``norm_feat`` floor on the norm
 NORM_EPS = 1e-8
-#: the loss weights (flag name without ``--``): the authors' code weights every term 1
-WEIGHTS = ("fd_low_weight", "fd_high_weight", "fd_align_weight", "fd_band_ce_weight")
+#: each term of :class:`FrequencyDecoupledLoss` -> the option weighting it (1 in the authors' code), and what it is
+WEIGHTS = {"low": ("fd_low_weight", "the low-band MSE"), "high": ("fd_high_weight", "the high-band log-MSE"),
+           "align": ("fd_align_weight", "the shared band classifiers' CE (student and teacher bands)"),
+           "band_ce": ("fd_band_ce_weight", "the CE of the band task classifiers on the student's bands")}
 
 
 def band_masks(width: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,11 +92,12 @@ def band_masks(width: int, device=None, dtype=torch.float32) -> tuple[torch.Tens
 
 def band_split(feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)``: ``feature`` ``[B, d]`` filtered in the frequency domain along ``d`` and brought back to
-    ``d`` values by the inverse real FFT (in float32: ``torch.fft`` has no bfloat16)."""
-    feature = feature.float()
+    ``d`` values by the inverse real FFT (half-precision features in float32: ``torch.fft`` has no bfloat16)."""
+    if feature.dtype not in (torch.float32, torch.float64):
+        feature = feature.float()
     width = feature.shape[1]
     spectrum = torch.fft.rfft(feature, dim=1)
-    low, high = band_masks(width, feature.device)
+    low, high = band_masks(width, feature.device, feature.dtype)
     return (torch.fft.irfft(spectrum * low, n=width, dim=1), torch.fft.irfft(spectrum * high, n=width, dim=1))
 
 
@@ -130,6 +133,29 @@ class BandClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(F.relu(x))
+
+
+class FrequencyDecoupledLoss(nn.Module):
+    """The terms of one direction on pooled features of one width: the two band distillation terms and the four band
+    classifiers, built in the authors' order (shared low, shared high, task low, task high)."""
+
+    def __init__(self, width: int, num_classes: int):
+        super().__init__()
+        self.align_low, self.align_high = BandClassifier(width, num_classes), BandClassifier(width, num_classes)
+        self.task_low, self.task_high = BandClassifier(width, num_classes), BandClassifier(width, num_classes)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor,
+                criterion=F.cross_entropy) -> dict[str, torch.Tensor]:
+        """Unweighted ``low``, ``high`` (:func:`distillation_terms`), ``align`` (the shared classifiers' CE on the
+        student's and the teacher's bands) and ``band_ce`` (the task classifiers' CE on the student's bands), summed
+        in the authors' order."""
+        s_low, s_high = band_split(student)
+        t_low, t_high = band_split(teacher)
+        low, high = distillation_terms(s_low, s_high, t_low, t_high)
+        align = ((criterion(self.align_low(s_low), y) + criterion(self.align_low(t_low), y))
+                 + (criterion(self.align_high(s_high), y) + criterion(self.align_high(t_high), y)))
+        band_ce = criterion(self.task_low(s_low), y) + criterion(self.task_high(s_high), y)
+        return {"low": low, "high": high, "align": align, "band_ce": band_ce}
 
 
 @register_method
@@ -171,18 +197,14 @@ class FDCMKD(SingleTeacherDistiller):
         self.width = teacher_width
         # built in the authors' order after the networks: (adapter,) shared band classifiers, task band classifiers
         self.adapter = nn.Linear(student_width, teacher_width) if student_width != teacher_width else None
-        classes = self.spec.num_classes
-        self.align_low, self.align_high = BandClassifier(self.width, classes), BandClassifier(self.width, classes)
-        self.task_low, self.task_high = BandClassifier(self.width, classes), BandClassifier(self.width, classes)
+        self.bands = FrequencyDecoupledLoss(self.width, self.spec.num_classes)
         if self.adapter is not None:
             ctx.log(f"FD-CMKD: student feature {self.args.Smodel}.{self.student_layer} ({student_width}) mapped to "
                     f"the teacher's width {teacher_width} by a Linear layer")
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        for name, what in zip(WEIGHTS, ("the low-band MSE", "the high-band log-MSE",
-                                        "the shared band classifiers' CE (student and teacher bands)",
-                                        "the student's band task classifiers' CE")):
+        for name, what in WEIGHTS.values():
             parser.add_argument(f"--{name}", type=float, default=1.0,
                                 help=f"weight of {what}; 1 in the authors' code (default: %(default)s)")
 
@@ -197,7 +219,7 @@ class FDCMKD(SingleTeacherDistiller):
                             f"'{args.Tmodel}' takes {'+'.join(entry.inputs)}: e.g. --Tmodel {spec.students[other]}")
         feature_layer(spec.name, args.Tmodel, cls.name)
         feature_layer(spec.name, args.Smodel, cls.name)
-        negative = [f"--{name}" for name in WEIGHTS if getattr(args, name) < 0]
+        negative = [f"--{name}" for name, _ in WEIGHTS.values() if getattr(args, name) < 0]
         if negative:
             raise UserError(f"{', '.join(negative)} must be >= 0")
 
@@ -206,8 +228,7 @@ class FDCMKD(SingleTeacherDistiller):
         return feature_shapes(model, [layer], [self.ctx.input_shapes[m] for m in modalities])[layer][0]
 
     def extra_modules(self) -> list[nn.Module]:
-        heads = [self.align_low, self.align_high, self.task_low, self.task_high]
-        return heads if self.adapter is None else [self.adapter, *heads]
+        return [self.bands] if self.adapter is None else [self.adapter, self.bands]
 
     def features(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(student logits, student feature, teacher feature)``, features pooled, the student's at the teacher's
@@ -221,22 +242,11 @@ class FDCMKD(SingleTeacherDistiller):
             student = self.adapter(student)
         return logits, student, pooled(teacher_features[self.teacher_layer]).detach()
 
-    def band_terms(self, student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The unweighted terms of the method on pooled features: ``low``, ``high``, ``align`` and ``band_ce``."""
-        s_low, s_high = band_split(student)
-        t_low, t_high = band_split(teacher)
-        low, high = distillation_terms(s_low, s_high, t_low, t_high)
-        ce = self.task_loss
-        align = (ce(self.align_low(s_low), y) + ce(self.align_low(t_low), y)
-                 + ce(self.align_high(s_high), y) + ce(self.align_high(t_high), y))
-        band_ce = ce(self.task_low(s_low), y) + ce(self.task_high(s_high), y)
-        return {"low": low, "high": high, "align": align, "band_ce": band_ce}
-
     def train_step(self, batch, epoch):
         logits, student, teacher = self.features(batch)
-        terms = self.band_terms(student, teacher, batch.y)
-        weights = dict(zip(("low", "high", "align", "band_ce"), (getattr(self.args, n) for n in WEIGHTS)))
-        return {"ce": self.task_loss(logits, batch.y), **{name: weights[name] * term for name, term in terms.items()}}
+        terms = self.bands(student, teacher, batch.y, self.task_loss)
+        return {"ce": self.task_loss(logits, batch.y),
+                **{name: getattr(self.args, WEIGHTS[name][0]) * term for name, term in terms.items()}}
 
     def extra_results(self) -> dict:
         cut = self.width // 4
