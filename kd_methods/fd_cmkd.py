@@ -38,16 +38,17 @@ Deviations from the authors' code, deliberate:
 * The model is the student's own head, selected on the validation CE; the authors keep, per direction, the best of
   three heads (the student's and the two band task classifiers) on **test** accuracy.
 * One run trains one direction (``--mode`` names the student); the authors train both students in one joint run
-  (one optimiser over both, losses summed). Per step the two runs of a sweep (``--mode m1`` and ``--mode m2``)
+  (one optimiser over both, losses summed; the students share no parameter, so that run is two independent
+  trainings on the same batches). Per step the two runs of a sweep (``--mode m1`` and ``--mode m2``)
   compute together what one joint step computes (each teacher forward, each student forward and backward, the
   eight heads), so the pair costs about one joint run, each run about half, plus its own data loading and
   validation; the teachers are the sweep's ``S`` runs, already trained for the no-KD baseline.
-* Where teacher and student features differ in width (AV-MNIST: LeNet5's 84 against ThreeLayerCNN-A's 128; Paired
-  with images), a Linear layer maps the student's feature to the teacher's width before the split, trained with the
-  student (the authors' widths are equal, 512; on every other dataset of the framework they are equal too and no
-  such layer exists).
+* Where teacher and student features differ in width (AV-MNIST's default pair: LeNet5's 84 against
+  ThreeLayerCNN-A's 128 channels; or models of the user's choice), a Linear layer maps the student's feature to the
+  teacher's width before the split, trained with the student. The authors' widths are equal (512), and so are those
+  of every other dataset's default pair here: there is no such layer then.
 * NYU-Depth-V2 is refused up front: the band classifiers predict one label per sample from a pooled feature, and
-  the authors' code is classification only.
+  the authors' public code is classification only (the paper also reports segmentation, with no code for it).
 
 The loss functions are checked against the authors' code on identical tensors (``tests/test_fd_cmkd.py``, which
 runs a verbatim copy of their functions kept in ``tests/reference/fd_cmkd_authors.py``).
@@ -181,8 +182,8 @@ class FDCMKD(SingleTeacherDistiller):
     )
 
     supports_dense = False
-    dense_reason = ("its band classifiers predict one label per sample from a pooled feature (the authors' code is "
-                    "classification only)")
+    dense_reason = ("its band classifiers predict one label per sample from a pooled feature (the authors' public "
+                    "code is classification only)")
 
     def __init__(self, ctx):
         super().__init__(ctx)
