@@ -162,6 +162,7 @@ def test_avmnist_widths_differ_so_the_student_feature_is_mapped(fixture_root, tm
     ([*MVD, "--Tmodel", "MVD-MLP-I", "--ckpt_name", "x.pth"], "unimodal teacher of the other modality (m2)"),
     ([*MVD, "--Tmodel", "MVD-MLP-m1", "--ckpt_name", "x.pth"], "e.g. --Tmodel MVD-MLP-m2"),
     ([*MVD, "--ckpt_name", "x.pth", "--fd_high_weight", "-1"], "--fd_high_weight must be >= 0"),
+    ([*MVD, "--ckpt_name", "x.pth", "--fd_align_weight", "nan"], "--fd_align_weight must be a finite number"),
 ])
 def test_refused_up_front(argv, message, capsys):
     assert message in refused(capsys, "FD-CMKD", argv)
