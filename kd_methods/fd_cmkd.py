@@ -74,8 +74,8 @@ from utils.core.hooks import capture_features
 MIN_WIDTH = 4
 #: the authors' ``norm_feat`` floor on the norm
 NORM_EPS = 1e-8
-#: each term of :class:`FrequencyDecoupledLoss` -> the option weighting it (1 in the authors' code; ``utils.cli`` refuses
-#: a negative or non-finite ``--*_weight``), and what it is
+#: each term of :class:`FrequencyDecoupledLoss` -> the option weighting it (1 in the authors' code; ``utils.cli``
+#: refuses a negative or non-finite ``--*_weight``), and what it is
 WEIGHTS = {"low": ("fd_low_weight", "the low-band MSE"), "high": ("fd_high_weight", "the high-band log-MSE"),
            "align": ("fd_align_weight", "the shared band classifiers' CE (student and teacher bands)"),
            "band_ce": ("fd_band_ce_weight", "the CE of the band task classifiers on the student's bands")}

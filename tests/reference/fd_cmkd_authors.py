@@ -6,7 +6,7 @@ AAAI 2026), read from its public copy zxn0710/re-FD-CMKD-main at commit feda414a
 :func:`audio_direction_loss` is the audio student's lines of ``train_epoch`` in ``main_fd_cmkd.py`` (the visual
 student's lines are the same with the modalities swapped). Neither copy carries a licence file; these few lines are
 quoted for a test only and are not part of the framework. Only the function wrapping the quoted lines and its
-comments are ours.
+comments are ours; trailing spaces were removed and one line longer than 120 columns was continued with a backslash.
 """
 import torch
 import torch.nn as nn
@@ -37,7 +37,7 @@ class FDFilter(nn.Module):
     def init_filter(self):
         self.filter1.data[1:129] = 1
         self.filter2.data[129:] = 1
-        
+
     def forward(self, x):
         freq_domain = torch.fft.rfft(x, dim=1)
 
@@ -78,11 +78,12 @@ def audio_direction_loss(a_s, v_t, out11, label, filter1, filter2, cls_align_a_l
     loss_align_a_low = criterion(cls_align_a_low(a_s_low), label) + criterion(cls_align_a_low(v_t_low), label)
     loss_align_a_high = criterion(cls_align_a_high(a_s_high), label) + criterion(cls_align_a_high(v_t_high), label)
 
-    loss_kd_a = loss_kd_a_low + loss_kd_a_high 
+    loss_kd_a = loss_kd_a_low + loss_kd_a_high
 
     loss_align_a = loss_align_a_low + loss_align_a_high
 
-    loss_task_a = criterion(out11, label) + criterion(cls_task_a_low(a_s_low), label) + criterion(cls_task_a_high(a_s_high), label)
+    loss_task_a = criterion(out11, label) + criterion(cls_task_a_low(a_s_low), label) + \
+        criterion(cls_task_a_high(a_s_high), label)
 
     loss_a = loss_kd_a + loss_align_a + loss_task_a
     return loss_kd_a_low, loss_kd_a_high, loss_align_a, loss_task_a, loss_a
