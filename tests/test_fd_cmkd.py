@@ -69,6 +69,14 @@ def test_band_classifiers_by_hand():
     assert terms["band_ce"].item() == pytest.approx(2 * one_ce, rel=1e-6)
 
 
+def test_half_precision_features_are_split_in_float32():
+    """``--amp`` gives bfloat16 features, which ``torch.fft`` does not take."""
+    feature = torch.randn(3, 16).bfloat16()
+    low, high = band_split(feature)
+    assert low.dtype == high.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip((low, high), band_split(feature.float())))
+
+
 def test_pooling_of_feature_maps():
     maps = torch.randn(3, 5, 4, 2)
     assert torch.equal(pooled(maps), maps.mean((2, 3)))
