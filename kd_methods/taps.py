@@ -8,7 +8,7 @@ forward order, the logits excluded, each with its per-sample output shape for th
 =========== ============================== ===========================================
 slot        methods                        rule on the declared taps
 =========== ============================== ===========================================
-``feature`` RKD(-UU), CRD(-UU)             the last tap
+``feature`` RKD(-UU), CRD(-UU), FD-CMKD    the last tap
 ``hints``   FitNets (multimodal teacher)   the last two taps of teacher and of student
 ``hints-uu`` FitNets-UU                    the last two taps of teacher and of student
 ``ofa``     OFA(-UU) (student stages)      every tap

@@ -56,7 +56,9 @@ def test_every_registered_method_runs_on_synthetic(name, trained_mvd_teachers, t
 # (method, --mode, teacher model): covers the 4-d conv3 rule on the student (m2) and on the teacher (UU, m1)
 AVMNIST_RUNS = [("KD", "m1", "CNN-I"), ("KD-UU", "m2", "LeNet5"), ("MLLD", "m2", "CNN-I"),
                 ("MLLD-UU", "m1", "ThreeLayerCNN-A"), ("DML", "m1", None), ("RKD", "m2", "CNN-I"),
-                ("RKD-UU", "m1", "ThreeLayerCNN-A"), ("CRD", "m2", "CNN-I"), ("CRD-UU", "m1", "ThreeLayerCNN-A")]
+                ("RKD-UU", "m1", "ThreeLayerCNN-A"), ("CRD", "m2", "CNN-I"), ("CRD-UU", "m1", "ThreeLayerCNN-A"),
+                # FD-CMKD: feature widths differ (LeNet5 fc1 84, ThreeLayerCNN-A conv3 128 channels): the width adapter
+                ("FD-CMKD", "m1", "ThreeLayerCNN-A"), ("FD-CMKD", "m2", "LeNet5")]
 
 
 @pytest.fixture(scope="module")
