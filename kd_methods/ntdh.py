@@ -244,9 +244,7 @@ class NTDH(SingleTeacherDistiller):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace, spec: DatasetSpec) -> None:
-        super().check_args(args, spec)
-        if not args.ntdh_temperature > 0:
-            raise UserError(f"--ntdh_temperature must be > 0, got {args.ntdh_temperature}")
+        super().check_args(args, spec)  # --ntdh_temperature > 0: utils/cli.py's NUMBER_RULES
         if not -1.0 <= args.ntdh_threshold <= 1.0:
             raise UserError(f"--ntdh_threshold is a cosine similarity, in [-1, 1]; got {args.ntdh_threshold}")
         if args.dkd_alpha < 0 or args.dkd_beta < 0:
