@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from kd_methods import register_method
 from kd_methods.base import Method, Stage, build_for_run, freeze
-from kd_methods.checkpoints import load_model_checkpoint
+from kd_methods.checkpoints import check_same_data, load_model_checkpoint
 from models import get_entry
 from utils.core.cards import MethodCard
 from utils.core.checkpoints import load_checkpoint
@@ -37,9 +37,11 @@ from utils.core.errors import NonFiniteLossError, UserError
 # ---------------------------------------------------------------------------------------------------------------
 # networks and Algorithm 1 on framework datasets
 # ---------------------------------------------------------------------------------------------------------------
-def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: str):
+def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: str, same_data: bool = False):
     """Build ``name`` (default: the checkpoint's ``model_name``, else the dataset's unimodal model of ``modality``)
     and load ``ckpt`` into it (strict). ``flag`` names the command-line pair in messages (``a``: ``--model_a``).
+    ``same_data``: refuse a checkpoint trained on other data or another split than the run's (one line), for the
+    experiments that read a split the networks must not have trained on.
 
     Returns ``(model on ctx.device, the modalities it takes)``.
     """
@@ -53,9 +55,12 @@ def load_network(ctx, name: str | None, ckpt: str | None, modality: str, flag: s
     if name is None:
         name = ctx.spec.students[modality]
     model = build_for_run(name, ctx, role=f"--model_{flag}")
-    if state is not None:  # the one loader; the networks are compared, not distilled: no provenance check
+    if state is not None:  # the one loader; the networks are compared, not distilled: no teacher check
         load_model_checkpoint(model, ckpt, ctx, role=f"--model_{flag}", check_provenance=False,
                               contents=state)
+        if same_data:
+            check_same_data(state, ckpt, ctx, f"--ckpt_{flag}", "the --seed and dataset options the networks were "
+                            "trained with, or networks trained on this run's data and split")
     return model.to(ctx.device), tuple(get_entry(name).inputs)
 
 

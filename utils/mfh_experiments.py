@@ -13,6 +13,10 @@ ICLR 2023. Experiments (``--exp``):
   (modality-specific) or random ``r%`` channels are nullified, to a student of the other modality; the students
   are trained by the shared engine (:func:`utils.engine.run`) with the method ``MFH-KD``
   (:class:`kd_methods.mfh.NullifiedTeacherKD`).
+* ``ntdh`` - the diagnostic of the Non-target Divergence Hypothesis (Chen et al., arXiv:2409.02438): per class, the
+  teacher-student divergences over the non-target and the target classes, the teacher's errors, the logits' cosine
+  similarity and the NTDH weight, from a teacher and a student checkpoint on one split
+  (:func:`kd_methods.ntdh.class_divergences`).
 
 The Gaussian computations are in :mod:`kd_methods.mfh_lab`, the ranking and the method in :mod:`kd_methods.mfh`;
 this module reports them (CSV, Markdown, PNG, ``results.json``, all written atomically into the run directory).
@@ -34,6 +38,7 @@ from kd_methods.mfh import (NullifiedTeacherKD, add_kd_weight_arguments, check_k
                             default_layer, load_network, rank_channels, split_accuracy, train_joint_networks)
 from kd_methods.mfh_lab import (JOINT_LR, JOINT_MOMENTUM, LR_LR, N_TEST, N_TRAIN, SWEEP_FIXED, TABLE2_ROWS,
                                 TABLE2_TEACHERS, alpha_settings, gamma_settings, sweep_setting, table2_row)
+from kd_methods.ntdh import THRESHOLD, class_divergences, paired_logits
 from utils import cli, engine
 from utils.core.atomic import atomic_write_bytes, atomic_write_text
 from utils.core.cards import MethodCard
@@ -45,7 +50,10 @@ from utils.description import RunDescription
 from utils.engine import build_context
 from utils.rundir import RunDir
 
-EXPERIMENTS = ("gamma", "alpha", "table2", "rank", "nullify")
+EXPERIMENTS = ("gamma", "alpha", "table2", "rank", "nullify", "ntdh")
+#: the experiments that compare two given checkpoints (nothing is trained)
+CHECKPOINT_EXPERIMENTS = ("ntdh",)
+SPLITS = ("train", "val", "test")
 LR_EXPERIMENTS = ("gamma", "alpha", "table2")
 #: paper Table 2 (accuracy %): regular teacher, MG teacher, no-KD, regular KD, MG KD
 PAPER_TABLE2 = {
@@ -373,6 +381,41 @@ def run_nullify(args, ctx, run_dir: RunDir) -> dict:
     return {"experiment": "nullify", "ranking": ranking["info"], "variants": records}
 
 
+#: the columns of ntdh.csv / ntdh.md (kd_methods.ntdh.class_divergences), with their Markdown format
+NTDH_COLUMNS = {"class": "{}", "samples": "{}", "teacher_acc": "{:.2f}", "student_acc": "{:.2f}", "teacher_wrong": "{}",
+                "cosine": "{:.4f}", "weight": "{:.4f}", "target_divergence": "{:.4f}",
+                "non_target_divergence": "{:.4f}"}
+
+
+def run_ntdh(args, ctx, run_dir: RunDir) -> dict:
+    """The NTDH diagnostic: a teacher (``--ckpt_a``) and a student (``--ckpt_b``) on ``--split``, per class."""
+    teacher, teacher_inputs = load_network(ctx, args.model_a, args.ckpt_a, ctx.spec.other_modality(args.mode), "a",
+                                           same_data=True)
+    student, student_inputs = load_network(ctx, args.model_b, args.ckpt_b, args.mode, "b", same_data=True)
+    logits = paired_logits(ctx, teacher, teacher_inputs, student, student_inputs, args.split)
+    rows = class_divergences(*logits, ctx.spec.num_classes, args.ntdh_threshold, args.ntdh_true_jsd)
+    write_csv(run_dir.path / "ntdh.csv", list(NTDH_COLUMNS), [[row[key] for key in NTDH_COLUMNS] for row in rows])
+    divergence = ("the Jensen-Shannon divergence (--ntdh_true_jsd)" if args.ntdh_true_jsd else
+                  "the authors' js_divergence, (KL(m || p_t) + KL(m || p_s)) / 2 with m the mean of the two")
+    text = (f"# NTDH diagnostic on {ctx.spec.name}, {args.split} split\n\n"
+            f"Teacher {teacher.model_name} ({'+'.join(teacher_inputs)}, {args.ckpt_a}) and student "
+            f"{student.model_name} ({'+'.join(student_inputs)}, {args.ckpt_b}), per class (the label): accuracies (%), "
+            f"samples the teacher gets wrong, mean cosine similarity of the logits, mean NTDH weight (threshold "
+            f"{args.ntdh_threshold}) and mean teacher-student divergence over the target/non-target split of the "
+            f"classes and over the non-target classes: {divergence}.\n\n"
+            + markdown_table(list(NTDH_COLUMNS), [[_cell(NTDH_COLUMNS[key], row[key]) for key in NTDH_COLUMNS]
+                                                  for row in rows]))
+    atomic_write_text(run_dir.path / "ntdh.md", text)
+    run_dir.log("\n" + text)
+    return {"experiment": "ntdh", "split": args.split, "teacher": teacher.model_name, "student": student.model_name,
+            "teacher_inputs": teacher_inputs, "student_inputs": student_inputs, "threshold": args.ntdh_threshold,
+            "divergence": "jsd" if args.ntdh_true_jsd else "authors", "classes": rows}
+
+
+def _cell(template: str, value) -> str:
+    return "-" if value is None else template.format(value)
+
+
 def run_rank(args, ctx, run_dir: RunDir) -> dict:
     ranking = compute_ranking(args, ctx, run_dir)
     salience = ranking["salience"]
@@ -395,7 +438,8 @@ def add_experiment_arguments(group) -> None:
     """The flags of ``main-MFH.py`` beyond the framework's (data, models, training, output, dataset options)."""
     group.add_argument("--exp", choices=EXPERIMENTS, default=None,
                        help="experiment: gamma (Fig. 2), alpha (Fig. 3), table2 (Table 2), rank (Algorithm 1), "
-                            "nullify (KD from nullified teachers) (required)")
+                            "nullify (KD from nullified teachers), ntdh (NTDH's per-class non-target divergence of "
+                            "two checkpoints) (required)")
     group.add_argument("--runs", type=int, default=None,
                        help="independent runs (default: 10 for gamma/alpha/table2, 3 student inits for nullify)")
     group.add_argument("--swap_kd_modalities", action=argparse.BooleanOptionalAction, default=False,
@@ -440,6 +484,15 @@ def add_experiment_arguments(group) -> None:
     group.add_argument("--salience_batch", type=int, default=500,
                        help="rank/nullify: samples per Algorithm 1 batch; permutations stay within a batch "
                             "(default: %(default)s)")
+    group.add_argument("--split", choices=SPLITS, default="val",
+                       help="ntdh: the split the networks are compared on (default: %(default)s; nothing is selected "
+                            "on it)")
+    group.add_argument("--ntdh_threshold", type=float, default=THRESHOLD,
+                       help="ntdh: cosine similarity from which NTDH still distils a sample the teacher gets wrong, "
+                            "for the weight column (default: %(default)s, the authors')")
+    group.add_argument("--ntdh_true_jsd", action=argparse.BooleanOptionalAction, default=False,
+                       help="ntdh: report the Jensen-Shannon divergence instead of the authors' js_divergence, which "
+                            "reverses both KLs (default: off, the authors')")
     group.add_argument("--ratios", type=_floats_in_unit, nargs="+", default=[0.25, 0.5, 0.75],
                        help="nullify: shares r of the layer's channels to nullify (default: 0.25 0.5 0.75)")
     group.add_argument("--kinds", nargs="+", choices=SELECTION_KINDS, default=list(SELECTION_KINDS),
@@ -462,6 +515,8 @@ def check_experiment_args(args) -> None:
         problems.append("--threads must be >= 1")
     if args.joint_lr <= 0:
         problems.append("--joint_lr must be > 0")
+    if not -1.0 <= args.ntdh_threshold <= 1.0:
+        problems.append("--ntdh_threshold is a cosine similarity, in [-1, 1]")
     if problems:
         raise UserError("; ".join(problems))
     check_kd_weights(args)
@@ -494,8 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, RunDescription | None]:
-    """The experiment's options, and for the experiments on a framework dataset (rank, nullify) the run they read
-    the data of, resolved once (:func:`utils.cli.described`); ``None`` for the Gaussian experiments."""
+    """The experiment's options, and for the experiments on a framework dataset (rank, nullify, ntdh) the run they
+    read the data of, resolved once (:func:`utils.cli.described`); ``None`` for the Gaussian experiments."""
     args = build_parser().parse_args(argv)
     check_experiment_args(args)
     if args.resume:
@@ -513,6 +568,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, RunDescription | None]:
     args.repeats = args.repeats or 10
     cli.check_dataset_options(args, cli.given_flags(COMMAND, argv))
     description = cli.described(COMMAND, args)
+    if args.exp == "ntdh" and description.spec.is_segmentation:
+        raise UserError(f"--exp ntdh does not support {args.database}: its divergences and weight need one class "
+                        f"prediction per sample, not per-pixel maps")
+    if args.exp in CHECKPOINT_EXPERIMENTS and not (args.ckpt_a and args.ckpt_b):
+        raise UserError(f"--exp {args.exp} compares two trained networks: pass --ckpt_a (the teacher's best.pth) and "
+                        f"--ckpt_b (the student's)")
     if bool(args.ckpt_a) != bool(args.ckpt_b):
         raise UserError("pass both --ckpt_a and --ckpt_b (networks on modality a and b), or neither")
     if not args.ckpt_a and args.database != "Synthetic-MVD":
@@ -549,7 +610,8 @@ def run_experiment(args, description: RunDescription | None = None) -> dict:
         else:
             ctx = build_context(description, device, log=run_dir.log)
             ctx.run_path = run_dir.path
-            results = run_rank(args, ctx, run_dir) if args.exp == "rank" else run_nullify(args, ctx, run_dir)
+            experiment = {"rank": run_rank, "nullify": run_nullify, "ntdh": run_ntdh}[args.exp]
+            results = experiment(args, ctx, run_dir)
         results["wall_time_s"] = round(time.time() - started, 2)
         results["device"] = str(device)
         atomic_write_json(results, run_dir.path / "results.json")
