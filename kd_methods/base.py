@@ -132,7 +132,19 @@ def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
     return metrics
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
+#: the temperature of the reference's ``KD_4``: the default of ``--kd_temperature`` (KD, FitNets' KD stage, MGDFR's
+#: phase C); MST-Distill keeps 4 (``kd_methods.mst_losses.TEMPERATURE``)
+KD_TEMPERATURE = 4.0
+
+
+def add_kd_temperature(parser: argparse.ArgumentParser) -> None:
+    """``--kd_temperature``, the T of a method's ``KD_T`` term (default the reference's 4)."""
+    parser.add_argument("--kd_temperature", type=float, default=KD_TEMPERATURE,
+                        help="temperature T of the distillation term T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) "
+                             "(default: %(default)s, the reference's)")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = KD_TEMPERATURE,
             per_pixel: bool = False) -> torch.Tensor:
     """The reference's ``KD_T``: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed, divided by the batch size.
 
@@ -240,7 +252,7 @@ class Method(nn.Module):
         """The dataset's criterion (:meth:`datasets.base.DatasetSpec.task_loss`)."""
         return self.spec.task_loss(logits, target)
 
-    def kd(self, student_logits, teacher_logits, temperature: float = 4.0) -> torch.Tensor:
+    def kd(self, student_logits, teacher_logits, temperature: float = KD_TEMPERATURE) -> torch.Tensor:
         return kd_loss(student_logits, teacher_logits, temperature, per_pixel=self.dense)
 
     @staticmethod

@@ -199,6 +199,7 @@ class C2KD(Method):
                          "keeps training"),
         # SGD; the reference's default, whatever the dataset
         defaults={"lr": 0.01},
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "krc": ("float", -0.5, 0.5)},
     )
 
     @staticmethod

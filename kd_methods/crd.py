@@ -204,6 +204,7 @@ class CRD(FeatureDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9), "nce_t": ("log", 0.02, 0.3)},
     )
 
     def __init__(self, ctx):
@@ -261,4 +262,5 @@ class CRDUU(CRD):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9), "nce_t": ("log", 0.02, 0.3)},
     )

@@ -39,6 +39,7 @@ class DML(Method):
         roles=("teacher", "student"),
         # the peer: default model and input modality of a cross-modal teacher
         teacher_kind="crossmodal",
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "dml_T": ("log", 1.0, 8.0)},
     )
 
     def __init__(self, ctx):

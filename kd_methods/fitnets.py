@@ -7,7 +7,7 @@ Reference quirks kept by default, each with a switch:
 
 * the hint stage trains only the student parameters whose name contains a guided layer name as a substring
   (not the whole student up to the guided layers as in the paper): ``--hint_full_student`` trains the latter;
-* the KD stage selects the student on the validation ``(1-α)·CE + α·KD_4`` with the current α, so epochs are
+* the KD stage selects the student on the validation ``(1-α)·CE + α·KD_T`` with the current α, so epochs are
   compared under different α after every halving: ``--select_on_ce`` selects on the validation CE instead;
 * the R1D regressor resizes with the legacy ``nearest`` mode of ``interpolate`` (kept, no switch: it is the
   architecture of the regressor, not a bug).
@@ -158,7 +158,8 @@ class FitNets(KD):
     Stage 1 (``--hint_epochs``): Adam(``--hint_lr``) over the regressors and the guided student parameters,
     ``L_hint = Σ MSE(R_i(f_s,i), f_t,i)`` with the teacher features detached; the student with the lowest
     validation hint loss is kept (the regressors are discarded). Stage 2 (``--epochs``): KD exactly as
-    :class:`~kd_methods.kd.KD` (student Adam ``--lr``, ``(1-α)·CE + α·KD_4``, α halved after every 30 epochs),
+    :class:`~kd_methods.kd.KD` (student Adam ``--lr``, ``(1-α)·CE + α·KD_T``, T = ``--kd_temperature``, the
+    reference's 4, α halved after every 30 epochs),
     selected on the α-weighted validation loss (reference) or on the CE (``--select_on_ce``).
     """
 
@@ -169,6 +170,8 @@ class FitNets(KD):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "hint_lr": ("log", 0.1, 10.0, "relative"),
+                      "alpha": ("float", 0.1, 0.9), "kd_temperature": ("log", 1.0, 16.0)},
     )
     slot = "hints"
 
@@ -271,5 +274,7 @@ class FitNetsUU(FitNets):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "hint_lr": ("log", 0.1, 10.0, "relative"),
+                      "alpha": ("float", 0.1, 0.9), "kd_temperature": ("log", 1.0, 16.0)},
     )
     slot = "hints-uu"

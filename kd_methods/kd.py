@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from datasets.base import Batch, DatasetSpec
 from kd_methods import register_method
-from kd_methods.base import LossDict, Method, Stage, halving_schedule
+from kd_methods.base import LossDict, Method, Stage, add_kd_temperature, halving_schedule
 from utils.core.cards import MethodCard
 from utils.core.errors import UserError
 
@@ -85,8 +85,9 @@ class KD(SingleTeacherDistiller):
     """Knowledge distillation from a multimodal teacher (Hinton et al., "Distilling the Knowledge in a Neural
     Network", NIPS Deep Learning Workshop 2015).
 
-    Loss ``(1 - alpha) * CE(z_s, y) + alpha * KD_4(z_s, detach(z_t))``: ``KD_4`` is T² · KL(softmax(z_t/4) ‖
-    softmax(z_s/4)) per sample, for NYU-Depth-V2 per pixel (labelled and void pixels alike, unlike the CE).
+    Loss ``(1 - alpha) * CE(z_s, y) + alpha * KD_T(z_s, detach(z_t))``: ``KD_T`` is T² · KL(softmax(z_t/T) ‖
+    softmax(z_s/T)) per sample, for NYU-Depth-V2 per pixel (labelled and void pixels alike, unlike the CE), with
+    ``T = --kd_temperature`` (the reference's 4).
     alpha is halved after epochs 30, 60 and 90. The teacher runs without autograd (the reference built a graph
     for it; the targets were detached, so results are identical).
     """
@@ -99,13 +100,19 @@ class KD(SingleTeacherDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
-        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "kd_temperature": ("log", 1.0, 16.0)},
     )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        SingleTeacherDistiller.add_arguments(parser)
+        add_kd_temperature(parser)
 
     def distill_terms(self, batch, epoch):
         teacher_logits = self.teacher_forward(self.teacher, batch, self.teacher_modalities())
         logits = self.run_model(self.student, batch, (self.mode,))
-        return logits, {"kd": self.kd(logits, teacher_logits.detach())}
+        return logits, {"kd": self.kd(logits, teacher_logits.detach(), self.args.kd_temperature)}
 
 
 @register_method
@@ -123,5 +130,6 @@ class KDUU(KD):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
-        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "kd_temperature": ("log", 1.0, 16.0)},
     )

@@ -11,7 +11,8 @@ B. salience (at the end of A, not a training loop): Algorithm 1 at the ranked te
    partner's logits, min-max normalised (:mod:`kd_methods.feature_ranking`, the one implementation shared with
    MFH). Saved as ``salience.npy`` in the run directory and in ``results.json`` ``extra``.
 C. KD (``--epochs``) from the frozen co-trained teacher to a FRESH student (new init, new Adam ``--lr``),
-   ``(1-α)·CE + α·KD_4``, α halved after every 30 epochs, selection on the validation CE.
+   ``(1-α)·CE + α·KD_T`` (T = ``--kd_temperature``, the reference's 4), α halved after every 30 epochs, selection
+   on the validation CE.
 
 Reference quirks kept by default, each with a switch:
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_methods import register_method
-from kd_methods.base import Method, Stage, halving_schedule
+from kd_methods.base import Method, Stage, add_kd_temperature, halving_schedule
 from kd_methods.feature_ranking import channel_salience, normalise_salience, nullified, select_channels
 from kd_methods.features import feature_shapes, require_unimodal_teacher, sample_inputs, tap_layers
 from kd_methods.reporting import save_artifact
@@ -70,12 +71,16 @@ class MGDFR(Method):
         teacher_kind="crossmodal",
         # its teacher is co-trained in the run, as the paper groups it
         table_group="crossmodal-teacher",
+        # --ratio and --repeat_permute only matter with --mgdfr_apply_removal (off: the reference's no-op hook)
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "co_lr": ("log", 0.1, 10.0, "relative"),
+                      "alpha": ("float", 0.1, 0.9), "kd_temperature": ("log", 1.0, 16.0)},
     )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--alpha", type=float, default=0.5,
                             help="initial KD weight α of phase C, halved after every 30 epochs (default: %(default)s)")
+        add_kd_temperature(parser)
         parser.add_argument("--co_epochs", type=int, default=None,
                             help="epochs of the co-training phase (default: --epochs, the reference's 100 on the "
                                  "paper datasets)")
@@ -171,7 +176,8 @@ class MGDFR(Method):
         alpha = halving_schedule(self.args.alpha, epoch)
         z_t = self.teacher_logits(batch)
         z_s = self.run_model(self.student, batch, (self.mode,))
-        return {"ce": (1 - alpha) * self.task_loss(z_s, batch.y), "kd": alpha * self.kd(z_s, z_t.detach())}
+        kd = self.kd(z_s, z_t.detach(), self.args.kd_temperature)
+        return {"ce": (1 - alpha) * self.task_loss(z_s, batch.y), "kd": alpha * kd}
 
     def val_step(self, batch, epoch):
         # the reference also ran the (hooked) teacher here, without using it; selection is on the CE only

@@ -68,6 +68,8 @@ class MLLD(SingleTeacherDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        # the five temperatures 2..6 are the method's fixed set (its paper's), not one knob
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
     )
     supports_dense = False
     dense_reason = ("its class and batch terms need [B, C] logits, not per-pixel [B, C, H, W] maps "
@@ -98,4 +100,6 @@ class MLLDUU(MLLD):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        # the five temperatures 2..6 are the method's fixed set (its paper's), not one knob
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)},
     )

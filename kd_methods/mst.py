@@ -96,6 +96,10 @@ class MSTDistill(MSTOptions, Method):
         table_group="MST-Distill",
         # in a sweep the no-KD node is the baseline
         sweep_flags=("--no-compare_baseline",),
+        # w_task stays 1: Adam is nearly blind to the loss's scale, so w_kl and w_lb against it cover the mixes
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "s1_lr": ("log", 0.1, 10.0, "relative"),
+                      "s2_lr": ("log", 0.1, 10.0, "relative"), "w_kl": ("log", 0.1, 10.0),
+                      "w_lb": ("log", 0.1, 10.0), "k": ("int", 1, 4)},
     )
 
     # -- the participants: T, A, S, one MaskNet per hooked layer, the GateNet ---------------------------------------

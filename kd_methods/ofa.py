@@ -138,6 +138,8 @@ class OFA(SingleTeacherDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "ofa_eps": ("float", 1.0, 1.5), "ofa_temperature": ("log", 1.0, 4.0)},
     )
     supports_dense = False
     dense_reason = "its loss needs class logits per sample (the reference raises)"
@@ -191,4 +193,6 @@ class OFAUU(OFA):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "ofa_eps": ("float", 1.0, 1.5), "ofa_temperature": ("log", 1.0, 4.0)},
     )

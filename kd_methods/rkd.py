@@ -128,6 +128,8 @@ def rkd_terms(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tenso
     return distance, angle
 
 
+#: the reference's weights of the distance and angle terms (the RKD paper's lambda_D and lambda_A): the defaults of
+#: ``--rkd_distance_weight`` and ``--rkd_angle_weight``
 DISTANCE_WEIGHT, ANGLE_WEIGHT = 1.0, 2.0
 
 
@@ -137,7 +139,8 @@ class RKD(FeatureDistiller):
     Distillation", CVPR 2019), as the MST-Distill reference implements it.
 
     The student and teacher features (each model's last declared tap) are embedded by ``E_s``/``E_t`` (Linear to 128
-    and L2 normalisation); ``L_rkd = 1 * distance + 2 * angle`` on the embeddings; total
+    and L2 normalisation); ``L_rkd = w_d * distance + w_a * angle`` on the embeddings (``--rkd_distance_weight``,
+    ``--rkd_angle_weight``: the reference's 1 and 2); total
     ``(1 - alpha) * CE + alpha * L_rkd``, alpha halved after every 30 epochs; one Adam over student, E_s, E_t;
     selection on the student's validation CE.
 
@@ -154,6 +157,8 @@ class RKD(FeatureDistiller):
         roles=("teacher", "student"),
         teacher_kind="multimodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "rkd_distance_weight": ("log", 0.1, 10.0), "rkd_angle_weight": ("log", 0.2, 20.0)},
     )
 
     def __init__(self, ctx):
@@ -164,6 +169,10 @@ class RKD(FeatureDistiller):
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         SingleTeacherDistiller.add_arguments(parser)
+        parser.add_argument("--rkd_distance_weight", type=float, default=DISTANCE_WEIGHT,
+                            help="weight of the distance term of L_rkd (default: %(default)s, the reference's)")
+        parser.add_argument("--rkd_angle_weight", type=float, default=ANGLE_WEIGHT,
+                            help="weight of the angle term of L_rkd (default: %(default)s, the reference's)")
         parser.add_argument("--rkd_train_teacher_embed", action=argparse.BooleanOptionalAction, default=False,
                             help="let the teacher embedding E_t receive gradient; the reference computes it under "
                                  "no_grad, so it stays at its random init (default: off, as the reference)")
@@ -177,7 +186,8 @@ class RKD(FeatureDistiller):
         with torch.set_grad_enabled(self.args.rkd_train_teacher_embed and torch.is_grad_enabled()):
             teacher = self.embed_t(teacher_feature)
         distance, angle = rkd_terms(student, teacher)
-        return logits, {"rkd_distance": DISTANCE_WEIGHT * distance, "rkd_angle": ANGLE_WEIGHT * angle}
+        return logits, {"rkd_distance": self.args.rkd_distance_weight * distance,
+                        "rkd_angle": self.args.rkd_angle_weight * angle}
 
 
 @register_method
@@ -196,4 +206,6 @@ class RKDUU(RKD):
         roles=("teacher", "student"),
         teacher_kind="crossmodal",
         needs_checkpoint=True,
+        search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9),
+                      "rkd_distance_weight": ("log", 0.1, 10.0), "rkd_angle_weight": ("log", 0.2, 20.0)},
     )

@@ -42,3 +42,14 @@ def test_kd_train_step_weights_halving_and_frozen_teacher(mvd_teachers):
 def test_kd_uu_feeds_the_other_modality(mvd_teachers):
     method, _ = build_method("KD-UU", MVD + ["--ckpt_name", mvd_teachers["crossmodal"]])
     assert method.teacher_modalities() == ("m2",) and method.teacher.model_name == "MVD-MLP-m2"
+
+
+@pytest.mark.parametrize("name", ["KD", "FitNets"])
+def test_kd_temperature_sets_the_distillation_term(mvd_teachers, name):
+    method, ctx = build_method(name, MVD + ["--ckpt_name", mvd_teachers["multimodal"], "--kd_temperature", "2"])
+    batch = first_batch(ctx)
+    logits, terms = method.distill_terms(batch, 0)
+    with torch.no_grad():
+        teacher = method.teacher(batch.m1, batch.m2)
+    assert terms["kd"].item() == pytest.approx(kd_loss(logits, teacher, 2.0).item(), rel=1e-5)
+    assert terms["kd"].item() != pytest.approx(kd_loss(logits, teacher).item(), rel=1e-3)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_methods.base import kd_loss
 from kd_methods.mgdfr import MGDFR
 from utils import cli, engine
 
@@ -44,3 +46,13 @@ def test_mgdfr_phase_c_teacher_default_unchanged_and_removal_uses_batch_mean(tmp
         assert torch.allclose(method.teacher_logits(batch), expected, atol=1e-6)
         assert not torch.allclose(expected, plain)
     assert sum(len(m._forward_hooks) for m in teacher.modules()) == 0
+
+
+def test_mgdfr_phase_c_kd_temperature_is_a_flag(tmp_path):
+    torch.manual_seed(0)
+    method, ctx = _mgdfr(tmp_path, "--kd_temperature", "2", "--alpha", "0.5")
+    batch = next(iter(ctx.make_loader("train")))
+    losses = method.kd_step(batch, 0)
+    with torch.no_grad():
+        expected = 0.5 * kd_loss(method.student(batch.m1), method.teacher(batch.m2), 2.0)
+    assert losses["kd"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -89,3 +89,15 @@ def test_avmnist_feature_widths(fixture_root, tmp_path):
     teacher = random_teacher(tmp_path / "a.pth", "ThreeLayerCNN-A", 10, AVMNIST_SHAPES)
     method, _ = build_method("CRD-UU", common + ["--mode", "m1", "--ckpt_name", teacher])
     assert (method.teacher_dim, method.student_dim) == (25088, 84)
+
+
+def test_rkd_term_weights_are_flags(mvd_teachers):
+    weights = ["--rkd_distance_weight", "0.5", "--rkd_angle_weight", "3"]
+    method, ctx = build_method("RKD", MVD + ["--ckpt_name", mvd_teachers["multimodal"], *weights])
+    batch = first_batch(ctx)
+    method.eval()  # the same forward twice
+    _, terms = method.distill_terms(batch, 0)
+    _, student, teacher = method.forward_features(batch)
+    distance, angle = rkd_terms(method.embed_s(student), method.embed_t(teacher))
+    assert terms["rkd_distance"].item() == pytest.approx(0.5 * distance.item(), rel=1e-5)
+    assert terms["rkd_angle"].item() == pytest.approx(3 * angle.item(), rel=1e-5)
