@@ -22,6 +22,26 @@ from utils.description import RunDescription
 from utils.resume import resume_args
 
 
+#: the first line of the ``--help`` epilog listing a method's search space
+SEARCH_SPACE_TITLE = "search space (reproduce.py --tune):"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the search-space epilog keeps one option a line (argparse rewraps text)."""
+
+    def _format_text(self, text):
+        if text.startswith(SEARCH_SPACE_TITLE):
+            return text + "\n\n"
+        return super()._format_text(text)
+
+
+def search_space_epilog(card: MethodCard) -> str | None:
+    """The ``--help`` epilog of a method with a search space: :data:`SEARCH_SPACE_TITLE`, then one option a line."""
+    if not card.search_params:
+        return None
+    return "\n".join([SEARCH_SPACE_TITLE, *(f"  {param.describe()}" for param in card.search_params)])
+
+
 class _Parser(argparse.ArgumentParser):
     """Every parsed value is checked here, so each script (and each flag a method adds) gets the same rules."""
 
@@ -157,6 +177,8 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else method_cls.name,
         description=method_cls.card.summary or getattr(method_cls, "__doc__", None),
+        epilog=search_space_epilog(method_cls.card),
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--database", default="Synthetic-MVD", choices=dataset_names(), metavar="NAME",

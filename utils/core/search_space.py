@@ -47,12 +47,17 @@ class Param:
 
     def describe(self) -> str:
         """One line for ``--help``, ``--dry_run`` and the docs, e.g. ``--lr log-uniform in [0.0001, 0.01]``."""
+        return f"--{self.name} {self.range_text}"
+
+    @property
+    def range_text(self) -> str:
+        """The range in words, e.g. ``log-uniform in [0.1, 10] x its default`` (:meth:`describe` without the flag)."""
         if self.kind == "choice":
-            return f"--{self.name} one of {', '.join(map(str, self.choices))}"
+            return f"one of {', '.join(map(str, self.choices))}"
         what = {"float": "uniform", "log": "log-uniform", "int": "an integer"}[self.kind]
         if self.relative:
-            return f"--{self.name} {what} in [{self.low:g}, {self.high:g}] x its default"
-        return f"--{self.name} {what} in [{self.low:g}, {self.high:g}]"
+            return f"{what} in [{self.low:g}, {self.high:g}] x its default"
+        return f"{what} in [{self.low:g}, {self.high:g}]"
 
     def resolved(self, default) -> Param:
         """The absolute range for an option whose default on the run's dataset is ``default`` (itself when the range
