@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import os
 import pkgutil
+import textwrap
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -147,6 +148,40 @@ def _discover(packages: tuple[str, ...]) -> dict[str, MethodCard]:
                                 f"rename one of them")
             cards[card.name] = card
     return {card.name: card for card in sorted(cards.values(), key=lambda card: card.position)}
+
+
+#: the heading of the section of docs/tuning.md that :func:`search_spaces_section` writes
+SEARCH_SPACES_HEADING = "## Search spaces"
+#: its first paragraph
+SEARCH_SPACES_INTRO = (
+    "What a tuning search may change, per method: each method declares it on its card (`search_space` in its "
+    "module in `kd_methods/`, in the form of `utils/core/search_space.py`), and the `--help` of its script ends "
+    "with the same list. Only the student's side is searched: pre-trained teachers keep their defaults (the no-KD "
+    "student `S` of one modality is the other modality's cross-modal teacher), and epochs, batch size and seeds "
+    "are never searched. A range \"x its default\" is in multiples of the option's default on the run's dataset "
+    "(the per-dataset learning rates of [scripts.md](scripts.md#per-dataset-defaults)), so every default, the "
+    "search's first trial, lies inside its range. This section is generated from the cards: "
+    "`.venv/bin/python tools/search_spaces.py` rewrites it.")
+
+
+def search_spaces_section(cards: dict[str, MethodCard] | None = None) -> str:
+    """The section of docs/tuning.md listing every method's search space (default: the declared cards'), heading
+    included, as Markdown: what ``tools/search_spaces.py`` writes there and ``tests/test_search_spaces_registry.py``
+    compares with the page, so the page never drifts from the cards."""
+    rows = []
+    for name, card in (discover_cards() if cards is None else cards).items():
+        for index, param in enumerate(card.search_params):
+            rows.append(f"| {name if index == 0 else ''} | `--{param.name}` | {param.range_text} |")
+    return "\n".join([
+        SEARCH_SPACES_HEADING,
+        "",
+        textwrap.fill(SEARCH_SPACES_INTRO, width=118, break_on_hyphens=False, break_long_words=False),
+        "",
+        "| method | option | range |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ])
 
 
 def _modules_of(package: str) -> list[tuple[str, Path]]:
