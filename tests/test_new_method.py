@@ -29,7 +29,8 @@ class LogitMSE(SingleTeacherDistiller):
     """(1 - alpha) * CE(student) + alpha * MSE(student logits, teacher logits)."""
 
     card = MethodCard(name="Logit-MSE", summary="Logit matching from a pre-trained multimodal teacher.",
-                      roles=("teacher", "student"), teacher_kind="multimodal", needs_checkpoint=True)
+                      roles=("teacher", "student"), teacher_kind="multimodal", needs_checkpoint=True,
+                      search_space={"lr": ("log", 0.1, 10.0, "relative"), "alpha": ("float", 0.1, 0.9)})
 
     def distill_terms(self, batch, epoch):
         teacher_logits = self.teacher_forward(self.teacher, batch, self.teacher_modalities())
@@ -83,4 +84,6 @@ def test_a_method_in_a_user_package_runs_for_real(user_package, tmp_path):
     direct = _run(["main.py", "Logit-MSE", *BASE, "--ckpt_name", str(teacher), "--out_dir",
                    str(tmp_path / "direct")], user_package)
     assert "Run directory: " in direct.stdout
-    assert "(required)" in _run(["main.py", "Logit-MSE", "--help"], user_package).stdout
+    help_text = _run(["main.py", "Logit-MSE", "--help"], user_package).stdout
+    assert "(required)" in help_text
+    assert "search space (reproduce.py --tune):\n  --lr log-uniform in [0.1, 10] x its default\n  --alpha uniform" in help_text

@@ -165,11 +165,11 @@ SEARCH_SPACES_INTRO = (
 
 
 def search_spaces_section(cards: dict[str, MethodCard] | None = None) -> str:
-    """The section of docs/tuning.md listing every method's search space (default: the declared cards'), heading
-    included, as Markdown: what ``tools/search_spaces.py`` writes there and ``tests/test_search_spaces_registry.py``
-    compares with the page, so the page never drifts from the cards."""
+    """The section of docs/tuning.md listing every method's search space (default: the cards of ``kd_methods``, not
+    those of ``$CMKD_METHODS``), heading included, as Markdown: what ``tools/search_spaces.py`` writes there and
+    ``tests/test_search_spaces_registry.py`` compares with the page, so the page never drifts from the cards."""
     rows = []
-    for name, card in (discover_cards() if cards is None else cards).items():
+    for name, card in (_discover((BUILTIN_PACKAGE,)) if cards is None else cards).items():
         for index, param in enumerate(card.search_params):
             rows.append(f"| {name if index == 0 else ''} | `--{param.name}` | {param.range_text} |")
     return "\n".join([
