@@ -142,11 +142,15 @@ def collect_runs(sweep: Path, problems: list[str] | None = None) -> list[dict]:
                 continue  # a --no_test run (a tuning trial): no test metrics to tabulate
         except (OSError, ValueError) as error:
             node = read_json(run_dir.parents[2] / "node.json", {}) or {}
-            if node and node_state(run_dir.parents[2], node.get("method"), node.get("database"))[0] == "done":
+            state, done = node_state(run_dir.parents[2], node.get("method"), node.get("database")) if node else \
+                ("new", None)
+            if state == "done" and done != run_dir:
                 continue  # the node was run again since: its readable run counts
             why = str(error).splitlines()[0][:80] if str(error) else ""
+            redo = (f"the sweep counts that run as finished: delete {run_dir} and run the sweep again to redo it"
+                    if state == "done" else "running the sweep again redoes that run")
             problems.append(f"{results_path} cannot be read ({type(error).__name__}{': ' + why if why else ''}); "
-                            f"left out; running the sweep again redoes that run")
+                            f"left out; {redo}")
             continue
         row = run_row(results, run_dir, read_json(run_dir.parents[2] / "node.json", {}) or {})
         key = (row["database"], row["mode"], row["seed"], row["method"], row["setting"], row["config_digest"])
