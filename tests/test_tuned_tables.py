@@ -102,7 +102,7 @@ KD_ALPHA = [0.4, 0.6, 0.5, 0.8]
 
 def tuning_record(method: str, seed: int, params: dict, defaults: dict, cell: str, trials: int = 20,
                   validation: float = 80.0, seconds: float = 100.0) -> dict:
-    """The record a tuned evaluation run holds under ``tuning`` (docs/tuning.md)."""
+    """The record a tuned evaluation run holds under ``tuning`` (utils/sweep/collect.py)."""
     return {"method": method, "database": "Synthetic-MVD", "mode": "m1", "seed": seed, "trials": trials,
             "complete": trials, "space": {name: f"--{name} in a range" for name in params}, "params": params,
             "defaults": defaults, "chosen_trial": 3 + seed, "validation": validation, "trial_seconds": seconds,

@@ -8,10 +8,11 @@ version. A ``results.json`` that cannot be read, and a node of the last sweep (`
 run, are returned as problems: the tables are written from the readable runs and ``--aggregate`` exits 1.
 
 A run whose ``results.json`` holds a ``tuning`` object (the record of the study that chose its flags, written by
-``reproduce.py --tune``: docs/tuning.md) is a tuned run: its ``setting`` is ``tuned`` and its configuration is the
-tuned cell (``tuning["cell"]``: the method tuned with N trials over one space), since its chosen values, and so its
-own configuration digest, differ from seed to seed; every other run's ``setting`` is ``default``. A run without
-test metrics (``--no_test``: a tuning trial) has nothing to tabulate and is passed over.
+``reproduce.py --tune``: docs/sweep.md, section "Tables of a tuned sweep") is a tuned run: its ``setting`` is
+``tuned`` and its configuration is the tuned cell (``tuning["cell"]``: the method tuned with N trials over one
+space), since its chosen values, and so its own configuration digest, differ from seed to seed; every other run's
+``setting`` is ``default``. A run without test metrics (``--no_test``: a tuning trial) has nothing to tabulate and
+is passed over.
 """
 from __future__ import annotations
 

@@ -258,7 +258,7 @@ def tuning_note(table: list[dict]) -> list[str]:
     if len(trials) == 1:
         return [f"Tuning: every tuned row had {_count(trials.pop())} trials per seed, each seed's study on that "
                 f"seed's training and validation splits; its evaluation run trained anew from the seed's own "
-                f"initialisation (docs/tuning.md)"]
+                f"initialisation (docs/sweep.md, section 'Tables of a tuned sweep')"]
     return ["Tuning budgets differ, compare tuned rows with care: " + "; ".join(f"{key} {_count(n)} trials per seed"
                                                                                 for n, key in budgets)]
 

@@ -1,7 +1,7 @@
 """What the studies of a tuned sweep chose, for the tables (docs/sweep.md, "Tables of a tuned sweep").
 
 Read from the ``tuning`` record that ``reproduce.py --tune`` writes into each tuned evaluation run's
-``results.json`` (docs/tuning.md); utils/sweep/collect.py keeps it on the run's row as ``_tuning``.
+``results.json``; utils/sweep/collect.py keeps it on the run's row as ``_tuning``.
 
 * ``setting`` and ``comparison``: the two settings of a run, the three comparisons of the tables' rows.
 * :func:`tuned_params_table`: ``tuned_params.csv``, one row per tuned run.
