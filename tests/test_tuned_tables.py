@@ -101,11 +101,11 @@ KD_ALPHA = [0.4, 0.6, 0.5, 0.8]
 
 
 def tuning_record(method: str, seed: int, params: dict, defaults: dict, cell: str, trials: int = 20,
-                  validation: float = 80.0, seconds: float = 100.0) -> dict:
+                  validation: float = 80.0, seconds: float = 100.0, complete: int | None = None) -> dict:
     """The record a tuned evaluation run holds under ``tuning`` (utils/sweep/collect.py)."""
     return {"method": method, "database": "Synthetic-MVD", "mode": "m1", "seed": seed, "trials": trials,
-            "complete": trials, "space": {name: f"--{name} in a range" for name in params}, "params": params,
-            "defaults": defaults, "chosen_trial": 3 + seed, "validation": validation, "trial_seconds": seconds,
+            "complete": trials if complete is None else complete,
+            "space": {name: f"--{name} in a range" for name in params}, "params": params, "defaults": defaults, "chosen_trial": 3 + seed, "validation": validation, "trial_seconds": seconds,
             "sampler": f"TPE(seed={seed}, n_startup_trials=10)", "pruning": False, "cell": cell}
 
 
@@ -133,7 +133,8 @@ def tuned_sweep(sweep: Path) -> None:
                                        validation=76.0 + seed, seconds=400.0 + 10 * seed))
         write_run(sweep, "DML", "m1", seed, DML_TUNED[seed], digest=f"dml-tuned-{seed}", node=f"DML-tuned-{seed}",
                   arguments={"lr": 0.002},
-                  tuning=tuning_record("DML", seed, {"lr": 0.002}, {"lr": 0.001}, "cell-dml-20", seconds=300.0))
+                  tuning=tuning_record("DML", seed, {"lr": 0.002}, {"lr": 0.001}, "cell-dml-20", seconds=300.0,
+                                       complete=18 if seed == 3 else None))  # two trials of seed 3 failed
     for seed in range(2):  # another tuned setting of KD: 10 trials
         write_run(sweep, "KD", "m1", seed, 0.74, digest=f"kd-tuned10-{seed}", node=f"KD-tuned10-{seed}",
                   arguments={"lr": 0.003, "alpha": 0.5, "T": 2.0},  # another temperature: no default cell has it
@@ -267,6 +268,8 @@ def test_table_md_shows_both_comparisons_the_chosen_values_and_the_tuning_cost(t
     assert f"; tuning 20 × 4: {seconds:.0f} s, {seconds / 80:.1f} s per trial |" in md
     assert "KD (--alpha 0.9) | 11.5 s / 102 MB |" in md  # default rows: no tuning cost
     assert "Tuning budgets differ" in md
+    assert "fewer trials finished than they ran (failed trials; tuned_params.csv, complete): Synthetic-MVD m1 " \
+           "DML tuned seed 3\n" in md
     assert f"{kd.replace('20', '10')}: no paired figures against w/o KD tuned, no tuned no-KD runs of 10 trials" in md
     assert "2 default configurations of the method and none with trial 0's flags" in md
     tex = (tuned / "table.tex").read_text()

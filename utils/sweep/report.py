@@ -105,7 +105,7 @@ def _interval(row) -> str:
 
 
 def _significant(row) -> bool:
-    p = None if row is None else row.get("p_ttest_holm")
+    p = row.get("p_ttest_holm")
     return p is not None and not math.isnan(p) and p < 0.05 and row.get("delta_mean", 0) > 0
 
 
@@ -134,10 +134,15 @@ DIFFERENCE_FIGURES = ("mean ± std [95 % t-interval of the mean, unadjusted] (t-
                       "Holm-adjusted p; corrected resampled t-test p (Nadeau & Bengio); wins/losses/ties)")
 
 
+def split_comparisons(table: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one row per cell, the ``tuned vs default`` rows): a tuned cell's second row holds its other comparison."""
+    return ([r for r in table if r.get("comparison") != TUNED_VS_DEFAULT],
+            [r for r in table if r.get("comparison") == TUNED_VS_DEFAULT])
+
+
 def tables(table: list[dict]) -> list[dict]:
     """The report's tables as plain data: title, header, grouped rows of (label, cells, styles)."""
-    primary = [r for r in table if r.get("comparison") != TUNED_VS_DEFAULT]
-    versus = [r for r in table if r.get("comparison") == TUNED_VS_DEFAULT]
+    primary, versus = split_comparisons(table)
     columns, cells, groups = _layout(primary)
     header = [f"{d} {m}" for d, m in columns]
     ranks = _ranks(primary, columns, cells, groups)
@@ -249,18 +254,32 @@ def budget_note(table: list[dict]) -> list[str]:
 
 
 def tuning_note(table: list[dict]) -> list[str]:
-    """One line on the tuned rows' budget: the trials per seed, equal for every tuned row or not."""
-    budgets = sorted({(r.get("tuning_trials"), row_label(key_of(r))) for r in table if r.get("setting") == TUNED},
-                     key=lambda b: (str(b[0]), b[1]))
+    """The tuned rows' budget: the trials per seed, equal for every tuned row or not, and the studies of which
+    fewer trials finished (a failed trial counts against N)."""
+    tuned = [r for r in table if r.get("setting") == TUNED]
+    budgets = sorted({(r.get("tuning_trials"), row_label(key_of(r))) for r in tuned}, key=lambda b: (str(b[0]), b[1]))
     if not budgets:
         return []
     trials = {b[0] for b in budgets}
     if len(trials) == 1:
-        return [f"Tuning: every tuned row had {_count(trials.pop())} trials per seed, each seed's study on that "
-                f"seed's training and validation splits; its evaluation run trained anew from the seed's own "
-                f"initialisation (docs/sweep.md, section 'Tables of a tuned sweep')"]
-    return ["Tuning budgets differ, compare tuned rows with care: " + "; ".join(f"{key} {_count(n)} trials per seed"
-                                                                                for n, key in budgets)]
+        lines = [f"Tuning: every tuned row had {_count(trials.pop())} trials per seed, each seed's study on that "
+                 f"seed's training and validation splits; its evaluation run trained anew from the seed's own "
+                 f"initialisation (docs/sweep.md, section 'Tables of a tuned sweep')"]
+    else:
+        lines = ["Tuning budgets differ, compare tuned rows with care: "
+                 + "; ".join(f"{key} {_count(n)} trials per seed" for n, key in budgets)]
+    short = [f"{r['database']} {r['mode']} {row_label(key_of(r))} seed {run['seed']}" for r in tuned
+             for run in r.get("_runs", ()) if _unfinished(run.get("_tuning") or {})]
+    if short:
+        lines.append("Studies of which fewer trials finished than they ran (failed trials; tuned_params.csv, "
+                     "complete): " + ", ".join(short))
+    return lines
+
+
+def _unfinished(record: dict) -> bool:
+    """Whether fewer of a study's trials finished than it ran (both recorded)."""
+    complete, trials = record.get("complete"), record.get("trials")
+    return complete is not None and trials is not None and complete < trials
 
 
 def _count(value) -> str:
@@ -392,7 +411,7 @@ def write_reports(sweep: Path, table: list[dict], notes: list[str] = ()) -> None
     """``table.md``, ``table.tex`` (the tables, then ``notes``: what was left out, what is not paired and why,
     budgets) and ``table.png``."""
     report = tables(table)
-    primary = [r for r in table if r.get("comparison") != TUNED_VS_DEFAULT]  # a row per cell
+    primary = split_comparisons(table)[0]
     notes = [*budget_note(primary), *tuning_note(primary), *notes]
     atomic_write_text(Path(sweep) / "table.md", to_markdown(report) + notes_markdown(notes))
     atomic_write_text(Path(sweep) / "table.tex", to_latex(report) + notes_latex(notes))
