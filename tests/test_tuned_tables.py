@@ -105,7 +105,8 @@ def tuning_record(method: str, seed: int, params: dict, defaults: dict, cell: st
     """The record a tuned evaluation run holds under ``tuning`` (utils/sweep/collect.py)."""
     return {"method": method, "database": "Synthetic-MVD", "mode": "m1", "seed": seed, "trials": trials,
             "complete": trials if complete is None else complete,
-            "space": {name: f"--{name} in a range" for name in params}, "params": params, "defaults": defaults, "chosen_trial": 3 + seed, "validation": validation, "trial_seconds": seconds,
+            "space": {name: f"--{name} in a range" for name in params}, "params": params, "defaults": defaults,
+            "chosen_trial": 3 + seed, "validation": validation, "trial_seconds": seconds,
             "sampler": f"TPE(seed={seed}, n_startup_trials=10)", "pruning": False, "cell": cell}
 
 
