@@ -189,8 +189,8 @@ def tables(table: list[dict]) -> list[dict]:
              f"percentage points: {DIFFERENCE_FIGURES}", _difference, skip=(BASELINE,))
         grid(f"Tuned against default, the same method and seed (w/o KD included; its own Holm family), percentage "
              f"points: {DIFFERENCE_FIGURES}", _difference, rows_of=versus)
-        grid("Chosen trial: its validation score (the trial's own run) / the test score of the evaluation run (a "
-             "fresh initialisation), %, mean ± std over seeds",
+        grid("Chosen trial: its validation score (the best of the study's trials: optimistic) / the test score of "
+             "the evaluation run (from an initialisation no trial used), %, mean ± std over seeds",
              lambda r: f"{_pm(r.get('validation_mean'), r.get('validation_std'))} / {_pm(r['mean'], r['std'])}",
              rows_of=tuned)
         out.append(_chosen_values_table(tuned, columns, header))
