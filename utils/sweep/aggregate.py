@@ -29,6 +29,15 @@ Works on whatever has finished (``results.json`` present) under ``DIR/runs/``, s
   without one are one configuration), teachers and the no-KD row excluded, NaN p-values excluded
   (:func:`adjust_for_multiple_comparisons`; the formulas are in :mod:`utils.sweep.stats`, the reasons in
   docs/statistics.md).
+* A tuned sweep (runs with a ``tuning`` record: utils/sweep/collect.py): ``runs.csv`` gains ``setting``
+  (``default`` or ``tuned``) and ``tuned_params`` (the chosen values, ``alpha=0.42 lr=0.0031``), and a tuned run's
+  ``config_digest`` is its tuned cell. ``table.csv`` gains ``setting`` and ``comparison``: a default cell's
+  differences are against no-KD (``default vs S``, as without tuning), a tuned cell's against the tuned no-KD of
+  the same tuning budget (``tuned vs S tuned``) and, on a second row, against the method's own default cell
+  (``tuned vs default``, the tuned no-KD included); each comparison is its own Holm family. Tuned rows also have
+  the chosen trials' validation score (``validation_mean``, ``validation_std``, percent) and the tuning cost
+  (``tuning_trials`` per seed, ``tuning_seconds``: the trials' summed wall time over the seeds,
+  ``tuning_seconds_per_trial``). ``tuned_params.csv``: one row per tuned run (:mod:`utils.sweep.tuned`).
 """
 from __future__ import annotations
 
@@ -46,17 +55,26 @@ from utils.sweep import stats as sweep_stats
 from utils.sweep.collect import TEACHER_MODES, collect_runs
 from utils.sweep.graph import BASELINE, GROUP_ORDER, TEACHER, comparison_methods
 from utils.sweep.report import write_reports
+from utils.sweep.tuned import (COMPARISONS, DEFAULT, DEFAULT_VS_S, TUNED, TUNED_VS_DEFAULT, TUNED_VS_S,
+                               tuned_params_table)
 
 METRIC_ORDER = ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU", "loss")
 TABLE_COLUMNS = ("database", "mode", "config", "method", "group", "n", "mean", "std", "delta_mean", "delta_std",
                  "ci_low", "ci_high", "p_ttest", "p_ttest_holm", "p_wilcoxon", "p_wilcoxon_holm", "p_nb", "wins",
                  "losses", "ties", "epochs", "steps", "n_train", "n_test", "wall_time_s", "peak_mem_mb")
-#: table rows that are not compared methods: outside the Holm family
+#: a tuned sweep's table.csv: where its extra columns go (after ``method``; at the end)
+TUNED_TABLE_COLUMNS = (*TABLE_COLUMNS[:4], "setting", "comparison", *TABLE_COLUMNS[4:], "validation_mean",
+                       "validation_std", "tuning_trials", "tuning_seconds", "tuning_seconds_per_trial")
+#: arguments of a tuned evaluation run that its default run lacks: not flags of the method's setting
+TUNING_RUN_OPTIONS = ("init_seed", "tuning_record")
+#: table rows that are not compared methods: outside the Holm family (no-KD is compared in ``tuned vs default``)
 NOT_COMPARED = ("teacher", "no-kd")
 #: runs.csv columns besides the metrics, in order
 RUN_COLUMNS = ("database", "mode", "seed", "method", "role")
 RUN_TAIL = ("best_epoch", "config", "config_digest", "n_train", "n_val", "n_test", "epochs", "steps", "commit",
             "wall_time_s", "peak_mem_mb", "run_dir")
+#: runs.csv columns of a tuned sweep only: after ``role``, and after ``config_digest``
+RUN_SETTING, RUN_PARAMS = "setting", "tuned_params"
 
 
 def headline_metric(database: str) -> str:
@@ -166,7 +184,7 @@ def build_table(runs: list[dict], metric_for=headline_metric, notes: list[str] |
         table += _block_rows(database, label, rows, metric_for(database), several, notes)
     table.sort(key=lambda r: (databases.index(r["database"]), r["mode"], labels.index(r["config"]),
                               GROUP_ORDER.index(r["group"]) if r["group"] in GROUP_ORDER else 99,
-                              _method_rank(r["method"]), r["row"]))
+                              _method_rank(r["method"]), r["row"], COMPARISONS.index(r["comparison"])))
     adjust_for_multiple_comparisons(table)
     return table
 
@@ -179,54 +197,144 @@ def _newest_per_seed(rows: list[dict]) -> dict:
 
 
 def _block_rows(database, label, rows, metric, several, notes) -> list[dict]:
-    """The rows of one sweep configuration of one database."""
+    """The rows of one sweep configuration of one database: per student mode the teachers, then every method's
+    cells of the default setting against no-KD (``default vs S``) and, in a tuned sweep, its tuned cells against
+    the tuned no-KD (``tuned vs S tuned``) and against its own default cell (``tuned vs default``)."""
     suffix = f" [{label}]" if several else ""
-    by: dict[tuple, dict[str, list[dict]]] = {}
+    by: dict[tuple, dict[str, dict[str, list[dict]]]] = {}
     for row in rows:
-        by.setdefault((row["mode"], row["method"]), {}).setdefault(row["config_digest"], []).append(row)
+        by.setdefault((row["mode"], row["method"]), {}).setdefault(row.get("setting", DEFAULT), {}) \
+            .setdefault(row["config_digest"], []).append(row)
+
+    def cells(mode, method, setting=DEFAULT) -> dict[str, list[dict]]:
+        return by.get((mode, method), {}).get(setting, {})
+
     out = []
     modes = sorted({r["mode"] for r in rows if r["mode"] != TEACHER_MODES})
     for mode in modes:
         other = "m2" if mode == "m1" else "m1"
-        baseline_runs = _newest_per_seed([r for runs in by.get((mode, BASELINE), {}).values() for r in runs])
-        entries = [(TEACHER, f"{TEACHER}", by.get((TEACHER_MODES, TEACHER), {})),
-                   (f"{BASELINE}-{other}", f"{BASELINE}-other", by.get((other, BASELINE), {}))]
+        where = f"{database} {mode}"
+        baseline_runs = _newest_per_seed([r for runs in cells(mode, BASELINE).values() for r in runs])
+        entries = [(TEACHER, f"{TEACHER}", cells(TEACHER_MODES, TEACHER)),
+                   (f"{BASELINE}-{other}", f"{BASELINE}-other", cells(other, BASELINE))]
         methods = sorted({m for (mo, m) in by if mo == mode}, key=_method_rank)
-        entries += [(method, method, by[(mode, method)]) for method in methods]
+        entries += [(method, method, cells(mode, method)) for method in methods]
         for method, key, variants in entries:
             for digest, runs in variants.items():
                 seeds = _newest_per_seed(runs)
-                values = {s: r[metric] for s, r in seeds.items() if r.get(metric) is not None}
-                if not values:
+                if not _has_values(seeds, metric):
                     continue
                 own = f" ({runs[0]['_own'] or digest[:8]})" if len(variants) > 1 else ""
-                baseline = {s: b[metric] for s, b in baseline_runs.items() if metric in b
-                            and s in seeds and b["_data"] == seeds[s]["_data"]}
+                baseline = _paired(baseline_runs, seeds, metric)
                 if method not in (TEACHER, BASELINE) and not method.startswith(f"{BASELINE}-") and not baseline \
                         and baseline_runs:
-                    notes.append(f"{database} {mode} {method}{own}{suffix}: no paired figures, its no-KD runs were "
+                    notes.append(f"{where} {method}{own}{suffix}: no paired figures, its no-KD runs were "
                                  f"trained on other data or data options (a --set S: changed them)")
-                row = {"database": database, "mode": mode, "config": label, "method": method,
-                       "row": key + own + suffix, "group": group_of(method),
-                       **paired_stats(values, baseline, *_split_sizes(seeds.values())), "metric": metric,
-                       "wall_time_s": _mean([r["wall_time_s"] for r in seeds.values()]),
-                       "peak_mem_mb": _mean([r["peak_mem_mb"] for r in seeds.values()]),
-                       "epochs": "/".join(sorted({str(r["epochs"]) for r in seeds.values() if r.get("epochs")})),
-                       "steps": _same([r.get("steps") for r in seeds.values()]),
-                       "n_train": _same([r.get("n_train") for r in seeds.values()]),
-                       "n_test": _same([r.get("n_test") for r in seeds.values()]),
-                       "_runs": [seeds[s] for s in sorted(seeds)]}
-                commits = sorted({r["commit"] for r in seeds.values() if r.get("commit")})
-                if len(commits) > 1:
-                    notes.append(f"{database} {mode} {row['row']}: its runs come from different code versions "
-                                 f"({', '.join(commits)})")
-                for extra in METRIC_ORDER:  # secondary metrics for the report (OA and AA on segmentation data)
-                    vals = {s: r[extra] for s, r in seeds.items() if r.get(extra) is not None}
-                    if vals:
-                        pct = [100.0 * v for v in vals.values()]
-                        row[f"_{extra}"] = (sum(pct) / len(pct), _sd(pct))
-                out.append(row)
+                out += _cell_row(database, mode, label, method, key + own + suffix, seeds, baseline, metric,
+                                 DEFAULT_VS_S, notes)
+        for method in methods:
+            tuned = cells(mode, method, TUNED)
+            for digest, runs in tuned.items():
+                seeds = _newest_per_seed(runs)
+                if not _has_values(seeds, metric):
+                    continue
+                budget = _tuning_budget(runs[0])
+                own = f" ({budget[0]} trials, cell {digest[:8]})" if len(tuned) > 1 else ""
+                key = f"{method} tuned{own}{suffix}"
+                tuned_baseline = _newest_per_seed([r for rs in cells(mode, BASELINE, TUNED).values() for r in rs
+                                                   if _tuning_budget(r) == budget])
+                baseline = _paired(tuned_baseline, seeds, metric)
+                if method != BASELINE and not baseline:
+                    notes.append(f"{where} {key}: no paired figures against w/o KD tuned, " + (
+                        "its tuned no-KD runs were trained on other data or data options" if tuned_baseline else
+                        f"no tuned no-KD runs of {budget[0]} trials{' with pruning' if budget[1] else ''}"))
+                out += _cell_row(database, mode, label, method, key, seeds, baseline, metric, TUNED_VS_S, notes)
+                default_runs, why = _default_cell(runs, cells(mode, method))
+                default = _paired(_newest_per_seed(default_runs), seeds, metric)
+                if not default:
+                    notes.append(f"{where} {key}: no paired figures against its default setting, "
+                                 + (why or "its default runs were trained on other data or data options"))
+                out += _cell_row(database, mode, label, method, key, seeds, default, metric, TUNED_VS_DEFAULT,
+                                 notes)
     return out
+
+
+def _has_values(seeds: dict, metric: str) -> bool:
+    return any(r.get(metric) is not None for r in seeds.values())
+
+
+def _paired(baseline_runs: dict, seeds: dict, metric: str) -> dict:
+    """The baseline's values on the seeds of ``seeds`` whose runs saw the same data."""
+    return {s: b[metric] for s, b in baseline_runs.items() if metric in b
+            and s in seeds and b["_data"] == seeds[s]["_data"]}
+
+
+def _tuning_budget(run: dict) -> tuple:
+    """What makes two tuned cells comparable: the trials per study and whether they were pruned."""
+    record = run.get("_tuning") or {}
+    return record.get("trials"), bool(record.get("pruning"))
+
+
+def _default_cell(tuned_runs: list[dict], defaults: dict[str, list[dict]]) -> tuple[list[dict], str]:
+    """The default cell a tuned cell is compared with, and why there is none: the method's one default cell, or,
+    where there are several (another ``--set`` of the method), the one whose flags are the tuned runs' with the
+    searched parameters at trial 0's values (the method's defaults)."""
+    if len(defaults) <= 1:
+        return next(iter(defaults.values()), []), "" if defaults else "no default runs of the method"
+    record = tuned_runs[0].get("_tuning") or {}
+    searched = set(record.get("params") or {})
+    expected = {k: v for k, v in (tuned_runs[0].get("_arguments") or {}).items() if k not in searched}
+    expected.update(record.get("defaults") or {})
+    matching = [runs for runs in defaults.values() if _flags(runs[0].get("_arguments")) == _flags(expected)]
+    if len(matching) == 1:
+        return matching[0], ""
+    return [], (f"{len(defaults)} default configurations of the method and {len(matching) or 'none'} with trial "
+                f"0's flags")
+
+
+def _flags(arguments: dict | None) -> dict:
+    """A run's result-defining arguments without those a tuned evaluation run adds (its initialisation seed,
+    which equals its seed, and the record of its study)."""
+    return {k: v for k, v in (arguments or {}).items() if k not in TUNING_RUN_OPTIONS}
+
+
+def _cell_row(database, mode, label, method, key, seeds, baseline, metric, comparison, notes) -> list[dict]:
+    """The table row of one cell (its runs by seed, with a value of ``metric``) and one comparison."""
+    values = {s: r[metric] for s, r in seeds.items() if r.get(metric) is not None}
+    row = {"database": database, "mode": mode, "config": label, "method": method, "row": key,
+           "group": group_of(method), "setting": TUNED if comparison != DEFAULT_VS_S else DEFAULT,
+           "comparison": comparison, **paired_stats(values, baseline, *_split_sizes(seeds.values())),
+           "metric": metric,
+           "wall_time_s": _mean([r["wall_time_s"] for r in seeds.values()]),
+           "peak_mem_mb": _mean([r["peak_mem_mb"] for r in seeds.values()]),
+           "epochs": "/".join(sorted({str(r["epochs"]) for r in seeds.values() if r.get("epochs")})),
+           "steps": _same([r.get("steps") for r in seeds.values()]),
+           "n_train": _same([r.get("n_train") for r in seeds.values()]),
+           "n_test": _same([r.get("n_test") for r in seeds.values()]),
+           "_runs": [seeds[s] for s in sorted(seeds)]}
+    if row["setting"] == TUNED:
+        row.update(_tuning_cost(row["_runs"]))
+    commits = sorted({r["commit"] for r in seeds.values() if r.get("commit")})
+    if len(commits) > 1 and comparison != TUNED_VS_DEFAULT:  # one note per cell
+        notes.append(f"{database} {mode} {key}: its runs come from different code versions ({', '.join(commits)})")
+    for extra in METRIC_ORDER:  # secondary metrics for the report (OA and AA on segmentation data)
+        vals = {s: r[extra] for s, r in seeds.items() if r.get(extra) is not None}
+        if vals:
+            pct = [100.0 * v for v in vals.values()]
+            row[f"_{extra}"] = (sum(pct) / len(pct), _sd(pct))
+    return [row]
+
+
+def _tuning_cost(runs: list[dict]) -> dict:
+    """A tuned cell's chosen-trial validation score (mean, std over seeds) and its tuning cost: the trials per
+    seed (N), the summed wall time of every seed's trials, and that time per trial."""
+    records = [r.get("_tuning") or {} for r in runs]
+    validation = [float(t["validation"]) for t in records if t.get("validation") is not None]
+    timed = [(float(t["trial_seconds"]), t.get("trials") or 0) for t in records if t.get("trial_seconds") is not None]
+    seconds, trials = sum(s for s, _ in timed), sum(n for _, n in timed)
+    return {"validation_mean": _mean(validation), "validation_std": _sd(validation),
+            "tuning_trials": _same([t.get("trials") for t in records]), "tuning_seconds": seconds if timed else None,
+            "tuning_seconds_per_trial": seconds / trials if trials else None}
 
 
 def _same(values):
@@ -247,19 +355,21 @@ def _split_sizes(runs) -> tuple[int | None, int | None]:
 
 
 def holm_family(row: dict) -> tuple:
-    """The rows that form one Holm family (and one ranking of best/second): column and configuration."""
-    return row["database"], row["mode"], row.get("config") or ""
+    """The rows that form one Holm family: column, configuration and comparison (a sweep without tuned runs has
+    one comparison; a tuned sweep's ``tuned vs S tuned`` and ``tuned vs default`` are families of their own)."""
+    return row["database"], row["mode"], row.get("config") or "", row.get("comparison") or ""
 
 
 def adjust_for_multiple_comparisons(table: list[dict]) -> None:
     """Add ``p_ttest_holm`` and ``p_wilcoxon_holm``: Holm over each family (:func:`holm_family`) of method rows.
 
-    Teachers and the no-KD row are not compared methods: their adjusted p-values stay NaN.
+    Teachers and the no-KD row are not compared methods against no-KD: their adjusted p-values stay NaN; in
+    ``tuned vs default`` the tuned no-KD is a method like the others (does tuning help the baseline?).
     """
     families: dict[tuple, list[dict]] = {}
     for row in table:
         row["p_ttest_holm"] = row["p_wilcoxon_holm"] = math.nan
-        if row["group"] not in NOT_COMPARED:
+        if row["group"] not in NOT_COMPARED or row.get("comparison") == TUNED_VS_DEFAULT:
             families.setdefault(holm_family(row), []).append(row)
     for rows in families.values():
         for test in ("p_ttest", "p_wilcoxon"):
@@ -291,16 +401,25 @@ def _fmt(value):
     return value
 
 
+def is_tuned(rows: list[dict]) -> bool:
+    """Whether ``rows`` (runs or table rows) hold a tuned run: the tables then show the tuned comparisons."""
+    return any(r.get("setting") == TUNED for r in rows)
+
+
 def runs_columns(runs: list[dict]) -> list[str]:
-    fixed = set(RUN_COLUMNS) | set(RUN_TAIL)
+    fixed = set(RUN_COLUMNS) | set(RUN_TAIL) | {RUN_SETTING, RUN_PARAMS}
     metrics = list(dict.fromkeys(k for r in runs for k in r if k not in fixed and not k.startswith("_")))
     metrics.sort(key=lambda m: METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER))
-    return [*RUN_COLUMNS, *metrics, *RUN_TAIL]
+    if not is_tuned(runs):
+        return [*RUN_COLUMNS, *metrics, *RUN_TAIL]
+    digest = RUN_TAIL.index("config_digest") + 1
+    return [*RUN_COLUMNS, RUN_SETTING, *metrics, *RUN_TAIL[:digest], RUN_PARAMS, *RUN_TAIL[digest:]]
 
 
 def write_all(sweep: Path, log=print, problems: list[str] | None = None) -> list[dict]:
-    """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep``; runs that
-    cannot be read and nodes without a finished run are appended to ``problems`` (and the tables' notes)."""
+    """Write ``runs.csv``, ``table.csv``, ``table.md``, ``table.tex`` and ``table.png`` into ``sweep`` (and
+    ``tuned_params.csv`` where it holds tuned runs); runs that cannot be read and nodes without a finished run are
+    appended to ``problems`` (and the tables' notes)."""
     sweep = Path(sweep)
     if not (sweep / "runs").is_dir():
         raise UserError(f"{sweep} is not a sweep directory (no runs/ folder); pass the --out_dir of a sweep")
@@ -310,9 +429,14 @@ def write_all(sweep: Path, log=print, problems: list[str] | None = None) -> list
     atomic_write_text(sweep / "runs.csv", _csv(runs, runs_columns(runs)))
     notes: list[str] = []
     table = build_table(runs, notes=notes)
-    atomic_write_text(sweep / "table.csv", _csv(table, list(TABLE_COLUMNS)))
+    tuned = is_tuned(runs)
+    atomic_write_text(sweep / "table.csv", _csv(table, list(TUNED_TABLE_COLUMNS if tuned else TABLE_COLUMNS)))
+    written = "runs.csv, table.csv, table.md, table.tex, table.png"
+    if tuned:
+        atomic_write_text(sweep / "tuned_params.csv", _csv(*tuned_params_table(runs, headline_metric)))
+        written += ", tuned_params.csv"
     write_reports(sweep, table, problems + notes)
-    log(f"Aggregated {len(runs)} runs into {sweep}/runs.csv, table.csv, table.md, table.tex, table.png")
+    log(f"Aggregated {len(runs)} runs into {sweep}/{written}")
     for line in problems:
         log(f"warning: {line}")
     return table

@@ -10,6 +10,12 @@ no-KD with their 95 % t-interval (unadjusted), the cost (mean wall time and peak
 segmentation datasets, overall and average accuracy (OA, AA). A missing cell (a run that has not finished) is shown
 as ``–``. Rows of several sweep configurations (``config``) are labelled with it. docs/statistics.md explains the
 tests.
+
+A tuned sweep (``reproduce.py --tune``) has a tuned row beside each method's default one (``KD tuned``): its
+differences are against the tuned no-KD (``*``), and ``†`` marks a tuned gain over the method's default setting
+(each comparison its own Holm family); then the tuned-against-default differences, the chosen trial's validation
+score beside the test score, the chosen values (median and range over seeds) and, in the cost table, the tuning
+cost (docs/sweep.md, "Tables of a tuned sweep").
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from pathlib import Path
 
 from utils.core.atomic import atomic_write_bytes, atomic_write_text
 from utils.sweep.graph import BASELINE, GROUP_ORDER, TEACHER
+from utils.sweep.tuned import TUNED, TUNED_VS_DEFAULT, chosen_values
 
 GROUP_TITLES = {"teacher": "Teachers", "no-kd": "Without KD", "multimodal-teacher": "Multimodal teacher",
                 "crossmodal-teacher": "Cross-modal teacher", "teacher-free": "Teacher-free",
@@ -61,8 +68,8 @@ def _layout(table: list[dict]):
 
 
 def _ranks(table, columns, cells, groups) -> dict:
-    """(row key, column) -> 1 (best) or 2 (second) among the student rows of each column and sweep configuration
-    (rows of different configurations are not ranked against each other)."""
+    """(row key, column) -> 1 (best) or 2 (second) among the student rows of each column, sweep configuration and
+    setting (rows of different configurations, or default and tuned rows, are not ranked against each other)."""
     ranks = {}
     for column in columns:
         by_config: dict[str, list] = {}
@@ -70,7 +77,7 @@ def _ranks(table, columns, cells, groups) -> dict:
             for k in keys:
                 cell = cells.get((k, *column))
                 if g != "teacher" and cell is not None and not math.isnan(cell["mean"]):
-                    by_config.setdefault(cell.get("config", ""), []).append((cell["mean"], k))
+                    by_config.setdefault((cell.get("config", ""), cell.get("setting")), []).append((cell["mean"], k))
         for scored in by_config.values():
             values = sorted({v for v, _ in scored}, reverse=True)
             for value, key in scored:
@@ -114,23 +121,46 @@ def _metric_note(table) -> str:
     return " / ".join(METRIC_NAMES.get(m, m) for m in metrics) + " (%)"
 
 
+def _difference(r) -> str:
+    """A difference cell: mean ± std [interval] (every p-value; wins/losses/ties)."""
+    if not r.get("n_paired", 1):
+        return MISSING
+    return (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} {_interval(r)} "
+            f"({_p(r['p_ttest'])}, {_p(r.get('p_ttest_holm'))}; {_p(r['p_wilcoxon'])}, "
+            f"{_p(r.get('p_wilcoxon_holm'))}; {_p(r.get('p_nb'))}; {r['wins']}/{r['losses']}/{r['ties']})")
+
+
+DIFFERENCE_FIGURES = ("mean ± std [95 % t-interval of the mean, unadjusted] (t-test p, Holm-adjusted p; Wilcoxon p, "
+                      "Holm-adjusted p; corrected resampled t-test p (Nadeau & Bengio); wins/losses/ties)")
+
+
+def split_comparisons(table: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one row per cell, the ``tuned vs default`` rows): a tuned cell's second row holds its other comparison."""
+    return ([r for r in table if r.get("comparison") != TUNED_VS_DEFAULT],
+            [r for r in table if r.get("comparison") == TUNED_VS_DEFAULT])
+
+
 def tables(table: list[dict]) -> list[dict]:
     """The report's tables as plain data: title, header, grouped rows of (label, cells, styles)."""
-    columns, cells, groups = _layout(table)
+    primary, versus = split_comparisons(table)
+    columns, cells, groups = _layout(primary)
     header = [f"{d} {m}" for d, m in columns]
-    ranks = _ranks(table, columns, cells, groups)
+    ranks = _ranks(primary, columns, cells, groups)
+    over_default = {(key_of(r), r["database"], r["mode"]) for r in versus if _significant(r)}
     out = []
 
-    def grid(title, cell_of, style=False, skip=()):
+    def grid(title, cell_of, style=False, skip=(), rows_of=None):
+        """One table of ``cell_of(row)`` per row key and column; ``rows_of``: other rows than the main ones."""
+        own_cells, own_groups = (cells, groups) if rows_of is None else _layout(rows_of)[1:]
         body = []
-        for group, keys in groups:
+        for group, keys in own_groups:
             rows = []
             for key in keys:
                 if base_of(key) in skip:
                     continue
                 row_cells, styles = [], []
                 for column in columns:
-                    r = cells.get((key, *column))
+                    r = own_cells.get((key, *column))
                     row_cells.append(cell_of(r) if r is not None else MISSING)
                     styles.append(ranks.get((key, column), 0) if style and r is not None else 0)
                 rows.append((row_label(key), row_cells, styles))
@@ -138,29 +168,76 @@ def tables(table: list[dict]) -> list[dict]:
                 body.append((GROUP_TITLES.get(group, group), rows))
         out.append({"title": title, "header": header, "groups": body})
 
-    grid(f"Comparison: {_metric_note(table)}, mean ± std over seeds, {_seed_note(table)}; best bold, second "
-         f"underlined; * gain over w/o KD with paired t-test p < 0.05 after Holm-Bonferroni adjustment over the "
-         f"methods of the column",
-         lambda r: _pm(r["mean"], r["std"]) + (" *" if _significant(r) and r["group"] != "teacher" else ""),
-         style=True)
-    grid("Paired difference against w/o KD (same seed), percentage points: mean ± std [95 % t-interval of the "
-         "mean, unadjusted] (t-test p, Holm-adjusted p; Wilcoxon p, Holm-adjusted p; corrected resampled t-test p "
-         "(Nadeau & Bengio); wins/losses/ties)",
-         lambda r: (f"{_pm(r['delta_mean'], r['delta_std'], signed=True)} {_interval(r)} "
-                    f"({_p(r['p_ttest'])}, {_p(r.get('p_ttest_holm'))}; {_p(r['p_wilcoxon'])}, "
-                    f"{_p(r.get('p_wilcoxon_holm'))}; {_p(r.get('p_nb'))}; {r['wins']}/{r['losses']}/{r['ties']})")
-         if r.get("n_paired", 1) else MISSING, skip=(BASELINE,))
-    if len({(r.get("epochs"), r.get("steps")) for r in table}) > 1:  # budgets differ: on the page, per cell
+    def marks(r) -> str:
+        gain = " *" if _significant(r) and r["group"] != "teacher" else ""
+        return gain + (" †" if (key_of(r), r["database"], r["mode"]) in over_default else "")
+
+    if not versus:
+        grid(f"Comparison: {_metric_note(primary)}, mean ± std over seeds, {_seed_note(primary)}; best bold, second "
+             f"underlined; * gain over w/o KD with paired t-test p < 0.05 after Holm-Bonferroni adjustment over the "
+             f"methods of the column", lambda r: _pm(r["mean"], r["std"]) + marks(r), style=True)
+        grid(f"Paired difference against w/o KD (same seed), percentage points: {DIFFERENCE_FIGURES}", _difference,
+             skip=(BASELINE,))
+    else:
+        tuned = [r for r in primary if r.get("setting") == TUNED]
+        grid(f"Comparison: {_metric_note(primary)}, mean ± std over seeds, {_seed_note(primary)}; best bold, second "
+             f"underlined among the default rows and among the tuned rows; * gain over w/o KD of the same setting "
+             f"(a tuned row: over w/o KD tuned) with paired t-test p < 0.05 after Holm-Bonferroni adjustment over the "
+             f"methods of the column; † tuned gain over the method's default setting, the same test adjusted over "
+             f"its own family", lambda r: _pm(r["mean"], r["std"]) + marks(r), style=True)
+        grid(f"Paired difference against w/o KD of the same setting (same seed; a tuned row against w/o KD tuned), "
+             f"percentage points: {DIFFERENCE_FIGURES}", _difference, skip=(BASELINE,))
+        grid(f"Tuned against default, the same method and seed (w/o KD included; its own Holm family), percentage "
+             f"points: {DIFFERENCE_FIGURES}", _difference, rows_of=versus)
+        grid("Chosen trial: its validation score (the best of the study's trials: optimistic) / the test score of "
+             "the evaluation run (from an initialisation no trial used), %, mean ± std over seeds",
+             lambda r: f"{_pm(r.get('validation_mean'), r.get('validation_std'))} / {_pm(r['mean'], r['std'])}",
+             rows_of=tuned)
+        out.append(_chosen_values_table(tuned, columns, header))
+    if len({(r.get("epochs"), r.get("steps")) for r in primary}) > 1:  # budgets differ: on the page, per cell
         grid("Budget per run: epochs per training stage (optimiser steps in all; the steps are the budget)",
              lambda r: f"{r.get('epochs') or MISSING} ({_steps(r.get('steps'))})")
-    grid("Cost per run: mean wall time (s) / peak memory of the run's process (MB, host RSS)",
+    grid("Cost per run: mean wall time (s) / peak memory of the run's process (MB, host RSS)"
+         + ("; a tuned row's tuning: trials per seed × seeds, the trials' summed wall time (s), per trial" if versus
+            else ""),
          lambda r: f"{r['wall_time_s']:.1f} s / " + (MISSING if math.isnan(r["peak_mem_mb"]) else
-                                                      f"{r['peak_mem_mb']:.0f} MB"))
+                                                      f"{r['peak_mem_mb']:.0f} MB") + _tuning_cost(r))
     for extra, name in (("accuracy", "OA: overall accuracy"), ("average_accuracy", "AA: average accuracy")):
-        if any(r.get("metric") not in (None, "accuracy") for r in table):
+        if any(r.get("metric") not in (None, "accuracy") for r in primary):
             grid(f"{name} (%), datasets whose headline is mIoU",
                  lambda r, e=extra: _pm(*r[f"_{e}"]) if r.get("metric") != "accuracy" and f"_{e}" in r else MISSING)
     return out
+
+
+def _tuning_cost(r) -> str:
+    """``; tuning 20 × 5: 1234 s, 12.3 s per trial`` for a tuned row (nothing for a default one)."""
+    if r.get("setting") != TUNED:
+        return ""
+    trials, seconds, per = r.get("tuning_trials"), r.get("tuning_seconds"), r.get("tuning_seconds_per_trial")
+    shown = f"{trials:.0f}" if isinstance(trials, (int, float)) else MISSING
+    cost = MISSING if seconds is None else f"{seconds:.0f} s, {per:.1f} s per trial" if per is not None else \
+        f"{seconds:.0f} s"
+    return f"; tuning {shown} × {r['n']}: {cost}"
+
+
+def _chosen_values_table(tuned: list[dict], columns, header) -> dict:
+    """Per tuned row and searched parameter, the values its seeds' studies chose (median [min, max]) and the
+    default (trial 0), per column."""
+    _, cells, groups = _layout(tuned)
+    body = []
+    for group, keys in groups:
+        rows = []
+        for key in keys:
+            chosen = {column: chosen_values(cells[(key, *column)]["_runs"]) for column in columns
+                      if (key, *column) in cells}
+            for name in dict.fromkeys(name for values in chosen.values() for name in values):
+                rows.append((f"{row_label(key)}: {name}", [chosen.get(column, {}).get(name, MISSING)
+                                                          for column in columns], [0] * len(columns)))
+        if rows:
+            body.append((GROUP_TITLES.get(group, group), rows))
+    return {"title": "Chosen values: per searched flag, the value each seed's study chose, median [min, max] over "
+                     "seeds (default: trial 0's value); every seed's in tuned_params.csv",
+            "header": header, "groups": body}
 
 
 def _steps(steps) -> str:
@@ -174,6 +251,39 @@ def budget_note(table: list[dict]) -> list[str]:
         return []
     epochs, steps = budgets.pop()
     return [f"Budget: every run trained {epochs or MISSING} epochs per stage, {_steps(steps)} in all"]
+
+
+def tuning_note(table: list[dict]) -> list[str]:
+    """The tuned rows' budget: the trials per seed, equal for every tuned row or not, and the studies of which
+    fewer trials finished (a failed trial counts against N)."""
+    tuned = [r for r in table if r.get("setting") == TUNED]
+    budgets = sorted({(r.get("tuning_trials"), row_label(key_of(r))) for r in tuned}, key=lambda b: (str(b[0]), b[1]))
+    if not budgets:
+        return []
+    trials = {b[0] for b in budgets}
+    if len(trials) == 1:
+        lines = [f"Tuning: every tuned row had {_count(trials.pop())} trials per seed, each seed's study on that "
+                 f"seed's training and validation splits; its evaluation run trained anew from the seed's own "
+                 f"initialisation (docs/sweep.md, section 'Tables of a tuned sweep')"]
+    else:
+        lines = ["Tuning budgets differ, compare tuned rows with care: "
+                 + "; ".join(f"{key} {_count(n)} trials per seed" for n, key in budgets)]
+    short = [f"{r['database']} {r['mode']} {row_label(key_of(r))} seed {run['seed']}" for r in tuned
+             for run in r.get("_runs", ()) if _unfinished(run.get("_tuning") or {})]
+    if short:
+        lines.append("Studies of which fewer trials finished than they ran (failed trials; tuned_params.csv, "
+                     "complete): " + ", ".join(short))
+    return lines
+
+
+def _unfinished(record: dict) -> bool:
+    """Whether fewer of a study's trials finished than it ran (both recorded)."""
+    complete, trials = record.get("complete"), record.get("trials")
+    return complete is not None and trials is not None and complete < trials
+
+
+def _count(value) -> str:
+    return MISSING if not isinstance(value, (int, float)) or math.isnan(value) else f"{value:.0f}"
 
 
 def to_markdown(report: list[dict]) -> str:
@@ -192,7 +302,8 @@ def to_markdown(report: list[dict]) -> str:
 
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("–", "--"), ("<", r"$<$"), (">", r"$>$")):
+                 ("±", r"$\pm$"), ("–", "--"), ("<", r"$<$"), (">", r"$>$"), ("†", r"\dag{}"),
+                 ("×", r"$\times$")):
         text = text.replace(a, b)
     return text
 
@@ -233,6 +344,7 @@ def plot(table: list[dict], path: Path) -> None:
 
     columns, cells, groups = _layout(table)
     keys = [k for g, ks in groups if g != "teacher" for k in ks]
+    tuned = any(r.get("setting") == TUNED for r in table)
     if not columns or not keys:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center")
@@ -264,7 +376,7 @@ def plot(table: list[dict], path: Path) -> None:
             rows = [r for r in table if (r["database"], r["mode"]) == column]
             top.set_title(f"{column[0]} {column[1]} ({_n_note(rows)} seeds)")
             top.set_xlabel(_metric_note(rows))
-            bottom.set_xlabel("paired difference vs w/o KD (points)")
+            bottom.set_xlabel("paired difference vs w/o KD" + (" of the same setting" if tuned else "") + " (points)")
             for ax in (top, bottom):
                 ax.set_yticks(ys)
                 ax.set_yticklabels([row_label(k) if k != BASELINE else "w/o KD" for k in keys])
@@ -299,7 +411,8 @@ def write_reports(sweep: Path, table: list[dict], notes: list[str] = ()) -> None
     """``table.md``, ``table.tex`` (the tables, then ``notes``: what was left out, what is not paired and why,
     budgets) and ``table.png``."""
     report = tables(table)
-    notes = [*budget_note(table), *notes]
+    primary = split_comparisons(table)[0]
+    notes = [*budget_note(primary), *tuning_note(primary), *notes]
     atomic_write_text(Path(sweep) / "table.md", to_markdown(report) + notes_markdown(notes))
     atomic_write_text(Path(sweep) / "table.tex", to_latex(report) + notes_latex(notes))
-    plot(table, Path(sweep) / "table.png")
+    plot(primary, Path(sweep) / "table.png")
