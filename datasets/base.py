@@ -205,6 +205,11 @@ class DatasetSpec:
     def is_segmentation(self) -> bool:
         return self.task == "segmentation"
 
+    @property
+    def headline_metric(self) -> str:
+        """The metric a comparison reports and a tuning search maximises: accuracy, or mIoU for segmentation."""
+        return "mIoU" if self.is_segmentation else "accuracy"
+
     def other_modality(self, mode: str) -> str:
         return "m2" if mode == "m1" else "m1"
 

@@ -72,47 +72,63 @@ def check_classes(labels: np.ndarray, num_classes: int, splits: dict, where: str
                 raise UserError(f"the {name} split of seed {seed} of {where} has no sample of class {missing}; {fix}")
 
 
-def check_labels(y, database: str, num_classes: int, splits: dict) -> None:
-    """Whole numbers in ``0..num_classes-1`` (``y`` of any shape: per sample, or per pixel for segmentation)."""
+def _blocks(tensor: torch.Tensor, rows: np.ndarray | None, chunk: int):
+    """``(sample indices, block of those samples)`` over ``tensor``'s rows, or over ``rows`` only, ``chunk`` at a
+    time (no copy of the whole array)."""
+    indices = np.arange(len(tensor)) if rows is None else rows
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        yield part, (tensor[start:start + chunk] if rows is None else tensor[torch.as_tensor(part)])
+
+
+def check_labels(y, database: str, num_classes: int, splits: dict, rows: np.ndarray | None = None) -> None:
+    """Whole numbers in ``0..num_classes-1`` (``y`` of any shape: per sample, or per pixel for segmentation), of
+    the samples ``rows`` (default: all)."""
     if y is None:
         return
     tensor = torch.as_tensor(y)
     if tensor.is_floating_point() or tensor.is_complex():
         raise UserError(f"{database} labels are {tensor.dtype} values; class ids must be integers 0..{num_classes - 1}")
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 or (rows is not None and len(rows) == 0):
         return
-    low, high = int(tensor.min()), int(tensor.max())
-    if low >= 0 and high < num_classes:
+    chunk = max(1, SCAN_ELEMENTS // max(1, tensor[0].numel()))
+    sample, value = -1, None
+    for indices, block in _blocks(tensor, rows, chunk):
+        low, high = int(block.min()), int(block.max())
+        if low < 0 or high >= num_classes:
+            value = low if low < 0 else high
+            found = (block.reshape(len(block), -1) == value).any(dim=1).nonzero()
+            sample = int(indices[int(found[0])]) if len(found) else -1
+            break
+    if value is None:
         return
-    value = low if low < 0 else high
-    rows = (tensor.reshape(len(tensor), -1) == value).any(dim=1).nonzero()
-    sample = int(rows[0]) if len(rows) else -1
     raise UserError(f"{database} has label {value} (sample {sample}, {split_of(sample, splits)} split), outside "
                     f"0..{num_classes - 1} ({num_classes} classes); fix the label file, or use the class count the "
                     f"labels need")
 
 
-def count_nonfinite_rows(array) -> tuple[int, int]:
-    """(number of rows holding NaN or +-inf, first such row; -1 if none), read in bounded chunks."""
+def count_nonfinite_rows(array, rows: np.ndarray | None = None) -> tuple[int, int]:
+    """(number of rows holding NaN or +-inf, first such row; -1 if none), read in bounded chunks; ``rows``: only
+    those samples (default: all)."""
     tensor = torch.as_tensor(array)
     if not tensor.is_floating_point() or len(tensor) == 0:
         return 0, -1
     per_row = max(1, tensor[0].numel())
     chunk = max(1, SCAN_ELEMENTS // per_row)
     count, first = 0, -1
-    for start in range(0, len(tensor), chunk):
-        block = tensor[start:start + chunk]
+    for indices, block in _blocks(tensor, rows, chunk):
         if bool(torch.isfinite(block).all()):
             continue
         bad = (~torch.isfinite(block)).reshape(len(block), -1).any(dim=1).nonzero().flatten()
         count += len(bad)
         if first < 0:
-            first = start + int(bad[0])
+            first = int(indices[int(bad[0])])
     return count, first
 
 
-def check_finite(array, database: str, modality: str, description: str, splits: dict) -> None:
-    count, first = count_nonfinite_rows(array)
+def check_finite(array, database: str, modality: str, description: str, splits: dict,
+                 rows: np.ndarray | None = None) -> None:
+    count, first = count_nonfinite_rows(array, rows)
     if count:
         raise UserError(f"{database} {modality} ({description}) holds NaN or infinite values in {count} sample(s), "
                         f"the first is sample {first} ({split_of(first, splits)} split); fix or drop them (a sample "
@@ -122,8 +138,11 @@ def check_finite(array, database: str, modality: str, description: str, splits: 
 
 def check_source(source, spec, splits: dict) -> None:
     """Every check of this module on a loaded source and its splits; one :class:`UserError` line on the first
-    problem."""
+    problem. Only the samples of ``splits`` are read: a run that leaves the test split out (``--no_test``) passes
+    train and val, and a test sample, even one holding NaN, changes nothing."""
     check_splits(spec.name, len(source), splits)
+    rows = np.unique(np.concatenate([np.asarray(part, dtype=np.int64) for part in splits.values()]))
+    rows = None if len(rows) == len(source) else rows
     arrays = source.memory_arrays()
     labels = arrays.get("y")
     if labels is None:
@@ -131,10 +150,10 @@ def check_source(source, spec, splits: dict) -> None:
             labels = source.labels()
         except (NotImplementedError, UserError):
             labels = None
-    check_labels(labels, spec.name, spec.num_classes, splits)
+    check_labels(labels, spec.name, spec.num_classes, splits, rows)
     for modality in ("m1", "m2"):
         if modality in arrays:
-            check_finite(arrays[modality], spec.name, modality, spec.modalities.get(modality, modality), splits)
+            check_finite(arrays[modality], spec.name, modality, spec.modalities.get(modality, modality), splits, rows)
 
 
 def check_batch_finite(batch_m: dict, describe) -> None:

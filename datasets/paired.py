@@ -188,8 +188,10 @@ class PairedSource(DataSource):
 
     in_memory = False
 
-    def __init__(self, m1: np.ndarray, m2: np.ndarray, y: np.ndarray, root: Path):
+    def __init__(self, m1: np.ndarray, m2: np.ndarray, y: np.ndarray, root: Path, scanned: bool = True):
         self.m1, self.m2, self.y, self.root = m1, m2, y, root
+        #: both files were scanned for NaN and infinite values by load(); else each batch is checked as read
+        self.scanned = scanned
         self.input_shapes = {"m1": tuple(m1.shape[1:]), "m2": tuple(m2.shape[1:])}
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -216,7 +218,7 @@ class PairedSource(DataSource):
 
     @property
     def per_batch_checked(self) -> tuple[str, ...]:
-        return ()  # both files were scanned for NaN and infinite values once, by load()
+        return () if self.scanned else ("m1", "m2")
 
     def describe(self, index: int) -> str:
         return f"sample {index} of {self.root}"
@@ -248,9 +250,12 @@ def load(args: argparse.Namespace) -> PairedSource:
         raise UserError(f"{root}: m1.npy has N={len(m1)}, m2.npy N={len(m2)} and labels.npy N={len(labels)} "
                         f"samples; the three files must hold the same samples in the same order")
     num_classes(labels, read_meta(args), root)
-    check_finite(m1, root / "m1.npy")
-    check_finite(m2, root / "m2.npy")
-    return PairedSource(m1, m2, labels, root)
+    # --no_test: no scan of the whole files (it would read the test samples); the batches read are checked instead
+    scan = not getattr(args, "no_test", False)
+    if scan:
+        check_finite(m1, root / "m1.npy")
+        check_finite(m2, root / "m2.npy")
+    return PairedSource(m1, m2, labels, root, scanned=scan)
 
 
 def read_splits_csv(path: Path, n: int, seed: int) -> np.ndarray:
@@ -321,11 +326,11 @@ def all_splits(args: argparse.Namespace, n: int, log=print) -> list[tuple[np.nda
 
 
 def fit(source: PairedSource, splits: dict, args: argparse.Namespace) -> PairedSource:
-    """Check every split (a sample of each class), then learn the training statistics. A split smaller than a batch
-    is one short batch."""
+    """Check every split it is given (a sample of each class), then learn the training statistics. A split smaller
+    than a batch is one short batch."""
     check_classes(source.y, num_classes(source.y, read_meta(args), source.root),
-                  {args.seed: tuple(splits[name] for name in ("train", "val", "test"))}, str(source.root),
-                  SPLIT_FIX)
+                  {args.seed: tuple(splits[name] for name in ("train", "val", "test") if name in splits)},
+                  str(source.root), SPLIT_FIX)  # without the test split under --no_test
     if args.paired_norm == "standardize":
         source.fit_statistics(np.asarray(splits["train"]))
     return source

@@ -124,9 +124,10 @@ def evaluate(model, modalities, loader, ctx: RunContext) -> tuple[float, dict]:
 
 
 def evaluate_splits(model, modalities, ctx: RunContext) -> dict:
-    """:func:`evaluate` on the whole val and test splits: ``{"val": {"loss": ..., metrics}, "test": {...}}``."""
-    metrics = {}
-    for split in ("val", "test"):
+    """:func:`evaluate` on the whole val and test splits: ``{"val": {"loss": ..., metrics}, "test": {...}}``;
+    ``"test"`` is None under ``--no_test`` (the test split is not read)."""
+    metrics = {"val": None, "test": None}
+    for split in ("val",) if getattr(ctx.args, "no_test", False) else ("val", "test"):
         loss, figures = evaluate(model, modalities, ctx.make_loader(split, max_steps=None), ctx)
         metrics[split] = {"loss": loss, **figures}
     return metrics

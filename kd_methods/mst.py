@@ -75,6 +75,7 @@ from kd_methods.taps import layers
 from models.mst_modules import GateNet, GateNetDense, build_masknet, hidden_width, masknet_kind
 from utils.core.cards import MethodCard
 from utils.core.errors import UserError
+from utils.core.runtime import init_seed
 
 STAGE_NAMES = ("co-training", "masknets", "distillation", "baseline")
 
@@ -130,7 +131,8 @@ class MSTDistill(MSTOptions, Method):
         self.experts = ExpertForwards(args, self.groups, self.masknets, self.kd, self.frozen, self._log)
         self.baseline = None
         if args.compare_baseline:
-            self.baseline = NoKDBaseline(partial(self.build, args.Smodel, (self.mode,), "baseline student"), args.seed)
+            self.baseline = NoKDBaseline(partial(self.build, args.Smodel, (self.mode,), "baseline student"),
+                                         init_seed(args))
 
         self._meter = EpochMeter()
         #: one row per finished stage-3 epoch (routing frequencies, per-expert CE), for results.json and

@@ -1,11 +1,12 @@
 """``--compare_baseline``: a no-KD student trained after MST-Distill's three stages, reported beside the MST student.
 
-It is the run ``main-S.py`` makes with the same flags: the student architecture initialised from ``--seed`` alone,
-trained on CE for ``--epochs`` epochs with Adam at ``--lr`` on a standalone run's batches, the epoch of lowest
-validation CE selected. It is a stage of the run like the others (``stage4-baseline.pth``, ``metrics.jsonl``, the
-checkpoints and ``--resume``), and a stage after the one that finishes the reported student, so the engine trains
-it as a run of its own (:class:`~kd_methods.base.Stage`): it does not change the MST student or its ``best_epoch``.
-Its metrics go to ``results.json`` ``extra.baseline`` and, for the test split, into the log beside the student's.
+It is the run ``main-S.py`` makes with the same flags: the student architecture initialised from the run's
+initialisation seed alone (``--init_seed``, else ``--seed``), trained on CE for ``--epochs`` epochs with Adam at
+``--lr`` on a standalone run's batches, the epoch of lowest validation CE selected. It is a stage of the run like
+the others (``stage4-baseline.pth``, ``metrics.jsonl``, the checkpoints and ``--resume``), and a stage after the one
+that finishes the reported student, so the engine trains it as a run of its own (:class:`~kd_methods.base.Stage`):
+it does not change the MST student or its ``best_epoch``. Its metrics go to ``results.json`` ``extra.baseline`` and,
+for the test split (unless ``--no_test``), into the log beside the student's.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class NoKDBaseline(nn.Module):
     and restores the whole module at its best epoch, so after the stage the buffer holds the selected epoch."""
 
     def __init__(self, build: Callable[[], nn.Module], seed: int):
+        """``seed``: the run's initialisation seed (``--init_seed``, else ``--seed``), as main-S.py would use it."""
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # main-S.py's initial weights, without touching the run's RNG
             torch.manual_seed(seed)
@@ -48,6 +50,9 @@ class NoKDBaseline(nn.Module):
         """``extra.baseline`` (its val and test metrics), after logging its test metrics beside the student's."""
         args, mode = ctx.args, (ctx.args.mode,)
         metrics = evaluate_splits(self.net, mode, ctx)
+        if metrics["test"] is None:  # --no_test: no test comparison
+            return {"model": args.Smodel, "epochs": args.epochs, "lr": args.lr,
+                    "best_epoch": int(self.validated_epoch), "metrics": metrics}
         loss, figures = evaluate(student, mode, ctx.make_loader("test", max_steps=None), ctx)
         ours, base = {"loss": loss, **figures}, metrics["test"]
         ctx.log(f"Test, MST-Distill student vs no-KD baseline ({args.Smodel}, {args.epochs} epochs, "

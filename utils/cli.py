@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from datasets import DATASETS, dataset_names, get_spec
@@ -76,7 +78,7 @@ NUMBER_RULES = (
     ("*temperature", 0, False), ("*_T", 0, False), ("*_t", 0, False),
 )
 #: string flags holding paths: ``~`` is expanded (the shell does not expand it in ``--out_dir=~/x``)
-PATH_FLAG_PATTERNS = ("*_dir", "*_root", "resume", "ckpt_*", "init_from")
+PATH_FLAG_PATTERNS = ("*_dir", "*_root", "resume", "ckpt_*", "init_from", "tuning_record")
 #: flags that take a model checkpoint file (a run directory is a mistake: its best.pth is meant)
 CHECKPOINT_FLAGS = ("ckpt_name", "ckpt_a", "ckpt_b")
 
@@ -211,6 +213,9 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--seed", type=int, default=0,
                        help="seed; also selects split column group_<seed> (default: %(default)s)")
+    train.add_argument("--init_seed", type=int, default=None,
+                       help="seed of the model initialisation and of the training data order, apart from the split "
+                            "--seed selects (default: --seed; reproduce.py --tune gives each trial its own)")
     train.add_argument("--batch_size", type=int, default=None, 
                        help="batch size (default: per dataset, docs/scripts.md)")
     train.add_argument("--lr", type=float, default=None,
@@ -233,6 +238,14 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
                             "1 ulp. --no-fused_adam: the for-loop Adam, bit-identical to the reference's (default: on)")
     train.add_argument("--test_phase", action=argparse.BooleanOptionalAction, default=False,
                        help="also evaluate the current model on the test split every epoch (default: off)")
+    train.add_argument("--val_phase", action=argparse.BooleanOptionalAction, default=False,
+                       help="also evaluate the current model's headline metric on the validation split every epoch, "
+                            "as val_phase/<metric> in metrics.jsonl (median pruning of reproduce.py --tune_prune "
+                            "reads it; default: off)")
+    train.add_argument("--no_test", action="store_true",
+                       help="never build nor read the test split: no test loader, no test metrics (results.json "
+                            "metrics.test is null), the data checks and training statistics see train and val "
+                            "only; reproduce.py --tune runs its trials with it (docs/tuning.md)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out_dir", default="./runs", help="root of run directories (default: %(default)s)")
@@ -242,6 +255,9 @@ def build_parser(method_cls) -> argparse.ArgumentParser:
                              "docs/checkpoints.md)")
     output.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="write TensorBoard events (default: on)")
+    output.add_argument("--tuning_record", default=None, metavar="PATH",
+                        help="a JSON object copied into results.json under \"tuning\": the tuning.json of the "
+                             "search that chose this run's flags (reproduce.py --tune writes and passes it)")
 
     method_group = parser.add_argument_group(f"{method_cls.name} options")
     method_cls.add_arguments(method_group)
@@ -303,5 +319,24 @@ def finalize_args(method_cls, args: argparse.Namespace, spec: DatasetSpec) -> ar
         raise UserError("--batch_size must be >= 1, --epochs >= 1 and --lr > 0")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1")
+    if args.no_test and args.test_phase:
+        raise UserError("--test_phase evaluates the test split every epoch, which --no_test never reads; drop one")
+    if args.tuning_record is not None:
+        read_tuning_record(args.tuning_record)
     method_cls.check_args(args, spec)
     return args
+
+
+def read_tuning_record(path: str) -> dict:
+    """The JSON object of ``--tuning_record`` (checked when the run starts, copied into results.json at its end)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise UserError(f"--tuning_record {path}: {error.strerror or error}; pass the tuning.json of a finished "
+                        f"search") from None
+    except ValueError:
+        raise UserError(f"--tuning_record {path} is not JSON; pass the tuning.json of a finished search") from None
+    if not isinstance(record, dict):
+        raise UserError(f"--tuning_record {path} holds a JSON {type(record).__name__}, not an object; pass the "
+                        f"tuning.json of a finished search")
+    return record

@@ -20,10 +20,14 @@ MODEL_FLAGS = ("Tmodel", "Smodel", "AUXmodel")
 #: flags naming a checkpoint a run starts from (a teacher, networks to test, MST-Distill's --init_from)
 CHECKPOINT_INPUTS = ("ckpt_name", "ckpt_a", "ckpt_b", "init_from")
 #: arguments that do not change a run's result: where and how it runs, where it writes, the paths of its data and
-#: checkpoints (their contents count, through the data digest and the checkpoints' configurations) and the seed
-#: (runs of one configuration differ by their seed)
+#: checkpoints (their contents count, through the data digest and the checkpoints' configurations), the seed (runs
+#: of one configuration differ by their seed), what is evaluated beside training (the validation-phase figures, the
+#: test split left out) and the record of the search that chose the flags
 NOT_IN_CONFIG = ("device", "cuda_id", "num_workers", "threads", "data_on_device", "record", "resume", "out_dir",
-                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", *CHECKPOINT_INPUTS)
+                 "data_root", "metadata_dir", "allow_teacher_mismatch", "seed", "val_phase", "no_test",
+                 "tuning_record", *CHECKPOINT_INPUTS)
+#: result-defining only where it differs from ``--seed`` (its default): a run without it keeps its digest
+INIT_SEED = "init_seed"
 
 
 def dataset_options(database: str, args) -> dict:
@@ -86,10 +90,15 @@ class RunDescription:
     @property
     def options(self) -> Mapping[str, object]:
         """The options that define the run's result, by name, sorted and read-only: every option but the runtime
-        ones (:attr:`runtime_options`) and those only other datasets read."""
+        ones (:attr:`runtime_options`) and those only other datasets read; ``init_seed`` only where it differs from
+        the seed (runs of one configuration differ by their seed, and a run of seed s initialised from seed s is
+        the run without ``--init_seed``)."""
         others = _other_datasets_options(self.spec.name)
-        return MappingProxyType({name: value for name, value in sorted(vars(self.args).items())
-                                 if name not in NOT_IN_CONFIG and name not in others and not name.startswith("_")})
+        values = vars(self.args)
+        same_seed = values.get(INIT_SEED) in (None, values.get("seed"))
+        return MappingProxyType({name: value for name, value in sorted(values.items())
+                                 if name not in NOT_IN_CONFIG and name not in others and not name.startswith("_")
+                                 and not (name == INIT_SEED and same_seed)})
 
     @property
     def runtime_options(self) -> Mapping[str, object]:

@@ -31,7 +31,8 @@ from utils import provenance
 from utils.core.checkpoints import full_method_state, load_checkpoint
 from utils.core.errors import NonFiniteLossError, RunInterrupted, UserError
 from utils.core.health import read_metrics, training_warnings
-from utils.core.runtime import configure_threads, resolve_device, rng_state, seed_everything, set_rng_state
+from utils.core.runtime import (configure_threads, init_seed, resolve_device, rng_state, seed_everything,
+                                set_rng_state)
 from utils.core.script import exit_on_error
 from utils.description import RunDescription
 from utils.rundir import RunDir
@@ -59,16 +60,22 @@ def build_context(description: RunDescription, device, log=print) -> RunContext:
                                          metadata_dir=args.metadata_dir, log=log, data_root=args.data_root)
     splits = {"train": train, "val": val, "test": test}
     check_splits(spec.name, len(source), splits)  # before anything computes statistics of a split
+    # --no_test: the data checks and statistics see the train and val samples only, no loader serves the test split
+    # (its indices stay in the record: they are the split's identity, not data)
+    read = {name: part for name, part in splits.items() if name != "test"} if args.no_test else splits
     if spec.fit is not None:  # statistics of the training split only (e.g. UCI-MFeat's standardisation)
-        source = spec.fit(source, splits, args)
-    check_source(source, spec, splits)  # before the first epoch: empty splits, labels, NaN (datasets/checks.py)
+        source = spec.fit(source, read, args)
+    check_source(source, spec, read)  # before the first epoch: empty splits, labels, NaN (datasets/checks.py)
     if args.data_on_device and source.in_memory:
         source = source.to(device)
 
     def make_loader(split: str, shuffle: bool | None = None, batch_size: int | None = None,
                     max_steps: int | None = -1) -> BatchLoader:
+        if split not in read:
+            raise RuntimeError(f"the {split} split was asked for, but this run has --no_test")
         return BatchLoader(source, splits[split], batch_size or args.batch_size,
-                           shuffle=(split == "train") if shuffle is None else shuffle, seed=args.seed, device=device,
+                           shuffle=(split == "train") if shuffle is None else shuffle, seed=init_seed(args),
+                           device=device,
                            num_workers=args.num_workers if split == "train" else 0,
                            max_steps=args.max_steps if max_steps == -1 else max_steps)
 
@@ -89,7 +96,7 @@ def run(method_cls: type[Method], description: RunDescription) -> dict:
     started = time.time()
     args = description.args
     threads = configure_threads(getattr(args, "threads", None))
-    seed_everything(args.seed)
+    seed_everything(init_seed(args))
     device = resolve_device(args.device)
     changes = description.resume_changes
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -253,6 +260,10 @@ def fit(method: Method, stages: list[Stage], ctx: RunContext, run_dir: RunDir, r
                         state = stage.selected.state_dict() if stage.selected is not None else None
                         best = {"value": value, "epoch": epoch, "state": copy.deepcopy(state)}
                         row["best"] = True
+                if args.val_phase:  # the reported network's headline figure so far (median pruning reads it)
+                    model, modalities = method.evaluation_model()
+                    _, val_metrics = evaluate(model, modalities, val_loader, ctx)
+                    row[f"val_phase/{ctx.spec.headline_metric}"] = val_metrics[ctx.spec.headline_metric]
                 if test_loader is not None:
                     model, modalities = method.evaluation_model()
                     row["test/loss"], test_metrics = evaluate(model, modalities, test_loader, ctx)
@@ -448,8 +459,9 @@ def validate(method, stage: Stage, step_fn, loader, ctx: RunContext, epoch: int)
 
 def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_time: float, device,
            stages: list[Stage] = ()) -> dict:
-    """Evaluate the selected model on val and test, save ``best.pth`` and ``results.json`` (with the run's
-    configuration and its digest, the data digest, split sizes, budget and code version: docs/sweep.md)."""
+    """Evaluate the selected model on val and test (val only under ``--no_test``: ``metrics.test`` is None), save
+    ``best.pth`` and ``results.json`` (with the run's configuration and its digest, the data digest, split sizes,
+    budget and code version: docs/sweep.md, and under ``--tuning_record`` the search that chose its flags)."""
     args = ctx.args
     model, modalities = method.evaluation_model()
     metrics = evaluate_splits(model, modalities, ctx)
@@ -465,11 +477,15 @@ def finish(method: Method, ctx: RunContext, run_dir: RunDir, best_epoch, wall_ti
                                             ctx.spec.is_segmentation)
     for warning in results["warnings"]:
         run_dir.log(f"warning: {warning}")
+    if args.tuning_record is not None:  # the search that chose this run's flags (reproduce.py --tune)
+        results["tuning"] = cli.read_tuning_record(args.tuning_record)
     run_dir.write_results(results)
-    test = metrics["test"]
-    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa", "mIoU"))
+    split, shown_metrics = ("Test", metrics["test"]) if metrics["test"] is not None else ("Validation (--no_test)",
+                                                                                          metrics["val"])
+    shown = ", ".join(f"{k} {shown_metrics[k]:.4f}" for k in ("accuracy", "f1_weighted", "average_accuracy", "kappa",
+                                                              "mIoU"))
     selected = f", best epoch {best_epoch}" if best_epoch is not None else ""
-    run_dir.log(f"Test ({model.model_name}{selected}): loss {test['loss']:.4f}, {shown}")
+    run_dir.log(f"{split} ({model.model_name}{selected}): loss {shown_metrics['loss']:.4f}, {shown}")
     return results
 
 

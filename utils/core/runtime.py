@@ -22,6 +22,13 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def init_seed(args) -> int:
+    """The seed of a run's initialisation and training data order: ``--init_seed``, else ``--seed`` (which also
+    selects the split)."""
+    value = getattr(args, "init_seed", None)
+    return args.seed if value is None else value
+
+
 def cpu_load() -> tuple[int, float, int]:
     """(CPUs this process may run on, 1-minute load average, tasks running right now besides this one)."""
     try:
