@@ -17,6 +17,7 @@ OPTIONAL = {
     "matplotlib": "plots only (matplotlib.pyplot: 1400 ms)",
     "scipy": "the sweep tables' statistics only; a development requirement (scipy.stats: 2300 ms)",
     "submitit": "SLURM sweeps only; a development requirement (40 ms)",
+    "optuna": "reproduce.py --tune only; a development requirement (70 ms)",
     "h5py": "NYU-Depth-V2 only (25 ms)",
     "torch.utils.tensorboard": "--record only (160 ms)",
     "data_preprocess.ravdess": "RAVDESS's actor split only: the file-name parser of the preprocessing package",

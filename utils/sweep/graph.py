@@ -22,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from utils.core.atomic import atomic_write_text
 from utils.core.errors import UserError
 from utils.core.names import script_of
+from utils.sweep.tuning_plan import startup_trials
 
 TEACHER, BASELINE = "T", "S"
 #: the groups of the comparison table, in its order
@@ -62,11 +63,18 @@ class Node:
     config_text: str = ""
     #: the flags that are the method's own (its sweep_flags and --set), not the sweep configuration's
     own: list[str] = field(default_factory=list)
+    #: a study node (``reproduce.py --tune N``, utils/sweep/tuning.py): ``{"trials": N, "prune": bool,
+    #: "startup": TPE's start-up trials, "space": one line per searched option, resolved on the node's dataset,
+    #: "defaults": the options' values without a search (trial 0)}``
+    tune: dict | None = None
+    #: an evaluation node: the id of the study node whose chosen values it runs with
+    study: str | None = None
 
     @property
     def label(self) -> str:
         mode = f" {self.mode}" if self.mode else ""
-        return f"{self.method}{mode} seed {self.seed} ({self.database})"
+        kind = " tune" if self.tune else " tuned" if self.study else ""
+        return f"{self.method}{mode} seed {self.seed} ({self.database}){kind}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +206,27 @@ def node_data_digest(method: str, tokens: list[str], cache: dict) -> str | None:
         return None
 
 
+def search_defaults(method: str, tokens: list[str]) -> dict:
+    """The values the searched options of ``method`` take in a run given ``tokens`` and no search: the parser's
+    defaults, then the method's per-dataset defaults (``card.dataset_defaults`` and the dataset's own), then the
+    flags given. A search's trial 0, and the reference of its relative ranges."""
+    from datasets import get_spec
+    from kd_methods import get_method
+    from utils.cli import build_parser
+
+    cls = get_method(method)
+    args, _ = build_parser(cls).parse_known_args(tokens)
+    cls.fill_defaults(args, get_spec(args.database).configured(args))
+    return {param.name: getattr(args, param.name) for param in cls.card.search_params}
+
+
+def resolved_space(method: str, defaults: dict) -> list:
+    """The search space of ``method`` with its relative ranges resolved against ``defaults``."""
+    from kd_methods import get_method
+
+    return [param.resolved(defaults[param.name]) for param in get_method(method).card.search_params]
+
+
 def default_threads(jobs: int) -> int:
     """CPU threads per run so that ``jobs`` parallel runs do not oversubscribe the cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -205,11 +234,15 @@ def default_threads(jobs: int) -> int:
 
 
 def build_graph(databases: list[str], modes: list[str], seeds: list[int], methods: list[str] | None,
-                run_flags: list[str] | None = None, sets: list[str] | None = None, jobs: int = 1) -> list[Node]:
+                run_flags: list[str] | None = None, sets: list[str] | None = None, jobs: int = 1,
+                tune: int | None = None, prune: bool = False) -> list[Node]:
     """The nodes of the sweep in dependency order (teachers, no-KD runs, methods).
 
     ``run_flags``: the tokens after ``--``, given to every run whose script accepts them (a flag no script of the
-    sweep accepts is an error); ``sets``: ``METHOD:--flag=value`` items for one script only.
+    sweep accepts is an error); ``sets``: ``METHOD:--flag=value`` items for one script only. ``tune``: N trials per
+    study; each (database, mode, method, seed) of the comparison, and the no-KD student of each mode, also gets a
+    study node (beside the default run, on the same teacher) and an evaluation node that runs the chosen values
+    (docs/tuning.md). ``prune``: median pruning of the studies' trials.
     """
     from datasets import get_spec
 
@@ -302,6 +335,24 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         nodes.append(node)
         return node
 
+    def add_tuned(default: Node) -> None:
+        """The study and evaluation nodes beside ``default`` (same flags, teacher and data)."""
+        if not _card(default.method).search_params:
+            raise UserError(f"--tune: method {default.method} declares no search space (its card's search_space); "
+                            f"leave it out with --methods, or declare one (docs/extending.md)")
+        defaults = search_defaults(default.method, default.args + default.runtime)
+        space = [param.describe() for param in resolved_space(default.method, defaults)]
+        settings = {"trials": tune, "prune": prune, "startup": startup_trials(tune), "space": space,
+                    "defaults": defaults}
+        base = default.id.rsplit("-", 1)[0]
+        study = replace(default, id=_node_id(f"{base}_tune", default.script, default.args + [json.dumps(settings)],
+                                             default.teacher, default.data_digest),
+                        role="tune", tune=settings, deps=list(default.deps))
+        evaluation = replace(default, id=_node_id(f"{base}_tuned", default.script, default.args, study.id,
+                                                  default.data_digest),
+                             study=study.id, deps=[*default.deps, study.id])
+        nodes.extend([study, evaluation])
+
     configs = {}
     for spec in specs:  # a sweep configuration's data: that of its teacher runs (the shared flags, no --set)
         tokens = ["--database", spec.name] + [t for g in passthrough if flag_name(g) in accepted[TEACHER] for t in g]
@@ -317,14 +368,25 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         for seed in seeds:
             teacher = add(TEACHER, spec, None, seed)
             unimodal = {mode: add(BASELINE, spec, mode, seed) for mode in needed_modes}
+            if tune:  # the no-KD student of each mode is tuned with the same budget (its default run stays the teacher)
+                for mode in modes:
+                    add_tuned(unimodal[mode])
             for mode in modes:
                 for name in methods:
                     cls = registry[name]
                     dep = None
                     if cls.card.needs_checkpoint:
                         dep = teacher if cls.card.teacher_kind == "multimodal" else unimodal[spec.other_modality(mode)]
-                    add(name, spec, mode, seed, dep)
+                    node = add(name, spec, mode, seed, dep)
+                    if tune:
+                        add_tuned(node)
     return nodes
+
+
+def _card(method: str):
+    from kd_methods import get_method
+
+    return get_method(method).card
 
 
 def write_graph(nodes: list[Node], path: Path) -> None:

@@ -9,6 +9,11 @@ creates under it (``--out_dir`` is the node directory). Under an exclusive lock 
 * a run directory with ``checkpoint.pth`` but no ``results.json`` (the run died) -> ``--resume <run dir>``;
 * otherwise a fresh run.
 
+Tuning (``reproduce.py --tune``): a study node runs ``python -m utils.sweep.tuning NODE_DIR`` as its script (the
+study, resumed where it stopped, is done once it has written :data:`TUNING_FILE`), and each of its trials is a node
+directory of its own run through :func:`run_node`; an evaluation node adds the values its study chose and
+``--tuning_record`` to its command (:func:`tuned_flags`).
+
 Each attempt records its wall time and its peak memory: the maximum resident set size of the script's process
 (``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
 library (and the project's equally light :mod:`utils.core.atomic`), so the wrapper process costs no torch
@@ -42,6 +47,11 @@ from utils.core.atomic import atomic_write_text  # the standard library only, as
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR_PREFIX = "Run directory: "
+#: what a study node writes when its trials are done (utils/sweep/tuning.py); its evaluation node reads the chosen
+#: values from it and passes it to the run as ``--tuning_record``
+TUNING_FILE = "tuning.json"
+#: seconds between two looks at a running script by a watcher (a study's median pruning)
+WATCH_INTERVAL_S = 0.5
 #: what a warm interpreter imports before it forks runs: what every script imports (torch's optimisers import
 #: torch._dynamo on first construction), the TensorBoard writer and the registries
 WARM_PRELOAD = ["torch", "torch._dynamo", "torch.utils.tensorboard", "utils.engine", "kd_methods", "models",
@@ -72,7 +82,10 @@ def run_dirs(node_dir: Path, method: str, database: str) -> list[Path]:
 
 
 def node_state(node_dir: Path, method: str, database: str) -> tuple[str, Path | None]:
-    """``("done", run dir)``, ``("resume", run dir)`` or ``("new", None)`` from the files on disk."""
+    """``("done", run dir)``, ``("resume", run dir)`` or ``("new", None)`` from the files on disk (a study node is
+    done, its directory standing for the run directory, once its :data:`TUNING_FILE` is written)."""
+    if isinstance(read_json(Path(node_dir) / TUNING_FILE), dict):
+        return "done", Path(node_dir)
     dirs = run_dirs(node_dir, method, database)
     done = [d for d in dirs if isinstance(read_json(d / "results.json"), dict)]
     if done:
@@ -101,12 +114,39 @@ def teacher_checkpoint(sweep_runs: Path, node: dict) -> Path | None:
     return run_dir / "best.pth" if state == "done" else None
 
 
+def param_flags(params: dict) -> list[str]:
+    """Searched values as flags: ``{"lr": 0.003, "amp": True}`` -> ``["--lr", "0.003", "--amp"]`` (a boolean
+    is ``--x`` or ``--no-x``; a float is written exactly, ``repr``)."""
+    flags: list[str] = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [f"--{name}", repr(value) if isinstance(value, float) else str(value)]
+    return flags
+
+
+def tuned_flags(sweep_runs: Path, node: dict) -> list[str] | None:
+    """An evaluation node's flags from its study: the chosen values and ``--tuning_record`` (None while the study
+    has not finished)."""
+    path = Path(sweep_runs) / node["study"] / TUNING_FILE
+    record = read_json(path)
+    if record is None or not isinstance(record.get("params"), dict):
+        return None
+    return [*param_flags(record["params"]), "--tuning_record", str(path)]
+
+
 def fresh_command(node: dict, node_dir: Path, ckpt: str | None, runtime: list[str],
-                  python: str = "python") -> list[str]:
-    cmd = [python, *node["script"].split(), *node["args"]]
+                  python: str = "python", tuned: list[str] = ()) -> list[str]:
+    cmd = [python, *node["script"].split(), *node["args"], *tuned]
     if node.get("teacher"):
         cmd += ["--ckpt_name", str(ckpt)]
     return cmd + ["--out_dir", str(node_dir), *runtime]
+
+
+def study_command(node_dir: Path, runtime: list[str], python: str = "python", warm: bool = False) -> list[str]:
+    """The process of a study node (utils/sweep/tuning.py); ``warm``: it forks its trials from itself."""
+    return [python, "-m", "utils.sweep.tuning", str(node_dir), *(["--warm"] if warm else []), *runtime]
 
 
 def resume_command(node: dict, run_dir: Path, runtime: list[str], python: str = "python") -> list[str]:
@@ -124,11 +164,13 @@ def _error_line(text: str, rc: int) -> str:
 
 
 def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | None = None,
-             warm: bool = False) -> dict:
-    """Run (or skip, or resume) the node in ``node_dir``; returns and writes its ``status.json``.
+             warm: bool = False, watch=None) -> dict:
+    """Run (or skip, or resume) the node in ``node_dir``; returns and writes its ``status.json``. A study node
+    (``node.json`` has ``tune``) runs :func:`study_command`, whose trials run through this function again.
 
     ``warm``: fork the script's process from this one (which has the project imported) instead of starting a
-    fresh interpreter."""
+    fresh interpreter. ``watch``: called every :data:`WATCH_INTERVAL_S` while the script runs; when it returns
+    True the script is stopped (SIGTERM) and the attempt ends as failed."""
     node_dir = Path(node_dir).resolve()
     node = load_node(node_dir)
     runtime = list(node.get("runtime", [])) + list(extra or [])
@@ -139,14 +181,20 @@ def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | 
         state, run_dir = node_state(node_dir, node["method"], node["database"])
         if state == "done":
             return _finish(node_dir, node, token, "done", 0, "", run_dir, attempts)
-        if state == "resume":
+        if node.get("tune"):  # a study runs (and resumes) as its own process, which runs the trials
+            cmd = study_command(node_dir, runtime, sys.executable, warm)
+        elif state == "resume":
             cmd = resume_command(node, run_dir, runtime, sys.executable)
         else:
             ckpt = teacher_checkpoint(node_dir.parent, node)
             if node.get("teacher") and ckpt is None:
                 return _finish(node_dir, node, token, "failed", 1, f"teacher {node['teacher']} has not finished",
                                None, attempts)
-            cmd = fresh_command(node, node_dir, str(ckpt), runtime, sys.executable)
+            tuned = tuned_flags(node_dir.parent, node) if node.get("study") else []
+            if tuned is None:
+                return _finish(node_dir, node, token, "failed", 1, f"study {node['study']} has not finished", None,
+                               attempts)
+            cmd = fresh_command(node, node_dir, str(ckpt), runtime, sys.executable, tuned)
         log_path = node_dir / "node.log"
         with open(log_path, "a") as log:
             how = "  [warm start: forked from an interpreter with the project imported]" if warm else ""
@@ -161,7 +209,7 @@ def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | 
                 proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
             CURRENT["proc"] = proc
             try:
-                _, wait_status, usage = _wait4(proc.pid)
+                _, wait_status, usage = _wait4(proc.pid) if watch is None else _watched(proc, watch)
             finally:
                 CURRENT.pop("proc", None)
             rc = os.waitstatus_to_exitcode(wait_status)
@@ -208,8 +256,8 @@ class _ForkedScript:
 
 
 def _run_script(argv: list[str], log_fd: int) -> int:
-    """In the forked child: run ``argv[0]`` (a script path relative to the repository) as ``__main__``, as
-    ``python argv...`` would, with stdout and stderr on ``log_fd``; returns the exit code."""
+    """In the forked child: run ``argv[0]`` (a script path relative to the repository, or ``-m`` and a module) as
+    ``__main__``, as ``python argv...`` would, with stdout and stderr on ``log_fd``; returns the exit code."""
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
@@ -223,11 +271,15 @@ def _run_script(argv: list[str], log_fd: int) -> int:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.argv = list(argv)
+    module = argv[1] if argv[0] == "-m" else None
+    sys.argv = [module, *argv[2:]] if module else list(argv)
     sys.path[0] = str(REPO)  # as for `python main-X.py` run from the repository root
     code = 0
     try:
-        runpy.run_path(argv[0], run_name="__main__")
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as stop:
         if stop.code is None:
             code = 0
@@ -264,10 +316,27 @@ def _wait4(pid: int):
             continue
 
 
+def _watched(proc, watch):
+    """:func:`_wait4` for ``proc``, calling ``watch()`` meanwhile; a True answer stops the script (SIGTERM)."""
+    stopped = False
+    while True:
+        try:
+            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except InterruptedError:
+            continue
+        if pid:
+            return pid, wait_status, usage
+        if not stopped and watch():
+            proc.send_signal(signal.SIGTERM)
+            stopped = True
+        time.sleep(WATCH_INTERVAL_S)
+
+
 def _finish(node_dir, node, token, state, rc, error, run_dir, attempts) -> dict:
     status = {"id": node["id"], "state": state, "rc": rc, "error": error,
               "run_dir": str(run_dir) if run_dir else None, "token": token, "attempts": attempts}
-    if state == "done" and run_dir is not None:  # before status.json: a kill in between loses no measurement
+    # before status.json: a kill in between loses no measurement (a study's measurements are in its tuning.json)
+    if state == "done" and run_dir is not None and not node.get("tune"):
         # the harness's measurements beside the run's own files (read by the aggregation)
         mine = [a for a in attempts if a.get("rc") is not None]
         write_json(Path(run_dir) / "sweep.json", {
@@ -284,16 +353,20 @@ def main(argv=None, warm: bool = False) -> int:
     if len(argv) >= 2 and argv[0] == "--token":
         token, argv = argv[1], argv[2:]
     node_dir, extra = argv[0], argv[1:]
+    forward_termination()
+    status = run_node(node_dir, extra, token, warm=warm)
+    return 0 if status["state"] == "done" else 1
 
-    def stop(signum, frame):  # pass a termination on to the script, then leave
+
+def forward_termination() -> None:
+    """On SIGTERM (a preempted job, a stopped harness), pass the signal on to the script running now, then leave."""
+    def stop(signum, frame):
         proc = CURRENT.get("proc")
         if proc is not None and proc.poll() is None:
             proc.send_signal(signum)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
-    status = run_node(node_dir, extra, token, warm=warm)
-    return 0 if status["state"] == "done" else 1
 
 
 def warm_main(argv: list[str]) -> None:

@@ -25,6 +25,7 @@ from utils.core.atomic import atomic_write_bytes, check_writable, make_dirs
 from utils.core.errors import UserError
 from utils.sweep import node as node_mod
 from utils.sweep.graph import Node, build_graph, write_graph
+from utils.sweep.tuning_plan import TRIAL_SEED_STRIDE, load_optuna, tuning_plan
 
 
 #: fork without exec is safe on Linux; macOS's system frameworks may abort a forked child (why Python's own
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only rebuild runs.csv, table.* from the run directories under --out_dir")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:--flag=value", dest="sets",
                         help="a flag for one method's runs only (repeatable; METHOD may be T or S)")
+    parser.add_argument("--tune", type=int, default=None, metavar="N",
+                        help="also tune every method of the comparison and the no-KD student on validation: one "
+                             "Optuna study of N trials per (database, mode, method, seed), each trial a run that "
+                             "never reads the test split, then an evaluation run of the chosen values; the default "
+                             "runs stay (docs/tuning.md; needs the optional package optuna)")
+    parser.add_argument("--tune_prune", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --tune: stop trials whose validation headline metric falls below the median of "
+                             "the earlier trials at the same epoch (default: off)")
     parser.add_argument("--warm_start", action=argparse.BooleanOptionalAction, default=WARM_START_DEFAULT,
                         help="local launcher: fork each run from one interpreter that has torch and the project "
                              "imported, saving the 3-4 s of imports per run; --no-warm_start starts a fresh python "
@@ -91,6 +100,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     check_names(args)
     if args.jobs < 1:
         raise UserError("--jobs must be >= 1")
+    if args.tune is not None and not 1 <= args.tune < TRIAL_SEED_STRIDE:
+        raise UserError(f"--tune must be between 1 and {TRIAL_SEED_STRIDE - 1} trials, got {args.tune}")
+    if args.tune_prune and args.tune is None:
+        raise UserError("--tune_prune prunes the trials of --tune N; pass --tune N too")
     if args.out_dir is not None and not args.out_dir.strip():
         raise UserError("--out_dir is empty; pass the sweep's folder (default: runs/sweeps/<databases>)")
     if args.out_dir is None:
@@ -145,7 +158,8 @@ def prepare(args, run_flags) -> tuple[Path, list[Node]]:
         run_flags = [*run_flags, "--threads", str(args.cpus_per_job)] if "--threads" not in run_flags else run_flags
     if args.launcher == "submitit" and args.gpus_per_job > 0 and "--device" not in run_flags:
         run_flags = [*run_flags, "--device", "cuda"]
-    nodes = build_graph(args.database, args.modes, args.seeds, args.methods, run_flags, args.sets, jobs)
+    nodes = build_graph(args.database, args.modes, args.seeds, args.methods, run_flags, args.sets, jobs,
+                        tune=args.tune, prune=args.tune_prune)
     sweep = Path(args.out_dir)
     return sweep, nodes
 
@@ -164,11 +178,19 @@ def write_node_files(sweep: Path, nodes: list[Node]) -> None:
 
 
 def display_command(sweep: Path, node: Node, for_shell: bool = True) -> str:
-    """The command a user would type for the node (``--ckpt_name`` resolved when its teacher has finished)."""
+    """The command a user would type for the node (``--ckpt_name`` resolved when its teacher has finished). A study
+    is its tuner's command (``python -m utils.sweep.tuning DIR``: N trials, resumed where it stopped); an evaluation
+    run gets the values its study chose (``tuned`` in commands.sh reads them from the study's tuning.json)."""
     runs = sweep / "runs"
+    if node.tune:
+        return shlex.join(node_mod.study_command(runs / node.id, node.runtime, "python", warm=True))
     ckpt = node_mod.teacher_checkpoint(runs, node.to_dict()) if node.teacher else None
-    cmd = node_mod.fresh_command(node.to_dict(), runs / node.id, "@CKPT@", node.runtime, "python")
+    tuned = ["@TUNED@"] if node.study else []
+    cmd = node_mod.fresh_command(node.to_dict(), runs / node.id, "@CKPT@", node.runtime, "python", tuned)
     text = shlex.join(cmd)
+    if node.study:
+        text = text.replace("@TUNED@", f"$(tuned {shlex.quote(str(runs))} {shlex.quote(node.study)})" if for_shell
+                            else f"<the values {node.study} chose>")
     if node.teacher:
         lookup = (shlex.quote(str(ckpt)) if ckpt is not None
                   else f'"$(best {shlex.quote(str(runs / node.teacher))})"' if for_shell
@@ -183,7 +205,9 @@ def write_commands(sweep: Path, nodes: list[Node]) -> None:
              "# A teacher's best.pth is looked up in its node directory where it had not finished when this",
              "# file was written. reproduce.py also resumes killed runs and skips finished ones; this file does not.",
              "set -euo pipefail",
-             'best() { ls -t "$1"/*/*/*/results.json | head -n 1 | sed "s/results.json$/best.pth/"; }', ""]
+             'best() { ls -t "$1"/*/*/*/results.json | head -n 1 | sed "s/results.json$/best.pth/"; }',
+             "tuned() { python -c 'import shlex, sys; from utils.sweep.node import tuned_flags; "
+             "print(shlex.join(tuned_flags(sys.argv[1], {\"study\": sys.argv[2]})))' \"$1\" \"$2\"; }", ""]
     for node in nodes:
         lines.append(f"# {node.id}")
         lines.append(display_command(sweep, node))
@@ -192,6 +216,8 @@ def write_commands(sweep: Path, nodes: list[Node]) -> None:
 
 
 def run_sweep(args, run_flags) -> int:
+    if args.tune is not None:
+        load_optuna()  # before any node runs: one line if the optional package is missing
     sweep, nodes = prepare(args, run_flags)
     if args.dry_run:
         by_id = {n.id: n for n in nodes}
@@ -199,6 +225,8 @@ def run_sweep(args, run_flags) -> int:
         for node in nodes:
             after = f"  <- {by_id[node.teacher].label}" if node.teacher else ""
             print(f"  {node.label} [{node.role}]{after}")
+        if args.tune is not None:
+            print("\n".join(tuning_plan(nodes)))
         print("Commands (dependency order):")
         for node in nodes:
             print(display_command(sweep, node, for_shell=False))
@@ -395,11 +423,11 @@ class NodeJob:
     finds the checkpoint and continues with ``--resume``.
     """
 
-    def __init__(self, node_dir: str, extra: list[str], token: str):
-        self.node_dir, self.extra, self.token = node_dir, extra, token
+    def __init__(self, node_dir: str, extra: list[str], token: str, warm: bool = False):
+        self.node_dir, self.extra, self.token, self.warm = node_dir, extra, token, warm
 
     def __call__(self) -> dict:
-        return node_mod.run_node(self.node_dir, self.extra, self.token)
+        return node_mod.run_node(self.node_dir, self.extra, self.token, warm=self.warm)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -411,7 +439,7 @@ class NodeJob:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        return submitit.helpers.DelayedSubmission(NodeJob(self.node_dir, self.extra, self.token))
+        return submitit.helpers.DelayedSubmission(NodeJob(self.node_dir, self.extra, self.token, self.warm))
 
 
 class SubmititLauncher:
@@ -435,10 +463,13 @@ class SubmititLauncher:
             params["slurm_partition"] = args.partition
         self.executor.update_parameters(**params)
         self.sweep = sweep
+        self.warm = args.warm_start
 
     def start(self, node: Node):
         token = uuid.uuid4().hex
-        job = self.executor.submit(NodeJob(str(self.sweep / "runs" / node.id), [], token))
+        # a study job forks its trials from its own interpreter, which imports torch and the project once
+        job = self.executor.submit(NodeJob(str(self.sweep / "runs" / node.id), [], token,
+                                           warm=self.warm and bool(node.tune)))
         return {"job": job, "node": node, "token": token}
 
     def poll(self, handle) -> dict | None:
