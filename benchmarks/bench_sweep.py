@@ -8,8 +8,14 @@ node's wall time as the harness measured it (process start to exit, ``status.jso
 but includes ``torch._dynamo``'s); the bound is the sum of the scripts' own times with no import at all, which the
 warm start approaches from above. The runs' test metrics are checked equal.
 
-    python benchmarks/bench_sweep.py                          # UCI-MFeat: T, S m1, KD m1, seed 0, 1 job
+Then the cost of the tuning harness (``reproduce.py --tune``, docs/tuning.md): the same sweep with ``--tune N``
+(warm start), and per study (S and each method) the trial's span as its study saw it (Optuna's start to end: the
+fork, the script, reading its results, the sampler and the journal) against the trial script's own ``wall_time_s``;
+the difference is what the harness costs per trial.
+
+    python benchmarks/bench_sweep.py                          # UCI-MFeat: T, S m1, KD m1, seed 0, 1 job; 4 trials
     python benchmarks/bench_sweep.py --methods KD RKD --jobs 2
+    python benchmarks/bench_sweep.py --parts tuning --tune 8
 """
 from __future__ import annotations
 
@@ -25,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_sweep(out_dir: Path, warm: bool, args) -> float:
+def run_sweep(out_dir: Path, warm: bool, args, tune: list[str] = ()) -> float:
     cmd = [sys.executable, "reproduce.py", "--database", args.database, "--methods", *args.methods, "--modes",
            args.mode, "--seeds", "0", "--jobs", str(args.jobs), "--out_dir", str(out_dir),
-           "--warm_start" if warm else "--no-warm_start", "--", "--device", "cpu", *args.run_flags]
+           "--warm_start" if warm else "--no-warm_start", *tune, "--", "--device", "cpu", *args.run_flags]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -49,6 +55,41 @@ def node_times(out_dir: Path) -> dict[str, tuple[float, float, dict]]:
     return times
 
 
+def trial_costs(out_dir: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """study label -> per trial (span as the study saw it, the node's attempt wall s, the script's own wall s)."""
+    import optuna  # requirements-dev.txt
+
+    costs = {}
+    for study_dir in sorted((out_dir / "runs").glob("*_tune-*")):
+        node = json.loads((study_dir / "node.json").read_text())
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(study_dir / "study.journal")))
+        rows = []
+        for trial in optuna.load_study(study_name=node["id"], storage=storage).trials:
+            folder = study_dir / "trials" / f"{trial.number:04d}"
+            status = json.loads((folder / "status.json").read_text())
+            results = json.loads(next(folder.glob("*/*/*/results.json")).read_text())
+            span = (trial.datetime_complete - trial.datetime_start).total_seconds()
+            rows.append((span, status["attempts"][-1]["wall_s"], results["wall_time_s"]))
+        costs[f"{node['method']} {node['mode']}"] = rows
+    return costs
+
+
+def tuning_part(args, tmp: Path) -> None:
+    out = tmp / "tuning"
+    total = run_sweep(out, True, args, ["--tune", str(args.tune)])
+    print(f"\nTuning harness on {args.database} ({', '.join(args.methods)} and S, seed 0, --tune {args.tune}, "
+          f"--jobs {args.jobs}, warm start), CPU\n")
+    print("| study | trials | script s / trial | node s / trial | trial span s | harness s / trial | harness share |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, rows in trial_costs(out).items():
+        span, node, script = (sum(column) / len(rows) for column in zip(*rows))
+        print(f"| {label} | {len(rows)} | {script:.2f} | {node:.2f} | {span:.2f} | {span - script:.3f} | "
+              f"{100 * (span - script) / script:.1f} % |")
+    print("\nharness per trial = the trial's span in its study (Optuna's start to end) - the script's own wall time; "
+          f"share = that / the script's own time. Whole command: {total:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", default="UCI-MFeat")
@@ -57,13 +98,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--run_flags", nargs="*", default=["--no-record"],
                         help="flags for every run (default: --no-record)")
+    parser.add_argument("--parts", nargs="+", choices=["start-up", "tuning"], default=["start-up", "tuning"],
+                        help="what to measure (default: both)")
+    parser.add_argument("--tune", type=int, default=4, help="trials per study of the tuning part (default: 4)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        totals, per_node = {}, {}
-        for name, warm in (("fresh", False), ("warm", True)):
-            out = Path(tmp) / name
-            totals[name] = run_sweep(out, warm, args)
-            per_node[name] = node_times(out)
+        if "start-up" in args.parts:
+            start_up_part(args, Path(tmp))
+        if "tuning" in args.parts:
+            tuning_part(args, Path(tmp))
+
+
+def start_up_part(args, tmp: Path) -> None:
+    totals, per_node = {}, {}
+    for name, warm in (("fresh", False), ("warm", True)):
+        out = tmp / name
+        totals[name] = run_sweep(out, warm, args)
+        per_node[name] = node_times(out)
     print(f"Sweep nodes on {args.database} ({', '.join(args.methods)}, seed 0, --jobs {args.jobs}), CPU\n")
     print("| node | fresh: node s | fresh: script s | warm: node s | warm: script s | fresh / warm (node) |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -59,8 +59,11 @@ def test_dry_run_prints_the_spaces_and_the_trial_plan(capsys, tmp_path):
     assert runner.main(["--methods", "KD", "KD-UU", "--modes", "m1", "--seeds", "0", "1", "--tune", "2",
                         "--dry_run", "--out_dir", str(tmp_path / "sw"), "--", *TINY]) == 0
     out = capsys.readouterr().out
-    assert "  S on Synthetic-MVD: --lr log-uniform in [0.0001, 0.01]" in out
-    assert "  KD on Synthetic-MVD: --lr log-uniform in [0.0001, 0.01]; --alpha uniform in [0.1, 0.9]" in out
+    for method in ("S", "KD", "KD-UU"):  # each space, its relative ranges resolved on the dataset
+        defaults = sweep_graph.search_defaults(method, ["--database", "Synthetic-MVD"])
+        space = [param.describe() for param in sweep_graph.resolved_space(method, defaults)]
+        assert f"  {method} on Synthetic-MVD: {'; '.join(space)}\n" in out
+    assert "  S on Synthetic-MVD: --lr log-uniform in [0.0001, 0.01]" in out  # 0.1-10 x the default 1e-3
     assert ("Trial plan: 2 trials per study, the same N for every method, S included: S 2 x 2, KD 2 x 2, KD-UU 2 x 2 "
             "= 12 trials in 6 studies, then 6 evaluation runs") in out
     assert "N = 2 is at or below TPE's start-up count (2)" in out and "no pruning" in out
@@ -71,6 +74,8 @@ def test_dry_run_prints_the_spaces_and_the_trial_plan(capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--tune", "0"], "--tune must be between 1 and"),
     (["--tune_prune"], "--tune_prune prunes the trials of --tune N"),
+    (["--", "--init_seed", "3"], "--init_seed is set by reproduce.py --tune for its trials and tuned runs only"),
+    (["--set", "KD:--no_test"], "--set KD:--no_test: that flag is set by the sweep"),
 ])
 def test_bad_tuning_flags_one_line_exit_2(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
@@ -127,11 +132,11 @@ def test_end_to_end_tuning_on_synthetic_mvd(tmp_path):
 
 
 # -- a study killed and resumed ----------------------------------------------------------------------------------
-def _study_dir(tmp_path, trials: int, epochs: int) -> Path:
+def _study_dir(tmp_path, trials: int, epochs: int, prune: bool = False) -> Path:
     """The S study node of a one-seed sweep, its node files written (S has no teacher)."""
     nodes = sweep_graph.build_graph(["Synthetic-MVD"], ["m1"], [0], ["KD"], [
         "--epochs", str(epochs), "--max_steps", "1", "--mvd_samples", "400", "--device", "cpu", "--no-record"],
-        tune=trials)
+        tune=trials, prune=prune)
     runner.write_node_files(tmp_path, nodes)
     return tmp_path / "runs" / next(n.id for n in nodes if n.tune and n.method == "S")
 
@@ -208,10 +213,11 @@ def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path):
 
 
 def test_a_study_as_a_submitit_job(tmp_path):
-    """The study node as one job of submitit's LocalExecutor, its trials forked from the job's interpreter."""
+    """The study node as one job of submitit's LocalExecutor, its trials forked from the job's interpreter (with
+    pruning on: each trial's run reports its validation metric every epoch)."""
     import submitit  # requirements-dev.txt
 
-    study = _study_dir(tmp_path, trials=2, epochs=1)
+    study = _study_dir(tmp_path, trials=2, epochs=2, prune=True)
     executor = submitit.AutoExecutor(folder=str(tmp_path / "submitit" / "%j"), cluster="local")
     executor.update_parameters(timeout_min=10)
     job = executor.submit(runner.NodeJob(str(study), [], uuid.uuid4().hex, warm=True))
@@ -219,4 +225,39 @@ def test_a_study_as_a_submitit_job(tmp_path):
     assert status["state"] == "done", status
     record = json.loads((study / "tuning.json").read_text())
     assert record["complete"] == 2 and node_mod.node_state(study, "S", "Synthetic-MVD")[0] == "done"
+    assert record["pruning"] is True
     assert "[warm start" in next(study.glob("trials/0000/node.log")).read_text()
+    rows = [json.loads(line) for line in next(study.glob("trials/0001/*/*/*/metrics.jsonl")).read_text().splitlines()]
+    assert len(rows) == 2 and all("val_phase/accuracy" in row for row in rows)
+
+
+def test_median_pruning_stops_a_trial_below_the_median(tmp_path):
+    """The watcher of a running trial reports each new epoch's val_phase metric; once the earlier trials have
+    finished, a trial below their median at the same epoch is pruned after the warm-up (half of trial 0's epochs)."""
+    from types import SimpleNamespace
+
+    optuna = tuning_plan.load_optuna()
+    node = {"method": "S", "database": "Synthetic-MVD"}
+
+    def write_rows(folder: Path, values: list[float]):
+        run = folder / "S" / "Synthetic-MVD" / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "args.json").write_text("{}")
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i, "val_phase/accuracy": v}) + "\n"
+                                                   for i, v in enumerate(values)))
+
+    study = optuna.create_study(direction="maximize")
+    owner = SimpleNamespace(optuna=optuna, study=study, node=node, metric="accuracy", settings={"startup": 2},
+                            trial_dir=lambda number: tmp_path / f"{number:04d}")
+    for number in range(2):  # two finished trials at 0.8 every epoch
+        trial = study.ask()
+        write_rows(owner.trial_dir(number), [0.8] * 4)
+        watcher = tuning.Pruning(owner, trial, owner.trial_dir(number))
+        assert watcher() is False
+        study.tell(trial, 0.8)
+    trial = study.ask()
+    watcher = tuning.Pruning(owner, trial, owner.trial_dir(2))
+    write_rows(owner.trial_dir(2), [0.1, 0.1])
+    assert watcher() is False and watcher.step == 2  # within the warm-up: 4 // 2 epochs
+    write_rows(owner.trial_dir(2), [0.1, 0.1, 0.1])
+    assert watcher() is True and watcher.pruned and watcher.step == 3

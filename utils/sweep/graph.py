@@ -37,6 +37,9 @@ MODES = ("m1", "m2")
 ROLES = {TEACHER: "teacher-mm", BASELINE: "no-kd"}
 #: flags the sweep sets itself for every node
 RESERVED = ("--database", "--mode", "--seed", "--ckpt_name", "--out_dir", "--resume")
+#: flags of a tuning search's own runs (reproduce.py --tune sets them): a comparison run initialises from its seed,
+#: is tested and records no search
+TUNING_RESERVED = ("--init_seed", "--no_test", "--tuning_record")
 
 
 @dataclass
@@ -279,13 +282,16 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         name = flag_name(group)
         if name in RESERVED:
             raise UserError(f"{name} is set by the sweep for every run; use --database / --modes / --seeds")
+        if name in TUNING_RESERVED:
+            raise UserError(f"{name} is set by reproduce.py --tune for its trials and tuned runs only "
+                            f"(docs/tuning.md); a comparison run initialises from its --seed and is tested")
         if not any(name in flags for flags in accepted.values()):
             raise UserError(f"flag {name} is accepted by no script of this sweep ({', '.join(scripts)}); "
                             f"see python main-<METHOD>.py --help")
     per_method = parse_sets(list(sets or []), scripts)
     for method, groups in per_method.items():
         for group in groups:
-            if flag_name(group) in RESERVED:
+            if flag_name(group) in RESERVED + TUNING_RESERVED:
                 raise UserError(f"--set {method}:{flag_name(group)}: that flag is set by the sweep")
             if flag_name(group) not in accepted[method]:
                 raise UserError(f"--set {method}:{flag_name(group)}: {script_of(method)} has no flag "
