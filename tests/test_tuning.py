@@ -3,6 +3,7 @@ plan, a small end-to-end tuning on Synthetic-MVD, a study killed (the tuner, a t
 as a submitit job (LocalExecutor). The engine side (--init_seed, --no_test) is tests/test_init_seed_no_test.py."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -129,6 +130,13 @@ def test_end_to_end_tuning_on_synthetic_mvd(tmp_path):
         assert all(eval_args[name] == value for name, value in record["params"].items())
     commands = (sweep / "commands.sh").read_text()
     assert "python -m utils.sweep.tuning " in commands and "$(tuned " in commands
+    # the tables read the tuned runs as their own setting, in their cell; the trials are not runs of the table
+    rows = list(csv.DictReader((sweep / "runs.csv").open()))
+    tuned = {row["method"]: row for row in rows if row["setting"] == "tuned"}
+    assert set(tuned) == {"S", "KD"} and len(rows) == 5
+    for method, row in tuned.items():
+        study = next((sweep / "runs").glob(f"*seed0_{method}_tune-*"))
+        assert row["config_digest"] == json.loads((study / "tuning.json").read_text())["cell"]
 
 
 # -- a study killed and resumed ----------------------------------------------------------------------------------
