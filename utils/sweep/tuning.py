@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib
-import json
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ from utils import cli, provenance
 from utils.core.atomic import make_dirs
 from utils.core.data_digest import canonical_digest
 from utils.core.errors import UserError
+from utils.core.health import read_metrics
 from utils.core.script import exit_on_error
 from utils.core.search_space import Param
 from utils.sweep import node as node_mod
@@ -265,22 +265,10 @@ class Pruning:
 
 
 def _metric_rows(folder: Path, node: dict, key: str) -> list[float]:
-    """The per-epoch values of ``key`` in the newest run under a trial's folder (complete lines only)."""
+    """The per-epoch values of ``key`` in the newest run under a trial's folder (a line still being written does not
+    parse and is left out)."""
     dirs = node_mod.run_dirs(folder, node["method"], node["database"])
-    if not dirs:
-        return []
-    try:
-        lines = (dirs[-1] / "metrics.jsonl").read_text().splitlines(keepends=True)
-    except OSError:
-        return []
-    values = []
-    for line in lines:
-        if not line.endswith("\n"):
-            break  # a line being written
-        row = json.loads(line)
-        if key in row:
-            values.append(float(row[key]))
-    return values
+    return [float(row[key]) for row in read_metrics(dirs[-1]) if key in row] if dirs else []
 
 
 def main(argv=None) -> int:
