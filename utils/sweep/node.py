@@ -15,43 +15,38 @@ directory of its own run through :func:`run_node`; an evaluation node adds the v
 ``--tuning_record`` to its command (:func:`tuned_flags`).
 
 Each attempt records its wall time and its peak memory: the maximum resident set size of the script's process
-(``ru_maxrss`` of ``os.wait4``, host memory; GPU memory is not included). This module imports only the standard
-library (and the project's equally light :mod:`utils.core.atomic`), so the wrapper process costs no torch
-import.
+(``ru_maxrss``, host memory; GPU memory is not included); under the warm start also ``script_s``, the seconds the
+script's own code ran (:mod:`utils.sweep.script_process`). This module imports only the standard library (and the
+project's equally light :mod:`utils.core.atomic` and :mod:`utils.sweep.script_process`), so the wrapper process
+costs no torch import.
 
 Warm start (the local launcher's default on Linux, ``reproduce.py --warm_start``): the wrapper is forked from an
 interpreter that has already imported torch and the project (:data:`WARM_PRELOAD`), and it forks the script's
 process from itself instead of starting a new interpreter; the child runs the script file as ``__main__`` with the
-same ``sys.argv`` (:func:`_run_script`). Same command, same process boundary, same files; what it saves is the 3-4 s of
+same ``sys.argv`` (:mod:`utils.sweep.script_process`). Same command, same process boundary, same files; what it saves is the 3-4 s of
 imports every run otherwise pays (torch, and the ``torch._dynamo`` that torch's optimisers import on first use),
 which is most of a small run's time on a CPU.
 """
 from __future__ import annotations
 
-import atexit
 import fcntl
-import io
 import json
 import os
-import runpy
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-import traceback
 from pathlib import Path
 
 from utils.core.atomic import atomic_write_text  # the standard library only, as this module
+from utils.sweep import script_process
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = script_process.REPO
 RUN_DIR_PREFIX = "Run directory: "
 #: what a study node writes when its trials are done (utils/sweep/tuning.py); its evaluation node reads the chosen
 #: values from it and passes it to the run as ``--tuning_record``
 TUNING_FILE = "tuning.json"
-#: seconds between two looks at a running script by a watcher (a study's median pruning)
-WATCH_INTERVAL_S = 0.5
 #: what a warm interpreter imports before it forks runs: what every script imports (torch's optimisers import
 #: torch._dynamo on first construction), the TensorBoard writer and the registries
 WARM_PRELOAD = ["torch", "torch._dynamo", "torch.utils.tensorboard", "utils.engine", "kd_methods", "models",
@@ -169,7 +164,7 @@ def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | 
     (``node.json`` has ``tune``) runs :func:`study_command`, whose trials run through this function again.
 
     ``warm``: fork the script's process from this one (which has the project imported) instead of starting a
-    fresh interpreter. ``watch``: called every :data:`WATCH_INTERVAL_S` while the script runs; when it returns
+    fresh interpreter. ``watch``: called every :data:`~utils.sweep.script_process.WATCH_INTERVAL_S` while the script runs; when it returns
     True the script is stopped (SIGTERM) and the attempt ends as failed."""
     node_dir = Path(node_dir).resolve()
     node = load_node(node_dir)
@@ -203,133 +198,28 @@ def run_node(node_dir: str | Path, extra: list[str] | None = None, token: str | 
             offset = log.tell()
             started = time.time()
             if warm:
-                proc = _ForkedScript(cmd, log.fileno())
+                proc = script_process.ForkedScript(cmd, log.fileno())
             else:
                 env = dict(os.environ, PYTHONUNBUFFERED="1")
                 proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
             CURRENT["proc"] = proc
             try:
-                _, wait_status, usage = _wait4(proc.pid) if watch is None else _watched(proc, watch)
+                ended = script_process.wait_for(proc, watch)
             finally:
                 CURRENT.pop("proc", None)
-            rc = os.waitstatus_to_exitcode(wait_status)
-            proc.returncode = rc
+            rc = ended.rc
         wall = time.time() - started
         with open(log_path) as handle:
             handle.seek(offset)
             output = handle.read()
         attempts.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                          "resumed": state == "resume", "rc": rc, "wall_s": round(wall, 2),
-                         "peak_mem_mb": round(usage.ru_maxrss / 1024.0, 1), "command": shlex.join(cmd)})
+                         "peak_mem_mb": round(ended.peak_kb / 1024.0, 1), "command": shlex.join(cmd),
+                         **({"script_s": round(ended.script_s, 3)} if ended.script_s is not None else {})})
         state, run_dir = node_state(node_dir, node["method"], node["database"])
         if rc == 0 and state == "done":
             return _finish(node_dir, node, token, "done", 0, "", run_dir, attempts)
         return _finish(node_dir, node, token, "failed", rc or 1, _error_line(output, rc), run_dir, attempts)
-
-
-class _ForkedScript:
-    """The script's process forked from this (warm) interpreter, with the part of ``subprocess.Popen`` the wrapper
-    uses: ``pid`` (waited for with ``os.wait4``), ``poll`` and ``send_signal`` (the SIGTERM forwarder)."""
-
-    def __init__(self, cmd: list[str], log_fd: int):
-        for stream in (sys.stdout, sys.stderr):  # nothing buffered here may be written twice by the child
-            stream.flush()
-        self.returncode = None
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 1
-            try:
-                code = _run_script(cmd[1:], log_fd)
-            finally:
-                os._exit(code)
-
-    def poll(self):
-        if self.returncode is None:
-            pid, wait_status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(wait_status)
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, signum)
-
-
-def _run_script(argv: list[str], log_fd: int) -> int:
-    """In the forked child: run ``argv[0]`` (a script path relative to the repository, or ``-m`` and a module) as
-    ``__main__``, as ``python argv...`` would, with stdout and stderr on ``log_fd``; returns the exit code."""
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    os.chdir(REPO)
-    os.environ["PYTHONUNBUFFERED"] = "1"
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, write_through=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, write_through=True)
-    sys.stdin = open(os.devnull)
-    # the signal dispositions a fresh interpreter would start with: Ctrl-C ignored if it was ignored when the
-    # harness started (nohup, &), else Python's KeyboardInterrupt; SIGTERM (the wrapper's forwarder) the default
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    module = argv[1] if argv[0] == "-m" else None
-    sys.argv = [module, *argv[2:]] if module else list(argv)
-    sys.path[0] = str(REPO)  # as for `python main-X.py` run from the repository root
-    code = 0
-    try:
-        if module:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(argv[0], run_name="__main__")
-    except SystemExit as stop:
-        if stop.code is None:
-            code = 0
-        elif isinstance(stop.code, int):
-            code = stop.code
-        else:
-            print(stop.code, file=sys.stderr)
-            code = 1
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = 128 + signal.SIGINT
-    except BaseException:  # noqa: BLE001 - what the interpreter does with an uncaught exception
-        traceback.print_exc()
-        code = 1
-    # the interpreter's own shutdown: join non-daemon threads, then the atexit handlers
-    try:
-        threading._shutdown()
-    except Exception:  # noqa: BLE001 - a private hook; shutting down must not fail the run
-        pass
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    return code
-
-
-def _wait4(pid: int):
-    while True:
-        try:
-            return os.wait4(pid, 0)
-        except InterruptedError:  # a signal arrived (e.g. a preemption handler ran): keep waiting
-            continue
-
-
-def _watched(proc, watch):
-    """:func:`_wait4` for ``proc``, calling ``watch()`` meanwhile; a True answer stops the script (SIGTERM)."""
-    stopped = False
-    while True:
-        try:
-            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
-        except InterruptedError:
-            continue
-        if pid:
-            return pid, wait_status, usage
-        if not stopped and watch():
-            proc.send_signal(signal.SIGTERM)
-            stopped = True
-        time.sleep(WATCH_INTERVAL_S)
 
 
 def _finish(node_dir, node, token, state, rc, error, run_dir, attempts) -> dict:
