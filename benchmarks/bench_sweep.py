@@ -10,8 +10,9 @@ warm start approaches from above. The runs' test metrics are checked equal.
 
 Then the cost of the tuning harness (``reproduce.py --tune``, docs/tuning.md): the same sweep with ``--tune N``
 (warm start), and per study (S and each method) the trial's span as its study saw it (Optuna's start to end: the
-fork, the script, reading its results, the sampler and the journal) against the trial script's own ``wall_time_s``;
-the difference is what the harness costs per trial.
+fork, the script, reading its results, the sampler and the journal) against the trial script's own run (its first
+statement to its exit, as the forked child measures it: ``script_s`` in the trial's status.json); the difference is
+what the harness costs per trial. Also shown against the run's training time alone (``wall_time_s``).
 
     python benchmarks/bench_sweep.py                          # UCI-MFeat: T, S m1, KD m1, seed 0, 1 job; 4 trials
     python benchmarks/bench_sweep.py --methods KD RKD --jobs 2
@@ -55,8 +56,9 @@ def node_times(out_dir: Path) -> dict[str, tuple[float, float, dict]]:
     return times
 
 
-def trial_costs(out_dir: Path) -> dict[str, list[tuple[float, float, float]]]:
-    """study label -> per trial (span as the study saw it, the node's attempt wall s, the script's own wall s)."""
+def trial_costs(out_dir: Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """study label -> per finished trial (span as the study saw it, the node's attempt wall s, the script's own wall s as the
+    forked child measured it, the run's ``wall_time_s``)."""
     import optuna  # requirements-dev.txt
 
     costs = {}
@@ -66,28 +68,41 @@ def trial_costs(out_dir: Path) -> dict[str, list[tuple[float, float, float]]]:
             optuna.storages.journal.JournalFileBackend(str(study_dir / "study.journal")))
         rows = []
         for trial in optuna.load_study(study_name=node["id"], storage=storage).trials:
+            if trial.state != optuna.trial.TrialState.COMPLETE:  # a pruned trial was stopped: no whole run to compare
+                continue
             folder = study_dir / "trials" / f"{trial.number:04d}"
-            status = json.loads((folder / "status.json").read_text())
+            attempt = json.loads((folder / "status.json").read_text())["attempts"][-1]
             results = json.loads(next(folder.glob("*/*/*/results.json")).read_text())
             span = (trial.datetime_complete - trial.datetime_start).total_seconds()
-            rows.append((span, status["attempts"][-1]["wall_s"], results["wall_time_s"]))
+            rows.append((span, attempt["wall_s"], attempt["script_s"], results["wall_time_s"]))
         costs[f"{node['method']} {node['mode']}"] = rows
     return costs
 
 
 def tuning_part(args, tmp: Path) -> None:
     out = tmp / "tuning"
-    total = run_sweep(out, True, args, ["--tune", str(args.tune)])
-    print(f"\nTuning harness on {args.database} ({', '.join(args.methods)} and S, seed 0, --tune {args.tune}, "
-          f"--jobs {args.jobs}, warm start), CPU\n")
-    print("| study | trials | script s / trial | node s / trial | trial span s | harness s / trial | harness share |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    total = run_sweep(out, True, args, ["--tune", str(args.tune), *(["--tune_prune"] if args.prune else [])])
+    print(f"\nTuning harness on {args.database} ({', '.join(args.methods)} and S, seed 0, --tune {args.tune}"
+          f"{' --tune_prune' if args.prune else ''}, --jobs {args.jobs}, warm start), CPU\n")
+    print("| study | trials | training s / trial | script s / trial | node s / trial | trial span s | "
+          "harness s / trial | harness share | share of training |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    spans, scripts = 0.0, 0.0
     for label, rows in trial_costs(out).items():
-        span, node, script = (sum(column) / len(rows) for column in zip(*rows))
-        print(f"| {label} | {len(rows)} | {script:.2f} | {node:.2f} | {span:.2f} | {span - script:.3f} | "
-              f"{100 * (span - script) / script:.1f} % |")
-    print("\nharness per trial = the trial's span in its study (Optuna's start to end) - the script's own wall time; "
-          f"share = that / the script's own time. Whole command: {total:.1f} s")
+        span, node, script, training = (sum(column) / len(rows) for column in zip(*rows))
+        spans, scripts = spans + span * len(rows), scripts + script * len(rows)
+        print(f"| {label} | {len(rows)} | {training:.2f} | {script:.3f} | {node:.3f} | {span:.3f} | "
+              f"{span - script:.3f} | {100 * (span - script) / script:.1f} % | "
+              f"{100 * (span - training) / training:.1f} % |")
+    print("\ntraining = the run's own wall_time_s (results.json: from the engine's start to the end of the last epoch); "
+          "script = the trial script's whole run as the forked child measured it (its first statement to the end of "
+          "its exit handlers: argument parsing, training, the final evaluation, best.pth and results.json "
+          "included); node = the node wrapper's attempt (fork to the child's report); span = the trial in its study "
+          "(Optuna's start to end: the sampler, the journal, node.json, reading results.json). harness = span - "
+          "script; share = harness / script (the target: under 10 %); share of training = (span - training) / "
+          "training, which also charges the script's own start and final evaluation to the harness. "
+          f"All trials: harness {100 * (spans - scripts) / scripts:.1f} % of the scripts' time. "
+          f"Whole command: {total:.1f} s")
 
 
 def main() -> None:
@@ -101,6 +116,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["start-up", "tuning"], default=["start-up", "tuning"],
                         help="what to measure (default: both)")
     parser.add_argument("--tune", type=int, default=4, help="trials per study of the tuning part (default: 4)")
+    parser.add_argument("--prune", action="store_true", help="the tuning part with --tune_prune (median pruning)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if "start-up" in args.parts:

@@ -80,3 +80,21 @@ def test_gpu_check_runs_methods_and_the_amp_check(tmp_path, monkeypatch):
         assert row in text
     amp = text.split("## AMP")[1]
     assert re.search(r"\| Synthetic-MVD \| KD \| ok \| ce [\d.]+/[\d.]+, kd ", amp)
+
+
+def test_bench_sweep_tuning_part_prints_the_harness_per_trial(tmp_path, capsys):
+    bench = _load("bench_sweep")
+    args = argparse.Namespace(database="UCI-MFeat", methods=["KD"], mode="m1", jobs=2, tune=2, prune=False,
+                              run_flags=["--no-record", "--epochs", "1"])
+    bench.tuning_part(args, tmp_path)
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+            if line.startswith("| KD m1") or line.startswith("| S m1")}
+    assert set(rows) == {"KD m1", "S m1"}
+    for cells in rows.values():
+        trials, training, script, node, span, harness = (float(cell.split()[0]) for cell in cells[:6])
+        rounding = 0.005  # training and node seconds are recorded to 0.01 s
+        assert trials == 2 and 0 < training <= script + rounding  # each span holds the one before it
+        assert script <= node + rounding and node <= span + rounding
+        assert math.isclose(harness, span - script, abs_tol=2e-3)
+    assert re.search(r"All trials: harness -?\d+\.\d % of the scripts' time", out)

@@ -183,11 +183,11 @@ class Study:
         watcher = Pruning(self, trial, folder) if prune else None
         status = node_mod.run_node(folder, [], warm=self.warm, watch=watcher)
         shown = " ".join(node_mod.param_flags(values))
+        value = self.value_of(trial.number) if status["state"] == "done" else None
         if watcher is not None and watcher.pruned:
             self.study.tell(trial, state=self.state("PRUNED"))
             self.log(f"trial {trial.number} ({shown}): pruned at epoch row {watcher.step}")
-        elif status["state"] == "done" and self.value_of(trial.number) is not None:
-            value = self.value_of(trial.number)
+        elif value is not None:
             self.study.tell(trial, value)
             self.log(f"trial {trial.number} ({shown}): val {self.metric} {value:.4f}")
         elif (status.get("rc") or 0) < 0:  # killed by a signal from outside: not the values' fault
