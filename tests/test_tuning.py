@@ -202,8 +202,9 @@ def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path):
     trials = _trials(study)
     states = [t.state.name for t in trials]
     assert states == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"], states
-    assert trials[1].user_attrs["interrupted"] and trials[2].user_attrs == {
-        "requeued_from": 1, "interrupted": trials[2].user_attrs["interrupted"]}
+    interrupted = json.loads((study / "interrupted.json").read_text())
+    assert interrupted == {"1": "left running by a killed tuner", "2": interrupted["2"]} and interrupted["2"]
+    assert trials[2].user_attrs == {"requeued_from": 1}
     assert trials[2].params == trials[1].params  # queued again once, with its values
     assert not [t for t in trials if t.user_attrs.get("requeued_from") == 2]
     assert len(list(study.glob("trials/0003/*/*/*/args.json"))) == 1  # trial 3 ran once

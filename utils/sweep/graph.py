@@ -236,21 +236,10 @@ def default_threads(jobs: int) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def build_graph(databases: list[str], modes: list[str], seeds: list[int], methods: list[str] | None,
-                run_flags: list[str] | None = None, sets: list[str] | None = None, jobs: int = 1,
-                tune: int | None = None, prune: bool = False) -> list[Node]:
-    """The nodes of the sweep in dependency order (teachers, no-KD runs, methods).
-
-    ``run_flags``: the tokens after ``--``, given to every run whose script accepts them (a flag no script of the
-    sweep accepts is an error); ``sets``: ``METHOD:--flag=value`` items for one script only. ``tune``: N trials per
-    study; each (database, mode, method, seed) of the comparison, and the no-KD student of each mode, also gets a
-    study node (beside the default run, on the same teacher) and an evaluation node that runs the chosen values
-    (docs/tuning.md). ``prune``: median pruning of the studies' trials.
-    """
-    from datasets import get_spec
-
-    registry = comparison_methods()
-    specs = [get_spec(name) for name in databases]  # unknown names: one line with the valid list
+def _checked_request(registry: dict, specs: list, modes: list[str], seeds: list[int],
+                     methods: list[str] | None) -> tuple[list[str], list[str], list[int]]:
+    """The sweep's methods, modes and seeds, in order without repeats, once each name and seed is known to be
+    valid (a bad one: one line naming the valid values)."""
     for mode in modes:
         if mode not in MODES:
             raise UserError(f"unknown mode '{mode}'; valid modes: {', '.join(MODES)}")
@@ -266,18 +255,18 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
     if bad_seeds:  # before any node runs: each would fail on its own, leaving an empty table
         raise UserError(f"--seeds {' '.join(map(str, bad_seeds))}: valid seeds are 0..{NUM_GROUPS - 1} (a seed also "
                         f"selects the split column group_<seed>)")
-    modes = list(dict.fromkeys(modes))
-    seeds = list(dict.fromkeys(seeds))
     for name in methods:
-        cls = registry[name]
-        if cls.card.needs_checkpoint and cls.card.teacher_kind not in ("multimodal", "crossmodal"):
+        card = registry[name].card
+        if card.needs_checkpoint and card.teacher_kind not in ("multimodal", "crossmodal"):
             raise UserError(f"method {name} needs a checkpoint but declares no teacher_kind; the sweep cannot pick "
                             f"its teacher (set teacher_kind to 'multimodal' or 'crossmodal')")
+    return methods, list(dict.fromkeys(modes)), list(dict.fromkeys(seeds))
 
-    scripts = [TEACHER, BASELINE, *methods]
-    accepted = {name: accepted_flags(name) for name in scripts}
-    runtime = runtime_flags()
-    passthrough = split_flags(list(run_flags or []))
+
+def _checked_flags(passthrough: list[list[str]], sets: list[str], accepted: dict[str, set]) -> dict:
+    """The ``--set`` flags by script (:func:`parse_sets`), once they and the flags after ``--`` are known to be none
+    the sweep sets itself, each accepted by a script it is for."""
+    scripts = list(accepted)
     for group in passthrough:
         name = flag_name(group)
         if name in RESERVED:
@@ -288,7 +277,7 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
         if not any(name in flags for flags in accepted.values()):
             raise UserError(f"flag {name} is accepted by no script of this sweep ({', '.join(scripts)}); "
                             f"see python main-<METHOD>.py --help")
-    per_method = parse_sets(list(sets or []), scripts)
+    per_method = parse_sets(sets, scripts)
     for method, groups in per_method.items():
         for group in groups:
             if flag_name(group) in RESERVED + TUNING_RESERVED:
@@ -296,6 +285,30 @@ def build_graph(databases: list[str], modes: list[str], seeds: list[int], method
             if flag_name(group) not in accepted[method]:
                 raise UserError(f"--set {method}:{flag_name(group)}: {script_of(method)} has no flag "
                                 f"{flag_name(group)} (see python {script_of(method)} --help)")
+    return per_method
+
+
+def build_graph(databases: list[str], modes: list[str], seeds: list[int], methods: list[str] | None,
+                run_flags: list[str] | None = None, sets: list[str] | None = None, jobs: int = 1,
+                tune: int | None = None, prune: bool = False) -> list[Node]:
+    """The nodes of the sweep in dependency order (teachers, no-KD runs, methods).
+
+    ``run_flags``: the tokens after ``--``, given to every run whose script accepts them (a flag no script of the
+    sweep accepts is an error); ``sets``: ``METHOD:--flag=value`` items for one script only. ``tune``: N trials per
+    study; each (database, mode, method, seed) of the comparison, and the no-KD student of each mode, also gets a
+    study node (beside the default run, on the same teacher) and an evaluation node that runs the chosen values
+    (docs/tuning.md). ``prune``: median pruning of the studies' trials.
+    """
+    from datasets import get_spec
+
+    registry = comparison_methods()
+    specs = [get_spec(name) for name in databases]  # unknown names: one line with the valid list
+    methods, modes, seeds = _checked_request(registry, specs, modes, seeds, methods)
+    scripts = [TEACHER, BASELINE, *methods]
+    accepted = {name: accepted_flags(name) for name in scripts}
+    runtime = runtime_flags()
+    passthrough = split_flags(list(run_flags or []))
+    per_method = _checked_flags(passthrough, list(sets or []), accepted)
     user_threads = any(flag_name(g) == "--threads" for g in passthrough + sum(per_method.values(), []))
     threads = [] if user_threads else ["--threads", str(default_threads(jobs))]
 

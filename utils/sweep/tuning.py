@@ -15,8 +15,8 @@ chosen values (utils/sweep/node.py):
 * storage: Optuna's journal file ``study.journal`` beside node.json: a killed study resumes with its finished trials
   kept (a trial whose run finished while the tuner was down is told from its results.json); a trial left RUNNING
   without a finished run, or whose script was killed by a signal, is marked failed and its values queued again,
-  once; such interrupted trials do not count against N, a trial whose run fails on its own (a diverging learning
-  rate) does;
+  once; such interrupted trials (listed with the reason in :data:`INTERRUPTED_FILE`) do not count against N, a
+  trial whose run fails on its own (a diverging learning rate) does. Only Optuna's public API is used;
 * ``--tune_prune``: median pruning on the validation headline metric each epoch (the runs get ``--val_phase``);
   a pruned trial's script is stopped.
 """
@@ -44,7 +44,10 @@ from utils.sweep.tuning_plan import load_optuna, sampler_seed, trial_init_seed
 STORAGE_FILE = "study.journal"
 LOCK_FILE = "study.lock"
 TRIALS_DIR = "trials"
-REQUEUED, INTERRUPTED = "requeued_from", "interrupted"
+#: the trials interrupted from outside (trial number -> why), which do not count against N
+INTERRUPTED_FILE = "interrupted.json"
+#: the user attribute of a trial queued again after an interruption: the number of the interrupted one
+REQUEUED = "requeued_from"
 
 
 def cell_digest(method: str, description, settings: dict) -> str:
@@ -107,8 +110,13 @@ class Study:
     def counted(self) -> int:
         """Trials that used the budget: finished, pruned, or failed on their own (not interrupted)."""
         done = (self.state("COMPLETE"), self.state("PRUNED"))
-        return sum(t.state in done or (t.state == self.state("FAIL") and not t.user_attrs.get(INTERRUPTED))
+        interrupted = self.interruptions()
+        return sum(t.state in done or (t.state == self.state("FAIL") and str(t.number) not in interrupted)
                    for t in self.study.trials)
+
+    def interruptions(self) -> dict[str, str]:
+        """Trial number (as text) -> why, of the trials interrupted from outside."""
+        return node_mod.read_json(self.node_dir / INTERRUPTED_FILE, {}) or {}
 
     def trial_dir(self, number: int) -> Path:
         return self.node_dir / TRIALS_DIR / f"{number:04d}"
@@ -129,7 +137,8 @@ class Study:
 
     def interrupted(self, trial, why: str) -> None:
         """Mark ``trial`` (a FrozenTrial) failed by an interruption and queue its values again, once."""
-        self.study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, why)
+        # recorded before the trial is failed: a kill in between leaves it RUNNING, and the next tuner does the same
+        node_mod.write_json(self.node_dir / INTERRUPTED_FILE, {**self.interruptions(), str(trial.number): why})
         self.study.tell(trial.number, state=self.state("FAIL"), skip_if_finished=True)
         if REQUEUED in trial.user_attrs:
             self.log(f"trial {trial.number} interrupted ({why}); already a re-queued trial: not queued again")
@@ -212,7 +221,7 @@ class Study:
         return 0.0
 
     def finish(self) -> dict:
-        trials = self.study.trials
+        trials, interrupted = self.study.trials, self.interruptions()
         complete = [t for t in trials if t.state == self.state("COMPLETE")]
         if not complete:
             raise UserError(f"no trial of {len(trials)} finished (see {self.node_dir / TRIALS_DIR}/*/node.log)")
@@ -231,8 +240,8 @@ class Study:
                                                                          self.settings),
             # beside the shared fields: the ranges searched on this dataset, what the objective was, what failed
             "ranges": {p.name: p.describe() for p in self.params}, "metric": f"val {self.metric} (%)",
-            "failed": sum(t.state == self.state("FAIL") and not t.user_attrs.get(INTERRUPTED) for t in trials),
-            "interrupted": sum(bool(t.user_attrs.get(INTERRUPTED)) for t in trials),
+            "failed": sum(t.state == self.state("FAIL") and str(t.number) not in interrupted for t in trials),
+            "interrupted": len(interrupted),
         }
         node_mod.write_json(self.node_dir / node_mod.TUNING_FILE, record)
         self.log(f"chose trial {best.number} ({' '.join(node_mod.param_flags(best.params))}): val {self.metric} "
