@@ -103,6 +103,20 @@ def test_a_reported_child_is_reaped_later(tmp_path):
         os.waitpid(proc.pid, os.WNOHANG)
 
 
+def test_no_reported_child_is_left_when_the_harness_exits(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("pass\n")
+    with open(tmp_path / "log.txt", "a") as handle:
+        procs = [script_process.ForkedScript(["python", str(script)], handle.fileno()) for _ in range(2)]
+        for proc in procs:
+            assert script_process.wait_for(proc).rc == 0
+    script_process.reap_all()  # what this interpreter runs at its exit, and the node wrapper before it ends
+    assert not script_process._UNREAPED
+    for proc in procs:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(proc.pid, os.WNOHANG)
+
+
 def test_a_preempted_submitit_job_stops_a_forked_script(tmp_path):
     """NodeJob.checkpoint (SLURM preemption) stops the script of the attempt in progress, forked ones included."""
     import submitit  # requirements-dev.txt

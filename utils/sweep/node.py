@@ -245,6 +245,7 @@ def main(argv=None, warm: bool = False) -> int:
     node_dir, extra = argv[0], argv[1:]
     forward_termination()
     status = run_node(node_dir, extra, token, warm=warm)
+    script_process.reap_all()  # the warm wrapper is a multiprocessing child: it ends without its exit handlers
     return 0 if status["state"] == "done" else 1
 
 

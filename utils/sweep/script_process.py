@@ -10,9 +10,10 @@ Two kinds, with the part of ``subprocess.Popen`` the harness uses (``pid``, ``re
 :func:`wait_for` waits for either and says how it ended (:class:`Ended`: exit code, peak memory, and for a forked
 script the seconds its own code ran). A forked child reports its end through a pipe before it exits, so the
 harness goes on while the kernel still releases the child's copy of the warm interpreter (about 15-20 ms per run
-on a 2-core CPU); the child is reaped later (:func:`reap_ended`). A child that dies without a report (a signal)
-is waited for as any process. Waiting watches the process through a pidfd where Linux offers one, so a watcher
-(the study's median pruning) never delays the end of a run.
+on a 2-core CPU); the child is reaped later (:func:`reap_ended` before the next fork, and at this interpreter's exit
+in any case (:func:`reap_all`), so no child is left to ``init``, which may not reap it in a container). A child that dies without a
+report (a signal) is waited for as any process. Waiting watches the process through a pidfd where Linux offers
+one, so a watcher (the study's median pruning) never delays the end of a run.
 
 Imports only the standard library: the per-node wrapper that uses it costs no torch import.
 """
@@ -63,6 +64,7 @@ class ForkedScript:
         if self.pid == 0:
             code = 1
             try:
+                _UNREAPED.clear()  # the parent's children, not this process's
                 os.close(read_end)
                 forget_inherited_finalizers()
                 code, seconds = run_script(cmd[1:], log_fd)
@@ -152,6 +154,18 @@ def reap_ended() -> None:
             done = pid
         if done:
             _UNREAPED.remove(pid)
+
+
+@atexit.register
+def reap_all() -> None:
+    """Wait for the forked children that reported their end (their exit is nearly done): at this interpreter's exit,
+    and where a process may end without its exit handlers (a ``multiprocessing`` child, the warm node wrapper)."""
+    for pid in list(_UNREAPED):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    _UNREAPED.clear()
 
 
 def forget_inherited_finalizers() -> None:
